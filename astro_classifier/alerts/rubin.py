@@ -1,0 +1,439 @@
+"""Rubin/LSST alerts (Avro container files, Confluent wire format, Parquet rows) -> batch.
+
+One alert becomes one object of the :class:`LightCurveBatch` (so an object observed in
+several alerts appears several times, once per alert):
+
+- ``object_id``: the ``diaObjectId`` of the triggering ``diaSource`` (exact int64; the
+  ``diaObject`` copy is a fallback because Fink's Parquet stores it as a lossy float64),
+  or its ``ssObjectId`` for a solar-system alert, which has ``diaObjectId`` 0 and no
+  ``diaObject``.
+- ``alert_id``: the triggering ``diaSourceId`` (the top-level ``diaSourceId`` of schema
+  v8+, ``diaSource.diaSourceId`` before). Rubin v3-v7 also carry ``alertId``, equal to
+  ``diaSourceId`` in every real alert here, but ELAsTiCC and the schema sample alerts set
+  it to the placeholder 1231321321, which would make alert ids collide.
+- points: the ``diaSource`` and ``prvDiaSources`` (``detected`` True) and
+  ``prvDiaForcedSources`` (``detected`` False), de-duplicated on (time, band) with
+  detections winning (forced photometry is also measured at the visits of detections).
+  Time is MJD (TAI), flux and flux error are nJy, as Rubin publishes them.
+- metadata: ``ra``, ``dec`` (degrees) from the ``diaObject`` (else the ``diaSource``), and
+  ``hostgal_photoz``, ``hostgal_photoz_err``, ``mwebv`` (mag) where the alert carries host
+  information (ELAsTiCC), NaN elsewhere.
+
+Field names across the schema versions (lsst/alert_packet 3.0-11.0, ELAsTiCC 0.9):
+
+=================  =========================  ===========================
+quantity           v3.0, v4.0, ELAsTiCC 0.9   v5.0 - v11.0
+=================  =========================  ===========================
+time (MJD TAI)     ``midPointTai``            ``midpointMjdTai``
+band               ``filterName``             ``band``
+flux, error (nJy)  ``psFlux``, ``psFluxErr``  ``psfFlux``, ``psfFluxErr``
+declination (deg)  ``decl``                   ``dec``
+=================  =========================  ===========================
+
+v3.0-v7.4 have a top-level ``alertId``; v8.0+ replace it by the top-level ``diaSourceId``.
+ELAsTiCC 0.9 names the host redshift ``hostgal_z``/``hostgal_z_err`` (later ELAsTiCC
+releases: ``hostgal_zphot``/``hostgal_zphot_err``) and marks missing values with -9.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastavro.schema import load_schema
+
+from astro_classifier.data.lightcurve import LightCurveBatch, band_indices
+from astro_classifier.data.units import rubin_flux_to_njy
+from astro_classifier.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | Path
+
+# Field-name variants, newest first (see the module docstring).
+TIME_FIELDS = ("midpointMjdTai", "midPointTai")
+BAND_FIELDS = ("band", "filterName")
+FLUX_FIELDS = ("psfFlux", "psFlux")
+FLUX_ERR_FIELDS = ("psfFluxErr", "psFluxErr")
+DEC_FIELDS = ("dec", "decl")
+# Canonical metadata name -> diaObject field names that carry it (newest first).
+HOST_FIELDS: dict[str, tuple[str, ...]] = {
+    "hostgal_photoz": ("hostgal_zphot", "hostgal_z"),
+    "hostgal_photoz_err": ("hostgal_zphot_err", "hostgal_z_err"),
+    "mwebv": ("mwebv",),
+}
+METADATA_NAMES = ("ra", "dec", *HOST_FIELDS)
+
+AVRO_MAGIC = b"Obj\x01"  # first bytes of an Avro object container file
+WIRE_HEADER = struct.Struct(">bI")  # Confluent wire format: magic byte 0, schema id
+WIRE_EXPECTED = (
+    "expected a Confluent wire-format message (magic byte 0, 4-byte big-endian schema id, "
+    "schemaless Avro body of a Rubin alert)"
+)
+# Top-level Parquet columns used; the rest (cutouts, ssSource, ...) is not read.
+PARQUET_COLUMNS = (
+    "diaSourceId",
+    "diaSource",
+    "prvDiaSources",
+    "prvDiaForcedSources",
+    "diaObject",
+)
+_SCHEMA_FILE = re.compile(r"lsst\.v(\d+)_(\d+)\.alert\.avsc")
+
+
+def is_rubin_avro_schema(schema: Mapping[str, Any]) -> bool:
+    """True if an Avro writer schema describes Rubin/LSST alerts (top-level ``diaSource``).
+
+    ZTF alerts have ``candidate``/``prv_candidates`` instead. Fink re-publishes both kinds
+    under the record name ``topLevelRecord``, so the fields decide, not the name.
+    """
+    fields = schema.get("fields") if isinstance(schema, Mapping) else None
+    return isinstance(fields, list) and any(
+        isinstance(f, Mapping) and f.get("name") == "diaSource" for f in fields
+    )
+
+
+# -- records -> batch -------------------------------------------------------------------
+def _first_key(record: Mapping[str, Any], names: Sequence[str]) -> str | None:
+    """The first of ``names`` present in ``record`` (None if none is)."""
+    return next((n for n in names if n in record), None)
+
+
+def _required_key(record: Mapping[str, Any], names: Sequence[str], what: str, source: str) -> str:
+    """The first of ``names`` present in ``record``; none -> :class:`InputError`."""
+    key = _first_key(record, names)
+    if key is None:
+        raise InputError(
+            source, f"{what} has none of the fields {list(names)}; expected a Rubin/LSST alert"
+        )
+    return key
+
+
+def _id_string(value: Any) -> str:
+    """An identifier as text; integral floats (Fink Parquet's diaObject) print as integers."""
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
+def _float_or_nan(value: Any) -> float:
+    """A nullable number as float (null -> NaN)."""
+    return np.nan if value is None else float(value)
+
+
+def _host_value(dia_object: Mapping[str, Any] | None, names: Sequence[str]) -> float:
+    """A host/extinction value from the diaObject; absent, null or negative (SNANA's -9
+    'missing' sentinel) gives NaN."""
+    if not dia_object:
+        return np.nan
+    key = _first_key(dia_object, names)
+    value = _float_or_nan(dia_object.get(key)) if key else np.nan
+    return value if value >= 0 else np.nan
+
+
+def _object_id(record: Mapping[str, Any], source: str) -> str:
+    """diaObjectId (diaSource first: exact int64), else ssObjectId; 0 means unset."""
+    dia_source = record["diaSource"]
+    dia_object = record.get("diaObject") or {}
+    for value in (
+        dia_source.get("diaObjectId"),
+        dia_object.get("diaObjectId"),
+        dia_source.get("ssObjectId"),
+    ):
+        if value:  # Rubin writes 0 for "not associated"
+            return _id_string(value)
+    raise InputError(
+        source,
+        f"alert {_alert_id(record)} has neither a diaObjectId nor an ssObjectId; "
+        "expected a Rubin/LSST alert associated with an object",
+    )
+
+
+def _alert_id(record: Mapping[str, Any]) -> str:
+    """The triggering diaSourceId (top level from v8.0, in the diaSource before)."""
+    value = record.get("diaSourceId") or record["diaSource"].get("diaSourceId")
+    return _id_string(value)
+
+
+def _alert_points(
+    record: Mapping[str, Any], source: str
+) -> tuple[list[float], list[str], list[float], list[float], list[bool], int]:
+    """(time, band, flux, flux_err, detected, skipped) of one alert, de-duplicated on
+    (time, band) with detections first; points without flux or error are skipped."""
+    groups = (
+        ([record["diaSource"]], True),
+        (record.get("prvDiaSources") or [], True),
+        (record.get("prvDiaForcedSources") or [], False),
+    )
+    seen: set[tuple[float, str]] = set()
+    time: list[float] = []
+    band: list[str] = []
+    flux: list[float] = []
+    err: list[float] = []
+    detected: list[bool] = []
+    skipped = 0
+    for points, is_detection in groups:
+        if not points:
+            continue
+        kind = "diaSource" if is_detection else "diaForcedSource"
+        first = points[0]
+        t_key = _required_key(first, TIME_FIELDS, kind, source)
+        b_key = _required_key(first, BAND_FIELDS, kind, source)
+        f_key = _required_key(first, FLUX_FIELDS, kind, source)
+        e_key = _required_key(first, FLUX_ERR_FIELDS, kind, source)
+        for p in points:
+            t, b, f, e = p[t_key], p[b_key], p[f_key], p[e_key]
+            if None in (t, b, f, e) or t != t or f != f or e != e:  # null or NaN
+                skipped += 1
+                continue
+            key = (float(t), b.lower())
+            if key in seen:
+                continue
+            seen.add(key)
+            time.append(key[0])
+            band.append(b)
+            flux.append(f)
+            err.append(e)
+            detected.append(is_detection)
+    return time, band, flux, err, detected, skipped
+
+
+def rubin_records_to_batch(records: list[dict], source: str) -> LightCurveBatch:
+    """Convert decoded Rubin/LSST alert records (any schema version) into a batch.
+
+    One object per alert, points sorted by time within each alert (see the module
+    docstring for ids, de-duplication and metadata). Time is MJD (TAI); ``psfFlux`` and
+    ``psfFluxErr`` are already nJy. Points with a null or NaN flux, error, time or band are
+    skipped and their number logged. ``source`` names the input in errors and log messages.
+    """
+    object_ids: list[str] = []
+    alert_ids: list[str] = []
+    counts: list[int] = []
+    meta: dict[str, list[float]] = {name: [] for name in METADATA_NAMES}
+    time: list[float] = []
+    band: list[str] = []
+    flux: list[float] = []
+    err: list[float] = []
+    detected: list[bool] = []
+    skipped = 0
+    for record in records:
+        if not isinstance(record, Mapping) or not isinstance(record.get("diaSource"), Mapping):
+            raise InputError(source, "record has no diaSource; expected a Rubin/LSST alert")
+        object_ids.append(_object_id(record, source))
+        alert_ids.append(_alert_id(record))
+        dia_object = record.get("diaObject")
+        position = dia_object or record["diaSource"]
+        meta["ra"].append(_float_or_nan(position.get("ra")))
+        dec_key = _first_key(position, DEC_FIELDS)
+        meta["dec"].append(_float_or_nan(position.get(dec_key)) if dec_key else np.nan)
+        for name, fields in HOST_FIELDS.items():
+            meta[name].append(_host_value(dia_object, fields))
+        t, b, f, e, d, s = _alert_points(record, source)
+        time += t
+        band += b
+        flux += f
+        err += e
+        detected += d
+        counts.append(len(t))
+        skipped += s
+    if skipped:
+        logger.warning(
+            "%s: skipped %d point(s) with a null or NaN time, band, flux or flux error",
+            source,
+            skipped,
+        )
+    time_arr = np.asarray(time, dtype=np.float64)
+    band_arr = band_indices(band, source)
+    alert_index = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((band_arr, time_arr, alert_index))  # by alert, then time, then band
+    flux_njy, err_njy = rubin_flux_to_njy(np.asarray(flux), np.asarray(err))
+    return LightCurveBatch(
+        object_id=np.asarray(object_ids, dtype=str),
+        offsets=np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]),
+        time=time_arr[order],
+        band=band_arr[order],
+        flux=flux_njy[order],
+        flux_err=err_njy[order],
+        detected=np.asarray(detected, dtype=bool)[order],
+        metadata={k: np.asarray(v, dtype=np.float64) for k, v in meta.items()},
+        alert_id=np.asarray(alert_ids, dtype=str),
+    )
+
+
+def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
+    """One path or several -> a non-empty list of paths."""
+    result = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    if not result:
+        raise InputError("(no paths)", "no files given; expected at least one alert file")
+    return result
+
+
+# -- Avro container files ---------------------------------------------------------------
+def _read_container(path: Path) -> list[dict]:
+    expected = "expected an Avro object container file of Rubin/LSST alerts"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(AVRO_MAGIC))
+            if head != AVRO_MAGIC:
+                hint = " (a Confluent wire-format message?)" if head[:1] == b"\x00" else ""
+                raise InputError(
+                    path, f"file starts with {head!r}{hint}, not {AVRO_MAGIC!r}; {expected}"
+                )
+            fh.seek(0)
+            reader = fastavro.reader(fh)
+            if not is_rubin_avro_schema(reader.writer_schema):
+                raise InputError(
+                    path,
+                    f"writer schema {reader.writer_schema.get('name')!r} has no diaSource "
+                    f"field (a ZTF alert?); {expected}",
+                )
+            return list(reader)
+    except InputError:
+        raise
+    except OSError as exc:
+        raise InputError(path, f"cannot open file: {exc}") from exc
+    except Exception as exc:  # fastavro raises many kinds on corrupt input
+        raise InputError(path, f"cannot decode ({type(exc).__name__}: {exc}); {expected}") from exc
+
+
+def read_rubin_avro(paths: PathLike | Iterable[PathLike]) -> LightCurveBatch:
+    """Read Rubin/LSST alerts from Avro container files (any schema version with its
+    writer schema embedded: alert_packet v3-v11, Fink re-publications, ELAsTiCC).
+
+    Times are MJD (TAI), fluxes nJy; one object per alert, in file order.
+    """
+    batches = [rubin_records_to_batch(_read_container(p), str(p)) for p in _as_paths(paths)]
+    return LightCurveBatch.concat(batches)
+
+
+# -- Confluent wire format --------------------------------------------------------------
+class SchemaDirectory:
+    """Rubin alert schemas by Confluent schema id (``major * 100 + minor``), parsed once.
+
+    ``root`` is laid out like lsst/alert_packet's ``schema`` folder:
+    ``<major>/<minor>/lsst.v<major>_<minor>.alert.avsc``, whose named types are loaded from
+    the other ``.avsc`` files of the same folder.
+    """
+
+    def __init__(self, root: PathLike) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError(
+                self.root,
+                "not a directory; expected a schema folder laid out as "
+                "<major>/<minor>/lsst.v<major>_<minor>.alert.avsc",
+            )
+        self.paths: dict[int, Path] = {}
+        for path in self.root.glob("*/*/lsst.v*_*.alert.avsc"):
+            match = _SCHEMA_FILE.fullmatch(path.name)
+            if match and path.parent.parts[-2:] == match.groups():
+                self.paths[int(match[1]) * 100 + int(match[2])] = path
+        self._parsed: dict[int, Any] = {}
+
+    def versions(self) -> list[str]:
+        """Available schema versions as ``major.minor`` strings, in id order."""
+        return [f"{i // 100}.{i % 100}" for i in sorted(self.paths)]
+
+    def get(self, schema_id: int, source: str) -> Any:
+        """The parsed schema with this id; unknown id -> :class:`InputError` on ``source``."""
+        if schema_id not in self._parsed:
+            path = self.paths.get(schema_id)
+            if path is None:
+                raise InputError(
+                    source,
+                    f"unknown schema id {schema_id}; expected one of {sorted(self.paths)} "
+                    f"(Rubin alert schema versions {self.versions()} in {self.root}, "
+                    "id = major * 100 + minor)",
+                )
+            try:
+                self._parsed[schema_id] = load_schema(path)
+            except Exception as exc:  # JSON errors, unknown named types, bad Avro
+                raise InputError(
+                    path, f"cannot load Avro schema ({type(exc).__name__}: {exc})"
+                ) from exc
+        return self._parsed[schema_id]
+
+
+def decode_rubin_wire(data: bytes, schemas: SchemaDirectory, source: str) -> dict:
+    """Decode one Confluent wire-format message value into a Rubin alert record (dict).
+
+    Any malformed message (empty, short, wrong magic byte, unknown schema id, truncated or
+    corrupt body, bytes left over) raises :class:`InputError` naming ``source``. Avro has no
+    checksum, so a bit flip that still decodes (inside a float, say) cannot be detected.
+    """
+    if len(data) <= WIRE_HEADER.size:
+        raise InputError(source, f"message is {len(data)} bytes long; {WIRE_EXPECTED}")
+    magic, schema_id = WIRE_HEADER.unpack_from(data)
+    if magic != 0:
+        hint = " (it looks like JSON text)" if data[:1] in (b"{", b"[") else ""
+        raise InputError(source, f"magic byte is {data[0]:#04x}{hint}; {WIRE_EXPECTED}")
+    schema = schemas.get(schema_id, source)
+    body = io.BytesIO(data)
+    body.seek(WIRE_HEADER.size)
+    try:
+        record = fastavro.schemaless_reader(body, schema)
+    except Exception as exc:  # fastavro raises many kinds on corrupt input
+        raise InputError(
+            source,
+            f"cannot decode the Avro body with schema id {schema_id} "
+            f"({type(exc).__name__}: {exc}); {WIRE_EXPECTED}",
+        ) from exc
+    left = len(data) - body.tell()
+    if left:
+        raise InputError(
+            source,
+            f"{left} byte(s) left after decoding the alert with schema id {schema_id}; "
+            f"{WIRE_EXPECTED}",
+        )
+    return record
+
+
+def read_rubin_wire(paths: PathLike | Iterable[PathLike], schema_dir: PathLike) -> LightCurveBatch:
+    """Read files each holding one Confluent wire-format message value (a Kafka message
+    as Rubin publishes it), decoding with the schemas of ``schema_dir``.
+
+    Times are MJD (TAI), fluxes nJy; one object per message, in path order.
+    """
+    schemas = SchemaDirectory(schema_dir)
+    batches = []
+    for path in _as_paths(paths):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(path, f"cannot read file: {exc}") from exc
+        record = decode_rubin_wire(data, schemas, str(path))
+        batches.append(rubin_records_to_batch([record], str(path)))
+    return LightCurveBatch.concat(batches)
+
+
+# -- Parquet ----------------------------------------------------------------------------
+def read_rubin_parquet(path: PathLike) -> LightCurveBatch:
+    """Read Rubin alerts stored as Parquet rows (one alert per row, the alert's fields as
+    nested columns, as Fink writes them) into a batch.
+
+    Only the alert, source and object columns are read (not the cutouts). Times are MJD
+    (TAI), fluxes nJy; one object per row, in row order.
+    """
+    path = Path(path)
+    try:
+        parquet = pq.ParquetFile(path)
+        columns = [c for c in PARQUET_COLUMNS if c in parquet.schema_arrow.names]
+        if "diaSource" not in columns:
+            raise InputError(
+                path,
+                f"no diaSource column (columns: {parquet.schema_arrow.names[:10]}...); "
+                "expected Rubin/LSST alerts as Parquet rows",
+            )
+        records = parquet.read(columns=columns).to_pylist()
+    except InputError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(path, f"cannot read Parquet ({exc}); expected a Parquet file") from exc
+    return rubin_records_to_batch(records, str(path))

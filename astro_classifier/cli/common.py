@@ -1,0 +1,54 @@
+"""Helpers shared by the CLI commands: error reporting and atomic output files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from astro_classifier.errors import InputError, ModelError
+
+console = Console(stderr=True)
+# Errors that mean "the input or the model is wrong", shown without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (InputError, ModelError, FileNotFoundError)
+
+
+@contextlib.contextmanager
+def user_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Turn input/model errors into one red line and exit code 1."""
+    try:
+        yield
+    except USER_ERRORS + extra as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def parse_days(text: str | None) -> list[float]:
+    if not text:
+        return []
+    try:
+        days = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected comma-separated numbers of days, got {text!r}") from exc
+    if any(d <= 0 for d in days):
+        raise typer.BadParameter("truncation days must be positive")
+    return days

@@ -1,0 +1,125 @@
+"""Training dataset files (HDF5): canonical light curves, labels, and tabular features
+precomputed at several truncation times.
+
+Training truncates light curves at random times so that young light curves classify well;
+the tabular features must then describe the truncated curve, not the whole one. Computing
+them on the fly would dominate training time, so they are computed once per truncation time
+(``truncation_days`` after first detection; ``inf`` = the whole curve) with the same code
+that serving uses, and stored here. Layout::
+
+    /lightcurves/{object_id, offsets, time, band, flux, flux_err, detected, label}
+    /lightcurves/metadata/<name>
+    /features            (T, N, F) float32, T = len(truncation_days)
+    attrs: truncation_days, spec (JSON), content_hash, source
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.features.preprocess import PreprocessingSpec, keep_model_bands, tabular_features
+
+_ARRAYS = ("offsets", "time", "band", "flux", "flux_err", "detected")
+
+
+def content_hash(batch: LightCurveBatch) -> str:
+    """SHA-256 over the light-curve arrays, metadata and labels (identifies training data)."""
+    h = hashlib.sha256()
+    for name in _ARRAYS:
+        h.update(np.ascontiguousarray(getattr(batch, name)).tobytes())
+    h.update("\0".join(batch.object_id.tolist()).encode())
+    for key in sorted(batch.metadata):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(batch.metadata[key], np.float64).tobytes())
+    if batch.label is not None:
+        h.update("\0".join(batch.label.tolist()).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class TrainingDataset:
+    batch: LightCurveBatch  # only the points in the spec's bands
+    features: np.ndarray  # (T, N, F) float32
+    truncation_days: np.ndarray  # (T,) float64, inf = whole curve
+    spec: PreprocessingSpec
+    content_hash: str
+    source: str
+
+    @classmethod
+    def build(
+        cls,
+        batch: LightCurveBatch,
+        spec: PreprocessingSpec,
+        truncation_days: Sequence[float],
+        source: str,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> TrainingDataset:
+        """Compute features of ``batch`` at every truncation time (the slow step, ~1 min)."""
+        if batch.label is None:
+            raise ValueError(f"{source}: training data must be labelled")
+        batch, _ = keep_model_bands(batch, spec)
+        days = np.asarray(sorted(truncation_days), np.float64)
+        features = np.empty((len(days), len(batch), len(spec.feature_names)), np.float32)
+        for i, d in enumerate(days):
+            cut = batch if np.isinf(d) else batch.truncate_after_first_detection(d)
+            features[i] = tabular_features(cut, spec)
+            if progress is not None:
+                progress(i + 1, len(days))
+        return cls(batch, features, days, spec, content_hash(batch), source)
+
+    def save(self, path: str | Path) -> None:
+        with h5py.File(path, "w") as f:
+            g = f.create_group("lightcurves")
+            g["object_id"] = self.batch.object_id.astype("S")
+            g["label"] = self.batch.label.astype("S")
+            for name in _ARRAYS:
+                g.create_dataset(name, data=getattr(self.batch, name), compression="lzf")
+            m = g.create_group("metadata")
+            for key, col in self.batch.metadata.items():
+                m[key] = col
+            f.create_dataset("features", data=self.features, compression="lzf")
+            f.attrs["truncation_days"] = self.truncation_days
+            f.attrs["spec"] = self.spec.model_dump_json()
+            f.attrs["content_hash"] = self.content_hash
+            f.attrs["source"] = self.source
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainingDataset:
+        with h5py.File(path, "r") as f:
+            g = f["lightcurves"]
+            batch = LightCurveBatch(
+                object_id=g["object_id"][:].astype(str),
+                label=g["label"][:].astype(str),
+                metadata={k: v[:] for k, v in g["metadata"].items()},
+                **{name: g[name][:] for name in _ARRAYS},
+            )
+            return cls(
+                batch=batch,
+                features=f["features"][:],
+                truncation_days=np.asarray(f.attrs["truncation_days"]),
+                spec=PreprocessingSpec.model_validate(json.loads(f.attrs["spec"])),
+                content_hash=str(f.attrs["content_hash"]),
+                source=str(f.attrs["source"]),
+            )
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def truncated(self, index: np.ndarray, level: np.ndarray) -> tuple[LightCurveBatch, np.ndarray]:
+        """Objects ``index`` cut at truncation level ``level`` (indices into truncation_days).
+
+        Returns the truncated light curves and their matching features (len(index), F).
+        """
+        sub = self.batch.select(index)
+        days = self.truncation_days[level]
+        if np.isfinite(days).any():
+            sub = sub.truncate_after_first_detection(days)
+        return sub, self.features[level, index]

@@ -1,0 +1,172 @@
+"""Light curves -> model inputs: the one preprocessing used by training, batch and stream.
+
+The arrays of :class:`ModelInputs` are exactly the inputs of every exported ONNX graph
+(same names, dtypes and shapes), so a model sees the same tensors whichever door the data
+came through. The constants that steer this (bands, maximum length, flux scale, feature
+names) are a :class:`PreprocessingSpec`, stored in each model's metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from astro_classifier.data.lightcurve import BAND_INDEX, BANDS, LightCurveBatch
+from astro_classifier.features.lc_features import compute_light_curve_features, feature_names
+
+# Object metadata a model may use as tabular inputs (canonical names, see data/plasticc.py).
+# hostgal_specz is deliberately absent: it is unknown for most real objects.
+KNOWN_METADATA_FEATURES = ("hostgal_photoz", "hostgal_photoz_err", "mwebv", "ddf", "distmod")
+
+
+class PreprocessingSpec(BaseModel):
+    """Constants of the preprocessing, stored in the model so serving repeats training."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bands: tuple[str, ...] = Field(BANDS, description="canonical bands the model uses, in token-id order")
+    max_length: int = Field(256, ge=1, description="most recent points kept per light curve")
+    flux_scale_njy: float = Field(
+        1000.0, gt=0, description="asinh softening scale: token = asinh(flux / scale)"
+    )
+    metadata_features: tuple[str, ...] = Field(
+        (), description="object metadata columns used as tabular inputs (NaN when absent)"
+    )
+    light_curve_features: bool = Field(True, description="append light-curve package features")
+
+    @field_validator("bands")
+    @classmethod
+    def _known_bands(cls, bands: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [b for b in bands if b not in BAND_INDEX]
+        if unknown or not bands:
+            raise ValueError(f"bands must be a non-empty subset of {list(BANDS)}, got {list(bands)}")
+        return bands
+
+    @field_validator("metadata_features")
+    @classmethod
+    def _known_metadata(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [n for n in names if n not in KNOWN_METADATA_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown metadata feature(s) {unknown}; known: {list(KNOWN_METADATA_FEATURES)}")
+        return names
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Column names of the ``tabular`` input, in order."""
+        names = list(self.metadata_features)
+        if self.light_curve_features:
+            names += feature_names(self.bands)
+        return names
+
+
+@dataclass
+class ModelInputs:
+    """Inputs of one model call; field names are the ONNX input names.
+
+    B objects, L = longest kept light curve in the call, F = len(spec.feature_names).
+    """
+
+    flux: np.ndarray  # (B, L) float32, asinh(flux / flux_scale_njy), 0 at padding
+    flux_err: np.ndarray  # (B, L) float32, asinh(flux_err / flux_scale_njy), 0 at padding
+    time: np.ndarray  # (B, L) float32, days since the object's first detection, 0 at padding
+    band: np.ndarray  # (B, L) int64, index into spec.bands, 0 at padding
+    mask: np.ndarray  # (B, L) bool, True for real points
+    tabular: np.ndarray  # (B, F) float32, raw feature values, NaN = missing
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in self.names()}
+
+    def __len__(self) -> int:
+        return self.flux.shape[0]
+
+    def take(self, index: np.ndarray, length: int | None = None) -> ModelInputs:
+        """Rows ``index``, cut to the first ``length`` positions (default: all)."""
+        cut = slice(None) if length is None else slice(0, length)
+        return ModelInputs(
+            **{
+                name: (value[index] if name == "tabular" else value[index, cut])
+                for name, value in self.as_dict().items()
+            }
+        )
+
+
+def keep_model_bands(batch: LightCurveBatch, spec: PreprocessingSpec) -> tuple[LightCurveBatch, int]:
+    """Drop points in bands the model does not use; returns the batch and the dropped count."""
+    keep = np.isin(batch.band, [BAND_INDEX[b] for b in spec.bands])
+    if keep.all():
+        return batch, 0
+    return batch.select_points(keep), int((~keep).sum())
+
+
+def tabular_features(batch: LightCurveBatch, spec: PreprocessingSpec, n_jobs: int = 1) -> np.ndarray:
+    """(N, F) float32 tabular inputs: metadata columns (NaN when absent) + light-curve features."""
+    columns = [
+        np.asarray(batch.metadata.get(name, np.full(len(batch), np.nan)), np.float32)[:, None]
+        for name in spec.metadata_features
+    ]
+    if spec.light_curve_features:
+        columns.append(compute_light_curve_features(batch, spec.bands, n_jobs=n_jobs))
+    if not columns:
+        return np.zeros((len(batch), 0), np.float32)
+    return np.concatenate(columns, axis=1).astype(np.float32)
+
+
+def light_curves_to_inputs(
+    batch: LightCurveBatch,
+    spec: PreprocessingSpec,
+    tabular: np.ndarray | None = None,
+    n_jobs: int = 1,
+    width: int | None = None,
+) -> ModelInputs:
+    """Build model inputs for every object of ``batch`` (padded to the longest kept curve).
+
+    Points in bands outside ``spec.bands`` are ignored; each light curve keeps its most
+    recent ``spec.max_length`` points. Time is counted from the first detection of the
+    whole light curve (before cutting), so it means the same thing however long the
+    history is. ``tabular`` may be given precomputed (training does, for truncated curves);
+    otherwise it is computed from ``batch`` here. ``width`` pads the point axis to a fixed
+    length (a serving bucket); by default it is the longest kept light curve.
+    """
+    batch, _ = keep_model_bands(batch, spec)
+    if tabular is None:
+        tabular = tabular_features(batch, spec, n_jobs=n_jobs)
+    n = len(batch)
+    lengths = np.minimum(batch.lengths, spec.max_length)
+    longest = max(int(lengths.max(initial=0)), 1)
+    if width is None:
+        width = longest
+    elif width < longest:
+        raise ValueError(f"width {width} is shorter than the longest kept light curve ({longest})")
+    # Position of each kept point: the last `lengths[k]` points of object k.
+    obj = batch.point_object_index()
+    rank_from_end = batch.offsets[1:][obj] - 1 - np.arange(len(obj))
+    kept = rank_from_end < lengths[obj]
+    position = lengths[obj] - 1 - rank_from_end
+    rows, cols = obj[kept], position[kept]
+
+    t0 = batch.first_detection_time()
+    band_lut = np.zeros(len(BANDS), np.int64)
+    band_lut[[BAND_INDEX[b] for b in spec.bands]] = np.arange(len(spec.bands))
+    scale = spec.flux_scale_njy
+
+    def grid(values: np.ndarray, dtype: type) -> np.ndarray:
+        out = np.zeros((n, width), dtype)
+        out[rows, cols] = values[kept]
+        return out
+
+    mask = np.zeros((n, width), bool)
+    mask[rows, cols] = True
+    return ModelInputs(
+        flux=grid(np.arcsinh(batch.flux / scale), np.float32),
+        flux_err=grid(np.arcsinh(batch.flux_err / scale), np.float32),
+        time=grid((batch.time - t0[obj]).astype(np.float32), np.float32),
+        band=grid(band_lut[batch.band], np.int64),
+        mask=mask,
+        tabular=np.ascontiguousarray(tabular, dtype=np.float32),
+    )

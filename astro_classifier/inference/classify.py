@@ -1,0 +1,136 @@
+"""classify(): light curves -> classifications, the same function for batch files and stream.
+
+Steps: keep the model's bands; skip (and count) objects with no usable point; compute the
+tabular features once for all objects; group objects into length buckets; one session call
+per bucket chunk; assemble the output table of DESIGN.md's classification contract.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.features.preprocess import keep_model_bands, light_curves_to_inputs, tabular_features
+from astro_classifier.inference.model import LoadedModel
+
+SKIP_NO_POINTS = "no points in the model's bands"
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage of one classify() call."""
+
+    features: float = 0.0
+    inference: float = 0.0
+    total: float = 0.0
+
+
+@dataclass
+class ClassifyResult:
+    table: pa.Table  # one row per classified object (output contract)
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> objects skipped
+    skipped_ids: dict[str, list[str]] = field(default_factory=dict)  # reason -> object ids
+    points_outside_bands: int = 0  # points in bands the model does not use (ignored)
+    real_tokens: int = 0  # points fed to the model
+    padded_tokens: int = 0  # positions of all session calls (real + padding)
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+
+def output_schema(labels: list[str]) -> pa.Schema:
+    """Arrow schema of classify()'s output for a model with these labels."""
+    return pa.schema(
+        [
+            ("object_id", pa.string()),
+            ("alert_id", pa.string()),
+            ("model", pa.string()),
+            ("model_version", pa.string()),
+            ("class", pa.string()),
+            ("probability", pa.float32()),
+            *[(f"prob_{label}", pa.float32()) for label in labels],
+        ]
+    )
+
+
+def bucket_for(lengths: np.ndarray, buckets: list[int]) -> np.ndarray:
+    """Index of the smallest bucket holding each length (lengths already cut to the maximum)."""
+    return np.searchsorted(np.asarray(buckets), lengths, side="left")
+
+
+def classify(
+    batch: LightCurveBatch,
+    model: LoadedModel,
+    batch_size: int = 512,
+    n_jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> ClassifyResult:
+    """Classify every object of ``batch`` that has at least one point in the model's bands.
+
+    ``progress`` is called with the number of objects finished after each session call.
+    """
+    started = time.perf_counter()
+    meta = model.metadata
+    spec = meta.preprocessing
+    result = ClassifyResult(table=output_schema(meta.labels).empty_table())
+    batch, result.points_outside_bands = keep_model_bands(batch, spec)
+    usable = batch.lengths > 0
+    if not usable.all():
+        result.skipped[SKIP_NO_POINTS] = int((~usable).sum())
+        result.skipped_ids[SKIP_NO_POINTS] = batch.object_id[~usable].tolist()
+        batch = batch.select(np.flatnonzero(usable))
+    if len(batch) == 0:
+        result.timings.total = time.perf_counter() - started
+        return result
+
+    t0 = time.perf_counter()
+    tabular = tabular_features(batch, spec, n_jobs=n_jobs)
+    result.timings.features = time.perf_counter() - t0
+
+    lengths = np.minimum(batch.lengths, spec.max_length)
+    buckets = meta.length_buckets
+    which = bucket_for(lengths, buckets)
+    proba = np.empty((len(batch), len(meta.labels)), np.float32)
+    done = 0
+    for b in np.unique(which):
+        members = np.flatnonzero(which == b)
+        for start in range(0, len(members), batch_size):
+            index = members[start : start + batch_size]
+            inputs = light_curves_to_inputs(
+                batch.select(index), spec, tabular=tabular[index], width=buckets[b]
+            )
+            t0 = time.perf_counter()
+            proba[index] = model.predict(inputs)
+            result.timings.inference += time.perf_counter() - t0
+            result.real_tokens += int(inputs.mask.sum())
+            result.padded_tokens += inputs.mask.size
+            done += len(index)
+            if progress is not None:
+                progress(done)
+
+    top = proba.argmax(axis=1)
+    labels = np.asarray(meta.labels)
+    columns = {
+        "object_id": batch.object_id,
+        "alert_id": batch.alert_id if batch.alert_id is not None else [None] * len(batch),
+        "model": np.full(len(batch), meta.name),
+        "model_version": np.full(len(batch), meta.version),
+        "class": labels[top],
+        "probability": proba[np.arange(len(batch)), top],
+        **{f"prob_{label}": proba[:, j] for j, label in enumerate(meta.labels)},
+    }
+    schema = output_schema(meta.labels)
+    result.table = pa.table(
+        {name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names},
+        schema=schema,
+    )
+    result.timings.total = time.perf_counter() - started
+    return result

@@ -1,0 +1,227 @@
+"""ATAT: Astronomical Transformer for time series And Tabular data (Cabrera-Vives et al. 2024).
+
+Two transformers, one over the light curve and one over tabular features, each with a CLS
+token; a head on each CLS and a mixed head on both. The model takes the arrays of
+:class:`astro_classifier.features.preprocess.ModelInputs` and returns class probabilities of
+the mixed head; `forward_logits` returns all three heads' logits for the training loss.
+
+Everything here exports to plain ONNX ops (Gather, MatMul, Softmax, Where, IsNaN): the
+quantile tables of the feature tokenizer are buffers, so the exported graph normalises raw
+feature values itself. Attention is dense and deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ATATConfig:
+    n_classes: int
+    n_bands: int
+    n_features: int
+    d_model: int = 64
+    n_heads: int = 4
+    lc_layers: int = 3
+    tab_layers: int = 2
+    ff_mult: int = 2
+    n_harmonics: int = 16  # Fourier terms of the time modulation
+    time_period_days: float = 1500.0  # longest period of the Fourier basis
+    n_quantiles: int = 64  # rows of each feature's quantile table
+    dropout: float = 0.1  # residual and head dropout (none inside attention)
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.scale = 1.0 / math.sqrt(d_model // n_heads)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        b, t, c = x.shape  # (B, T, C)
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (z.reshape(b, t, self.n_heads, -1).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
+        # keep: (B, T) bool, True = attend; the CLS position is always kept, so no row is empty.
+        mask = None if keep is None else keep[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(b, t, c))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, d_model: int, n_heads: int, ff_mult: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = Attention(d_model, n_heads)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, ff_mult * d_model),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(ff_mult * d_model, d_model),
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), keep))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class Encoder(nn.Module):
+    """CLS token + blocks + final norm; returns the CLS output (B, C)."""
+
+    def __init__(self, cfg: ATATConfig, n_layers: int) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
+        self.blocks = nn.ModuleList(
+            Block(cfg.d_model, cfg.n_heads, cfg.ff_mult, cfg.dropout) for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(cfg.d_model)
+        nn.init.normal_(self.cls, std=0.02)
+
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        b = tokens.shape[0]
+        x = torch.cat([self.cls.expand(b, -1, -1), tokens], dim=1)  # (B, 1 + T, C)
+        if keep is not None:
+            keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
+        for block in self.blocks:
+            x = block(x, keep)
+        return self.norm(x[:, 0])
+
+
+class TimeModulatedTokens(nn.Module):
+    """Flux tokens with per-band Time Modulation.
+
+    token = (W_b [flux, flux_err] + c_b) * gamma_b(t) + beta_b(t), where gamma and beta are
+    Fourier series in time whose coefficients are learned per band. Per-band weights are
+    applied as one matmul over (one-hot band x inputs) rather than by gathering a weight
+    tensor per token, which would materialise (B, L, 2M, C) and dominate training time.
+    """
+
+    def __init__(self, cfg: ATATConfig) -> None:
+        super().__init__()
+        d, m, nb = cfg.d_model, cfg.n_harmonics, cfg.n_bands
+        self.n_bands = nb
+        self.value = nn.Linear(nb * 2, d)  # rows: band-major (band, [flux, flux_err])
+        self.value_bias = nn.Linear(nb, d, bias=False)
+        self.gamma = nn.Linear(nb * 2 * m, d, bias=False)
+        self.beta = nn.Linear(nb * 2 * m, d, bias=False)
+        nn.init.normal_(self.gamma.weight, std=0.02)
+        nn.init.normal_(self.beta.weight, std=0.02)
+        freqs = 2 * math.pi * torch.arange(1, m + 1, dtype=torch.float32) / cfg.time_period_days
+        self.register_buffer("freqs", freqs)
+        self.register_buffer("band_ids", torch.arange(nb))
+
+    def forward(
+        self, flux: torch.Tensor, flux_err: torch.Tensor, time: torch.Tensor, band: torch.Tensor
+    ) -> torch.Tensor:
+        b, length = flux.shape
+        onehot = (band.unsqueeze(-1) == self.band_ids).to(flux.dtype)  # (B, L, NB)
+        values = torch.stack([flux, flux_err], dim=-1)  # (B, L, 2)
+        x = self.value((onehot.unsqueeze(-1) * values.unsqueeze(-2)).reshape(b, length, -1))
+        x = x + self.value_bias(onehot)  # (B, L, C)
+        phase = time.unsqueeze(-1) * self.freqs  # (B, L, M)
+        basis = torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1)  # (B, L, 2M)
+        per_band = (onehot.unsqueeze(-1) * basis.unsqueeze(-2)).reshape(b, length, -1)  # (B, L, NB*2M)
+        return x * (1.0 + self.gamma(per_band)) + self.beta(per_band)
+
+
+class QuantileFeatureTokens(nn.Module):
+    """One token per tabular feature, after a quantile transform stored in the model.
+
+    Each raw value is mapped to its empirical CDF u in [0, 1] by piecewise-linear
+    interpolation of the feature's quantile table (fitted on the training set, kept as a
+    buffer so the exported graph applies it), then token = (2u - 1) w_f + b_f. NaN values
+    get a learned per-feature "missing" token.
+    """
+
+    def __init__(self, cfg: ATATConfig) -> None:
+        super().__init__()
+        f, d = cfg.n_features, cfg.d_model
+        # Placeholder tables; `fit_quantiles` sets them from training data.
+        self.register_buffer(
+            "quantiles", torch.linspace(0, 1, cfg.n_quantiles).repeat(f, 1)
+        )  # (F, Q)
+        self.weight = nn.Parameter(torch.randn(f, d) * 0.1)
+        self.bias = nn.Parameter(torch.randn(f, d) * 0.02)
+        self.missing = nn.Parameter(torch.randn(f, d) * 0.02)
+
+    @torch.no_grad()
+    def fit_quantiles(self, features: torch.Tensor) -> None:
+        """Fit the per-feature quantile tables from training features (N, F), NaN ignored."""
+        probs = torch.linspace(0, 1, self.quantiles.shape[1], dtype=torch.float64)
+        for j in range(features.shape[1]):
+            col = features[:, j].double()
+            col = col[torch.isfinite(col)]
+            if col.numel() == 0:
+                self.quantiles[j] = 0.0
+            else:
+                self.quantiles[j] = torch.quantile(col, probs).float()
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        missing = torch.isnan(values)  # (B, F)
+        v = torch.where(missing, torch.zeros_like(values), values).unsqueeze(-1)  # (B, F, 1)
+        lo, hi = self.quantiles[:, :-1], self.quantiles[:, 1:]  # (F, Q-1)
+        step = torch.clamp((v - lo) / torch.clamp(hi - lo, min=1e-12), 0.0, 1.0)  # (B, F, Q-1)
+        u = step.mean(dim=-1, keepdim=True)  # (B, F, 1), empirical CDF
+        tokens = (2.0 * u - 1.0) * self.weight + self.bias  # (B, F, C)
+        return torch.where(missing.unsqueeze(-1), self.missing.expand_as(tokens), tokens)
+
+
+class ATAT(nn.Module):
+    def __init__(self, cfg: ATATConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.lc_tokens = TimeModulatedTokens(cfg)
+        self.lc_encoder = Encoder(cfg, cfg.lc_layers)
+        self.has_tabular = cfg.n_features > 0
+        if self.has_tabular:
+            self.tab_tokens = QuantileFeatureTokens(cfg)
+            self.tab_encoder = Encoder(cfg, cfg.tab_layers)
+            self.tab_head = nn.Linear(d, cfg.n_classes)
+            self.mix_head = nn.Sequential(
+                nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, cfg.n_classes)
+            )
+        self.lc_head = nn.Linear(d, cfg.n_classes)
+
+    def forward_logits(
+        self,
+        flux: torch.Tensor,
+        flux_err: torch.Tensor,
+        time: torch.Tensor,
+        band: torch.Tensor,
+        mask: torch.Tensor,
+        tabular: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Logits of each head, (B, n_classes) each: keys 'lc', 'tab', 'mix'."""
+        lc = self.lc_encoder(self.lc_tokens(flux, flux_err, time, band), mask)
+        out = {"lc": self.lc_head(lc)}
+        if self.has_tabular:
+            tab = self.tab_encoder(self.tab_tokens(tabular), None)
+            out["tab"] = self.tab_head(tab)
+            out["mix"] = self.mix_head(torch.cat([lc, tab], dim=-1))
+        else:
+            out["mix"] = out["lc"]
+        return out
+
+    def forward(
+        self,
+        flux: torch.Tensor,
+        flux_err: torch.Tensor,
+        time: torch.Tensor,
+        band: torch.Tensor,
+        mask: torch.Tensor,
+        tabular: torch.Tensor,
+    ) -> torch.Tensor:
+        """Class probabilities of the mixed head, (B, n_classes)."""
+        logits = self.forward_logits(flux, flux_err, time, band, mask, tabular)["mix"]
+        return F.softmax(logits, dim=-1)

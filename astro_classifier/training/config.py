@@ -1,0 +1,115 @@
+"""Training configuration (YAML, validated by pydantic). Imports no torch.
+
+Paths may use ``${ASTROCLF_SHARED_DATA}``, which defaults to ``../shared/data`` (relative to
+the working directory) when the variable is unset. ``--set key.sub=value`` overrides any
+field from the command line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from astro_classifier.data.readers import FORMATS
+from astro_classifier.features.preprocess import PreprocessingSpec
+
+SHARED_DATA_DEFAULT = "../shared/data"
+
+
+def expand_path(value: str) -> str:
+    env = dict(os.environ)
+    env.setdefault("ASTROCLF_SHARED_DATA", SHARED_DATA_DEFAULT)
+    out = value
+    for key, val in env.items():
+        out = out.replace("${" + key + "}", val)
+    return out
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    name: str = Field("atat", description="registered architecture (see training/registry.py)")
+    args: dict[str, Any] = Field(default_factory=dict, description="architecture overrides")
+
+
+class DataSection(_Strict):
+    format: Literal[FORMATS] = "plasticc"  # type: ignore[valid-type]
+    light_curves: str
+    metadata: str | None = None
+    max_objects: int | None = Field(None, ge=10, description="stratified subsample, for quick runs")
+    n_folds: int = Field(5, ge=2, description="stratified folds over the labelled objects")
+    holdout_fold: int | None = Field(
+        0, description="fold never trained on, evaluated at the end (null: train on all folds)"
+    )
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="of the rest, for early stopping")
+    seed: int = 0
+    truncation_days: list[float] = Field(
+        [8, 16, 32, 64, 128, 256, 512, math.inf],
+        description="days after first detection at which features are precomputed; inf = whole curve",
+    )
+
+    @field_validator("light_curves", "metadata")
+    @classmethod
+    def _expand(cls, value: str | None) -> str | None:
+        return None if value is None else expand_path(value)
+
+
+class TrainingSection(_Strict):
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(128, ge=2)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_epochs: int = Field(2, ge=0)
+    patience: int = Field(12, ge=1, description="epochs without better validation macro F1")
+    class_balance: Literal["weights", "none"] = "weights"
+    truncation_probability: float = Field(
+        0.5, ge=0, le=1, description="chance that a training light curve is cut at a random time"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all)")
+    seed: int = 0
+
+
+class ExportSection(_Strict):
+    name: str = Field(..., description="model name written into the ONNX metadata")
+    version: str = "0.1.0"
+    description: str = ""
+
+
+class TrainConfig(_Strict):
+    model: ModelSection = ModelSection()
+    data: DataSection
+    preprocessing: PreprocessingSpec = PreprocessingSpec()
+    training: TrainingSection = TrainingSection()
+    export: ExportSection
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        for item in overrides or []:
+            apply_override(raw, item)
+        return cls.model_validate(raw)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply ``key.sub=value`` (value parsed as YAML) to a raw config dict, in place."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like key.sub=value")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)

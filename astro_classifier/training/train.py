@@ -1,0 +1,272 @@
+"""The training loop: config -> run directory with checkpoint, metrics and plots.
+
+Run directory contents::
+
+    config.yaml            the validated config that produced the run
+    dataset.h5             the training dataset (light curves + features per truncation)
+    checkpoint.pt          best weights (validation macro F1), model config, labels, spec
+    metrics.json           history, best validation metrics, hold-out metrics
+    confusion_matrix.png   on the hold-out fold (or validation set without one)
+    learning_curves.png    loss and macro F1 per epoch
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from astro_classifier.data.dataset import TrainingDataset
+from astro_classifier.data.readers import read_light_curves
+from astro_classifier.data.splits import stratified_folds, stratified_split
+from astro_classifier.features.preprocess import ModelInputs, light_curves_to_inputs
+from astro_classifier.metrics import classification_report
+from astro_classifier.plots import plot_confusion_matrix, plot_learning_curves
+from astro_classifier.training.config import TrainConfig
+from astro_classifier.training.registry import create_model
+
+log = logging.getLogger(__name__)
+HEADS = ("lc", "tab", "mix")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but torch sees no CUDA device")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def to_tensors(inputs: ModelInputs, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device) for k, v in inputs.as_dict().items()}
+
+
+def length_bucketed_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Shuffled batches of similar-length objects (positions into ``lengths``).
+
+    Objects are shuffled, cut into pools of 50 batches, sorted by length inside a pool and
+    batched, and the batches shuffled: padding stays small while every epoch differs.
+    """
+    order = rng.permutation(len(lengths))
+    pool = 50 * batch_size
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return [b for b in batches if len(b) > 1]  # a batch of one breaks nothing but wastes a step
+
+
+def load_or_build_dataset(cfg: TrainConfig, run_dir: Path, console: Console) -> TrainingDataset:
+    path = run_dir / "dataset.h5"
+    if path.exists():
+        ds = TrainingDataset.load(path)
+        if ds.spec == cfg.preprocessing and list(ds.truncation_days) == sorted(cfg.data.truncation_days):
+            console.print(f"[dim]reusing {path} ({len(ds)} objects)[/dim]")
+            return ds
+    batch = read_light_curves([cfg.data.light_curves], format=cfg.data.format, metadata=cfg.data.metadata)
+    if batch.label is None:
+        raise ValueError(f"{cfg.data.light_curves}: no labels found; training needs labelled data")
+    if cfg.data.max_objects is not None and cfg.data.max_objects < len(batch):
+        _, keep = stratified_split(batch.label, cfg.data.max_objects / len(batch), cfg.data.seed)
+        batch = batch.select(keep)
+    source = f"{cfg.data.format}:{Path(cfg.data.light_curves).name}"
+    with Progress(
+        TextColumn("features per truncation"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as bar:
+        task = bar.add_task("", total=len(cfg.data.truncation_days))
+        ds = TrainingDataset.build(
+            batch, cfg.preprocessing, cfg.data.truncation_days, source,
+            progress=lambda done, _: bar.update(task, completed=done),
+        )
+    ds.save(path)
+    return ds
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, ds: TrainingDataset, index: np.ndarray, device: torch.device,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Probabilities (len(index), C) for whole light curves (last truncation level = inf)."""
+    model.eval()
+    full = np.full(len(index), len(ds.truncation_days) - 1)
+    order = np.argsort(ds.batch.lengths[index], kind="stable")
+    out = np.empty((len(index), model.cfg.n_classes), np.float32)
+    for start in range(0, len(order), batch_size):
+        pos = order[start : start + batch_size]
+        sub, feats = ds.truncated(index[pos], full[pos])
+        inputs = light_curves_to_inputs(sub, ds.spec, tabular=feats)
+        out[pos] = model(**to_tensors(inputs, device)).float().cpu().numpy()
+    return out
+
+
+def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
+    """Train a model as ``cfg`` says; write the run directory; return metrics.json's content."""
+    console = console or Console()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    tc = cfg.training
+    seed_everything(tc.seed)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    device = resolve_device(tc.device)
+
+    ds = load_or_build_dataset(cfg, run_dir, console)
+    labels = sorted(set(ds.batch.label.tolist()))
+    y = np.searchsorted(labels, ds.batch.label)
+    folds = stratified_folds(ds.batch.label, cfg.data.n_folds, seed=cfg.data.seed)
+    holdout = (
+        np.flatnonzero(folds == cfg.data.holdout_fold)
+        if cfg.data.holdout_fold is not None
+        else np.zeros(0, np.int64)
+    )
+    rest = np.setdiff1d(np.arange(len(ds)), holdout)
+    tr, va = stratified_split(ds.batch.label[rest], cfg.data.val_fraction, cfg.data.seed)
+    train_idx, val_idx = rest[tr], rest[va]
+    console.print(
+        f"{len(ds)} objects, {len(labels)} classes, {len(ds.spec.feature_names)} tabular features; "
+        f"train {len(train_idx)}, validation {len(val_idx)}, hold-out {len(holdout)}; device {device}"
+    )
+
+    model = create_model(
+        cfg.model.name, n_classes=len(labels), n_bands=len(ds.spec.bands),
+        n_features=len(ds.spec.feature_names), **cfg.model.args,
+    )
+    if model.has_tabular:  # quantile tables from training objects at every truncation level
+        model.tab_tokens.fit_quantiles(
+            torch.from_numpy(ds.features[:, train_idx].reshape(-1, ds.features.shape[-1]))
+        )
+    model.to(device)
+
+    counts = np.bincount(y[train_idx], minlength=len(labels)).astype(np.float64)
+    class_weight = (
+        torch.tensor(counts.sum() / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
+        if tc.class_balance == "weights"
+        else None
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    rng = np.random.default_rng(tc.seed)
+    steps_per_epoch = math.ceil(len(train_idx) / tc.batch_size)
+    total_steps = tc.epochs * steps_per_epoch
+    warmup = tc.warmup_epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    n_levels = len(ds.truncation_days)
+    history: list[dict[str, float]] = []
+    best_f1, best_state, best_epoch, since_best = -1.0, None, 0, 0
+    started = time.perf_counter()
+    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        for epoch in range(1, tc.epochs + 1):
+            model.train()
+            batches = length_bucketed_batches(ds.batch.lengths[train_idx], tc.batch_size, rng)
+            task = bar.add_task("", total=len(batches), epoch=epoch, loss=float("nan"))
+            losses = []
+            for pos in batches:
+                index = train_idx[pos]
+                cut = rng.random(len(index)) < tc.truncation_probability
+                level = np.where(cut, rng.integers(0, n_levels - 1, len(index)), n_levels - 1)
+                sub, feats = ds.truncated(index, level)
+                inputs = to_tensors(light_curves_to_inputs(sub, ds.spec, tabular=feats), device)
+                target = torch.from_numpy(y[index]).to(device)
+                logits = model.forward_logits(**inputs)
+                loss = sum(
+                    F.cross_entropy(logits[h], target, weight=class_weight) for h in HEADS if h in logits
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                losses.append(loss.item())
+                bar.update(task, advance=1, loss=float(np.mean(losses)))
+            bar.remove_task(task)
+
+            proba = predict(model, ds, val_idx, device)
+            report = classification_report(y[val_idx], proba, labels)
+            val_loss = float(F.nll_loss(torch.log(torch.from_numpy(proba).clamp_min(1e-15)),
+                                        torch.from_numpy(y[val_idx]), weight=None if class_weight is None else class_weight.cpu()))
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)) / len(HEADS),
+                   "val_loss": val_loss, "val_macro_f1": report.macro_f1, "val_accuracy": report.accuracy}
+            history.append(row)
+            improved = report.macro_f1 > best_f1
+            console.print(
+                f"epoch {epoch:3d}  train loss {row['train_loss']:.3f}  val loss {val_loss:.3f}  "
+                f"val macro F1 {report.macro_f1:.3f}  acc {report.accuracy:.3f}" + ("  *" if improved else "")
+            )
+            if improved:
+                best_f1, best_epoch, since_best = report.macro_f1, epoch, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+                if since_best >= tc.patience:
+                    console.print(f"early stop: no better validation macro F1 for {tc.patience} epochs")
+                    break
+
+    model.load_state_dict(best_state)
+    metrics: dict[str, Any] = {
+        "best_epoch": best_epoch,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "n_train": len(train_idx), "n_validation": len(val_idx), "n_holdout": len(holdout),
+        "validation": classification_report(y[val_idx], predict(model, ds, val_idx, device), labels).to_dict(),
+        "history": history,
+    }
+    shown, title = ("validation", "validation set")
+    if len(holdout):
+        metrics["holdout"] = classification_report(y[holdout], predict(model, ds, holdout, device), labels).to_dict()
+        shown, title = "holdout", f"hold-out fold {cfg.data.holdout_fold}"
+    torch.save(
+        {
+            "model_name": cfg.model.name,
+            "model_config": asdict(model.cfg),
+            "state_dict": best_state,
+            "labels": labels,
+            "spec": ds.spec.model_dump(mode="json"),
+            "dataset": {"source": ds.source, "content_hash": ds.content_hash, "n_objects": len(ds)},
+            "split": {"validation": val_idx.tolist(), "holdout": holdout.tolist()},
+            "export": cfg.export.model_dump(),
+            "metrics": {k: metrics[k] for k in ("validation", "holdout") if k in metrics},
+        },
+        run_dir / "checkpoint.pt",
+    )
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_confusion_matrix(
+        np.asarray(metrics[shown]["confusion_matrix"]), labels, run_dir / "confusion_matrix.png",
+        title=f"{cfg.export.name}: {title}",
+    )
+    plot_learning_curves(history, run_dir / "learning_curves.png")
+    m = metrics[shown]
+    console.print(
+        f"[bold]{title}[/bold]: macro F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f}, "
+        f"class-balanced log loss {m['log_loss']:.3f} (best epoch {best_epoch}) -> {run_dir}"
+    )
+    return metrics
