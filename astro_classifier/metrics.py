@@ -31,8 +31,7 @@ def _check_labels(y: np.ndarray, n_classes: int, name: str) -> np.ndarray:
     y = y.astype(np.int64)
     if y.size and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(
-            f"{name} holds class indices outside 0..{n_classes - 1} "
-            f"(min {y.min()}, max {y.max()})"
+            f"{name} holds class indices outside 0..{n_classes - 1} (min {y.min()}, max {y.max()})"
         )
     return y
 
@@ -144,9 +143,9 @@ def classification_report(
         accuracy=float(tp.sum() / len(y_true)),
         macro_f1=float(f1[present].mean()),
         log_loss=class_balanced_log_loss(y_true, proba),
-        recall={lab: float(v) for lab, v in zip(labels, recall)},
-        precision={lab: float(v) for lab, v in zip(labels, precision)},
-        f1={lab: float(v) for lab, v in zip(labels, f1)},
-        support={lab: int(v) for lab, v in zip(labels, support)},
+        recall={lab: float(v) for lab, v in zip(labels, recall, strict=True)},
+        precision={lab: float(v) for lab, v in zip(labels, precision, strict=True)},
+        f1={lab: float(v) for lab, v in zip(labels, f1, strict=True)},
+        support={lab: int(v) for lab, v in zip(labels, support, strict=True)},
         confusion_matrix=cm.tolist(),
     )

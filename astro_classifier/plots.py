@@ -47,7 +47,9 @@ def plot_confusion_matrix(
     cm = np.asarray(cm, dtype=np.int64)
     n = len(labels)
     if cm.shape != (n, n):
-        raise ValueError(f"confusion matrix has shape {cm.shape}, expected ({n}, {n}) for the labels")
+        raise ValueError(
+            f"confusion matrix has shape {cm.shape}, expected ({n}, {n}) for the labels"
+        )
     totals = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, totals, out=np.zeros(cm.shape, float), where=totals > 0)
 
@@ -72,7 +74,9 @@ def plot_confusion_matrix(
                 color="white" if norm[i, j] > 0.5 else "black",
             )
     ax.set_xticks(range(n), [str(label) for label in labels], rotation=45, ha="right")
-    ax.set_yticks(range(n), [f"{label} ({t})" for label, t in zip(labels, totals[:, 0])])
+    ax.set_yticks(
+        range(n), [f"{label} ({t})" for label, t in zip(labels, totals[:, 0], strict=True)]
+    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (objects)")
     accuracy = np.trace(cm) / max(int(cm.sum()), 1)
@@ -150,7 +154,11 @@ def plot_metrics_vs_truncation(rows: Sequence[dict[str, Any]], path: str | Path)
         full = values[~finite[order] & np.isfinite(values)]
         if len(full):
             ax.axhline(
-                full[0], color=colour, linestyle="--", linewidth=1, label=f"{label}, full light curve"
+                full[0],
+                color=colour,
+                linestyle="--",
+                linewidth=1,
+                label=f"{label}, full light curve",
             )
     if finite.any():
         ax.set_xscale("log", base=2)

@@ -97,9 +97,7 @@ def test_log_loss_clips_and_renormalises() -> None:
     # Equal class weights: a rare class counts as much as a common one.
     y = np.array([0] * 9 + [1])
     p = np.tile([0.9, 0.1], (10, 1))
-    assert class_balanced_log_loss(y, p) == pytest.approx(
-        (-math.log(0.9) - math.log(0.1)) / 2
-    )
+    assert class_balanced_log_loss(y, p) == pytest.approx((-math.log(0.9) - math.log(0.1)) / 2)
 
 
 def test_report_to_dict_is_json_friendly() -> None:

@@ -62,7 +62,7 @@ def test_split_is_deterministic() -> None:
     labels = _labels()
     first = stratified_split(labels, 0.25, seed=3)
     second = stratified_split(labels, 0.25, seed=3)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
     other = stratified_split(labels, 0.25, seed=4)
     assert not np.array_equal(first[1], other[1])

@@ -51,9 +51,19 @@ def _band_extractor() -> Any:
     )
 
 
+# The names `_band_extractor().names` gives, kept here so that naming the features needs no
+# light-curve import (training on precomputed features runs without it); a test checks them.
+BAND_FEATURE_NAMES = (
+    "amplitude", "beyond_1_std", "cusum", "eta", "excess_variance", "inter_percentile_range_10",
+    "kurtosis", "linear_fit_slope", "linear_fit_slope_sigma", "linear_fit_reduced_chi2",
+    "maximum_slope", "mean", "median", "median_absolute_deviation", "chi2", "skew",
+    "standard_deviation", "stetson_K", "weighted_mean",
+)  # fmt: skip
+
+
 def band_feature_names() -> list[str]:
     """Names of the per-band ``light-curve`` features (before the band suffix)."""
-    return list(_band_extractor().names)
+    return list(BAND_FEATURE_NAMES)
 
 
 SUMMARY_FEATURES = ("n_detections", "detection_span_days", "total_span_days", "max_snr")

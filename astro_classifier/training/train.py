@@ -231,6 +231,9 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
                 if since_best >= tc.patience:
                     console.print(f"early stop: no better validation macro F1 for {tc.patience} epochs")
                     break
+            if tc.time_limit_minutes and time.perf_counter() - started > 60 * tc.time_limit_minutes:
+                console.print(f"stopping: time limit of {tc.time_limit_minutes} minutes reached")
+                break
 
     model.load_state_dict(best_state)
     metrics: dict[str, Any] = {
