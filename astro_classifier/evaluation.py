@@ -34,18 +34,22 @@ class Evaluation:
         }
 
 
-def _scored(batch: LightCurveBatch, model: LoadedModel, excluded: Counter[str], tag: str) -> ClassificationMetrics:
+def _scored(
+    batch: LightCurveBatch, model: LoadedModel, excluded: Counter[str], tag: str
+) -> ClassificationMetrics:
     labels = model.metadata.labels
     result = classify(batch, model)
     for reason, count in result.skipped.items():
         excluded[f"{tag}: {reason}"] += count
-    truth = dict(zip(batch.object_id.tolist(), batch.label.tolist()))
+    truth = dict(zip(batch.object_id.tolist(), batch.label.tolist(), strict=True))
     y = np.searchsorted(labels, [truth[o] for o in result.table.column("object_id").to_pylist()])
     proba = np.stack([result.table.column(f"prob_{c}").to_numpy() for c in labels], axis=1)
     return classification_report(y, proba, labels)
 
 
-def evaluate(batch: LightCurveBatch, model: LoadedModel, truncate_days: list[float] = ()) -> Evaluation:
+def evaluate(
+    batch: LightCurveBatch, model: LoadedModel, truncate_days: list[float] = ()
+) -> Evaluation:
     """Metrics of ``model`` on labelled ``batch``; objects whose label the model lacks are excluded."""
     if batch.label is None:
         raise InputError("evaluation data", "no labels found; expected a labelled object table")

@@ -13,21 +13,32 @@ from rich.table import Table
 from astro_classifier.cli.common import atomic_output, console, user_errors
 from astro_classifier.data.readers import FORMATS
 from astro_classifier.inference.classify import ClassifyResult, classify
-from astro_classifier.inference.model import LoadedModel, Provider
+from astro_classifier.inference.model import LoadedModel
 
 DEFAULT_MODEL = "atat-lsst"
 
 
 def classify_command(
     inputs: list[Path] = typer.Argument(
-        ..., help="Light-curve or alert files (PLAsTiCC CSV/Parquet, long Parquet, ZTF/Rubin Avro, EROS-1)."
+        ...,
+        help="Light-curve or alert files (PLAsTiCC CSV/Parquet, long Parquet, ZTF/Rubin Avro, EROS-1).",
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="Parquet file to write (one row per object)."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Shipped model name or path to an .onnx file."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Parquet file to write (one row per object)."
+    ),
+    model: str = typer.Option(
+        DEFAULT_MODEL, "--model", "-m", help="Shipped model name or path to an .onnx file."
+    ),
     provider: str = typer.Option("auto", help="ONNX Runtime provider: auto, cpu or cuda."),
-    format: str | None = typer.Option(None, "--format", "-f", help=f"Input format (detected when omitted): {', '.join(FORMATS)}."),
-    metadata: Path | None = typer.Option(None, "--metadata", help="Object table for PLAsTiCC-format or long-format light curves."),
-    schema_dir: Path | None = typer.Option(None, "--schema-dir", help="Rubin schema directory for wire-format messages."),
+    format: str | None = typer.Option(
+        None, "--format", "-f", help=f"Input format (detected when omitted): {', '.join(FORMATS)}."
+    ),
+    metadata: Path | None = typer.Option(
+        None, "--metadata", help="Object table for PLAsTiCC-format or long-format light curves."
+    ),
+    schema_dir: Path | None = typer.Option(
+        None, "--schema-dir", help="Rubin schema directory for wire-format messages."
+    ),
     batch_size: int = typer.Option(512, min=1, help="Objects per ONNX Runtime call."),
 ) -> None:
     """Classify every object in INPUTS with an ONNX model and write one row per object.
@@ -39,7 +50,10 @@ def classify_command(
     if provider not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("provider must be auto, cpu or cuda", param_hint="--provider")
     if format is not None and format not in FORMATS:
-        raise typer.BadParameter(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}", param_hint="--format")
+        raise typer.BadParameter(
+            f"unknown format {format!r}; expected one of {', '.join(FORMATS)}",
+            param_hint="--format",
+        )
     from astro_classifier.data.readers import read_light_curves
 
     with user_errors():
@@ -47,17 +61,29 @@ def classify_command(
         started = time.perf_counter()
         batch = read_light_curves(inputs, format=format, metadata=metadata, schema_dir=schema_dir)
         read_seconds = time.perf_counter() - started
-        with Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("classifying"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
             task = bar.add_task("", total=len(batch))
-            result = classify(batch, loaded, batch_size=batch_size,
-                              progress=lambda done: bar.update(task, completed=done))
+            result = classify(
+                batch,
+                loaded,
+                batch_size=batch_size,
+                progress=lambda done: bar.update(task, completed=done),
+            )
         with atomic_output(output) as tmp:
             pq.write_table(result.table, tmp)
     print_summary(result, loaded, n_input=len(batch), read_seconds=read_seconds, output=output)
 
 
-def print_summary(result: ClassifyResult, model: LoadedModel, n_input: int, read_seconds: float, output: Path) -> None:
+def print_summary(
+    result: ClassifyResult, model: LoadedModel, n_input: int, read_seconds: float, output: Path
+) -> None:
     meta = model.metadata
     n = result.table.num_rows
     counts = result.table.column("class").value_counts().to_pylist() if n else []

@@ -14,14 +14,32 @@ from astro_classifier.cli.common import console, parse_days, user_errors
 
 def evaluate_command(
     model: str = typer.Argument(..., help="Shipped model name or path to an .onnx file."),
-    data: list[Path] = typer.Argument(..., help="Labelled light-curve files (labels from the object table)."),
-    metadata: Path | None = typer.Option(None, "--metadata", help="Object table with labels (PLAsTiCC `target` or long-format `label`)."),
-    format: str | None = typer.Option(None, "--format", "-f", help="Input format (detected when omitted)."),
-    truncate_days: str | None = typer.Option(None, "--truncate-days", help="Also evaluate light curves cut this many days after first detection, e.g. 8,16,32,64."),
-    holdout_fold: int | None = typer.Option(None, "--holdout-fold", help="Evaluate only this stratified fold (the one a training run held out)."),
+    data: list[Path] = typer.Argument(
+        ..., help="Labelled light-curve files (labels from the object table)."
+    ),
+    metadata: Path | None = typer.Option(
+        None,
+        "--metadata",
+        help="Object table with labels (PLAsTiCC `target` or long-format `label`).",
+    ),
+    format: str | None = typer.Option(
+        None, "--format", "-f", help="Input format (detected when omitted)."
+    ),
+    truncate_days: str | None = typer.Option(
+        None,
+        "--truncate-days",
+        help="Also evaluate light curves cut this many days after first detection, e.g. 8,16,32,64.",
+    ),
+    holdout_fold: int | None = typer.Option(
+        None,
+        "--holdout-fold",
+        help="Evaluate only this stratified fold (the one a training run held out).",
+    ),
     folds: int = typer.Option(5, help="Number of stratified folds for --holdout-fold."),
     seed: int = typer.Option(0, help="Seed of the stratified folds for --holdout-fold."),
-    output_dir: Path | None = typer.Option(None, "-o", "--output-dir", help="Write metrics.json and PNG plots here."),
+    output_dir: Path | None = typer.Option(
+        None, "-o", "--output-dir", help="Write metrics.json and PNG plots here."
+    ),
     provider: str = typer.Option("auto", help="ONNX Runtime provider: auto, cpu or cuda."),
 ) -> None:
     """Accuracy, macro F1, per-class recall and class-balanced log loss (PLAsTiCC style)
@@ -49,7 +67,9 @@ def evaluate_command(
         table.add_column(column, justify="right")
     rows = [("whole", result.whole)] + [(f"{d:g} days", m) for d, m in result.by_truncation.items()]
     for name, m in rows:
-        table.add_row(name, str(m.n_objects), f"{m.accuracy:.3f}", f"{m.macro_f1:.3f}", f"{m.log_loss:.3f}")
+        table.add_row(
+            name, str(m.n_objects), f"{m.accuracy:.3f}", f"{m.macro_f1:.3f}", f"{m.log_loss:.3f}"
+        )
     console.print(table)
     recall = Table(title="per-class recall (whole light curves)")
     for column in ("class", "objects", "recall", "precision", "F1"):
@@ -57,20 +77,31 @@ def evaluate_command(
     w = result.whole
     for label in labels:
         if w.support.get(label):
-            recall.add_row(label, str(w.support[label]), f"{w.recall[label]:.3f}",
-                           f"{w.precision[label]:.3f}", f"{w.f1[label]:.3f}")
+            recall.add_row(
+                label,
+                str(w.support[label]),
+                f"{w.recall[label]:.3f}",
+                f"{w.precision[label]:.3f}",
+                f"{w.f1[label]:.3f}",
+            )
     console.print(recall)
     for reason, count in result.excluded.items():
         console.print(f"[yellow]not evaluated: {count} object(s): {reason}[/yellow]")
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2))
-        plot_confusion_matrix(np.asarray(w.confusion_matrix), labels, output_dir / "confusion_matrix.png",
-                              title=f"{loaded.metadata.name}: whole light curves")
+        plot_confusion_matrix(
+            np.asarray(w.confusion_matrix),
+            labels,
+            output_dir / "confusion_matrix.png",
+            title=f"{loaded.metadata.name}: whole light curves",
+        )
         if result.by_truncation:
             plot_metrics_vs_truncation(
-                [{"truncate_days": d, "accuracy": m.accuracy, "macro_f1": m.macro_f1}
-                 for d, m in result.by_truncation.items()],
+                [
+                    {"truncate_days": d, "accuracy": m.accuracy, "macro_f1": m.macro_f1}
+                    for d, m in result.by_truncation.items()
+                ],
                 output_dir / "metrics_vs_truncation.png",
             )
         console.print(f"wrote {output_dir}/metrics.json and plots")

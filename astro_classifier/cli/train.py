@@ -13,14 +13,25 @@ def _require_torch() -> None:
     try:
         import torch  # noqa: F401
     except ImportError as exc:
-        console.print("[bold red]error:[/bold red] training needs torch: pip install 'astro-classifier[train]'")
+        console.print(
+            "[bold red]error:[/bold red] training needs torch: pip install 'astro-classifier[train]'"
+        )
         raise typer.Exit(1) from exc
 
 
 def train_command(
-    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training config (YAML), e.g. configs/atat_tiny.yaml."),
-    run_dir: Path = typer.Option(..., "-o", "--output", help="Run directory to write (checkpoint, metrics, plots)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config field: --set training.epochs=5 (repeatable)."),
+    config: Path = typer.Argument(
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="Training config (YAML), e.g. configs/atat_tiny.yaml.",
+    ),
+    run_dir: Path = typer.Option(
+        ..., "-o", "--output", help="Run directory to write (checkpoint, metrics, plots)."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config field: --set training.epochs=5 (repeatable)."
+    ),
 ) -> None:
     """Train a model from a YAML config; the run directory keeps the config, the best
     checkpoint, metrics.json, a confusion-matrix PNG and a learning-curve PNG."""
@@ -40,10 +51,16 @@ def train_command(
 
 
 def export_command(
-    run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Run directory written by `astroclf train`."),
+    run_dir: Path = typer.Argument(
+        ..., exists=True, file_okay=False, help="Run directory written by `astroclf train`."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
-    fp16: bool = typer.Option(False, "--fp16", help="Store weights and activations as float16 (inputs stay float32)."),
-    parity_objects: int = typer.Option(512, min=1, help="Validation light curves used for the parity check."),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="Store weights and activations as float16 (inputs stay float32)."
+    ),
+    parity_objects: int = typer.Option(
+        512, min=1, help="Validation light curves used for the parity check."
+    ),
 ) -> None:
     """Export a trained run to one ONNX file with its metadata, after onnx.checker and a
     parity check against torch on real validation light curves (fails the export on mismatch)."""

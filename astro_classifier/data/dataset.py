@@ -25,7 +25,11 @@ import h5py
 import numpy as np
 
 from astro_classifier.data.lightcurve import LightCurveBatch
-from astro_classifier.features.preprocess import PreprocessingSpec, keep_model_bands, tabular_features
+from astro_classifier.features.preprocess import (
+    PreprocessingSpec,
+    keep_model_bands,
+    tabular_features,
+)
 
 _ARRAYS = ("offsets", "time", "band", "flux", "flux_err", "detected")
 

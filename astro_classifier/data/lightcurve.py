@@ -33,9 +33,7 @@ def band_indices(names: Iterable[str], source: str) -> np.ndarray:
     uniq, inverse = np.unique(np.char.lower(names), return_inverse=True)
     unknown = [u for u in uniq if u not in BAND_INDEX]
     if unknown:
-        raise InputError(
-            source, f"unknown band(s) {unknown}; expected one of {list(BANDS)}"
-        )
+        raise InputError(source, f"unknown band(s) {unknown}; expected one of {list(BANDS)}")
     lut = np.array([BAND_INDEX[u] for u in uniq], dtype=np.int8)
     return lut[inverse].astype(np.int8)
 
@@ -111,7 +109,9 @@ class LightCurveBatch:
         try:
             obj_index = np.fromiter((order_of[o] for o in point_ids), np.int64, len(point_ids))
         except KeyError as exc:
-            raise ValueError(f"points reference object {exc.args[0]!r} missing from the object table") from exc
+            raise ValueError(
+                f"points reference object {exc.args[0]!r} missing from the object table"
+            ) from exc
         time = np.asarray(time, dtype=np.float64)
         order = np.lexsort((time, obj_index))
         counts = np.bincount(obj_index, minlength=len(objects))
@@ -141,9 +141,7 @@ class LightCurveBatch:
             keys += [k for k in b.metadata if k not in keys]
         metadata = {}
         for k in keys:
-            cols = [
-                b.metadata[k] if k in b.metadata else np.full(len(b), np.nan) for b in batches
-            ]
+            cols = [b.metadata[k] if k in b.metadata else np.full(len(b), np.nan) for b in batches]
             metadata[k] = np.concatenate(cols)
         offsets = [np.zeros(1, np.int64)]
         base = 0
@@ -156,8 +154,10 @@ class LightCurveBatch:
             if all(c is None for c in cols):
                 return None
             return np.concatenate(
-                [c if c is not None else np.full(len(b), "", dtype=object).astype(str)
-                 for c, b in zip(cols, batches)]
+                [
+                    c if c is not None else np.full(len(b), "", dtype=object).astype(str)
+                    for c, b in zip(cols, batches, strict=True)
+                ]
             )
 
         return cls(

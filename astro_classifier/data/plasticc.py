@@ -54,7 +54,9 @@ def is_plasticc_light_curve_table(columns: list[str]) -> bool:
     return {"object_id", "mjd", "passband", "flux", "flux_err"} <= set(columns)
 
 
-def read_plasticc_metadata(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+def read_plasticc_metadata(
+    path: str | Path,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
     """Read a PLAsTiCC object table: (object ids, metadata columns, labels or None)."""
     table = read_table(path)
     names = [n.strip() for n in table.column_names]
@@ -77,15 +79,14 @@ def read_plasticc_metadata(path: str | Path) -> tuple[np.ndarray, dict[str, np.n
         unknown = sorted(set(targets.tolist()) - set(PLASTICC_CLASSES))
         if unknown:
             raise InputError(
-                path, f"unknown PLAsTiCC target id(s) {unknown}; expected {sorted(PLASTICC_CLASSES)}"
+                path,
+                f"unknown PLAsTiCC target id(s) {unknown}; expected {sorted(PLASTICC_CLASSES)}",
             )
         labels = np.array([PLASTICC_CLASSES[t] for t in targets])
     return object_id, metadata, labels
 
 
-def read_plasticc(
-    light_curves: str | Path, metadata: str | Path | None = None
-) -> LightCurveBatch:
+def read_plasticc(light_curves: str | Path, metadata: str | Path | None = None) -> LightCurveBatch:
     """Read PLAsTiCC light curves (and, if given, their object table) into a batch.
 
     Without ``metadata`` the objects carry no metadata and no labels. With it, object order
@@ -98,7 +99,9 @@ def read_plasticc(
     cols = {n: table[n].to_numpy(zero_copy_only=False) for n in table.column_names}
     passband = np.asarray(cols["passband"])
     if passband.dtype.kind not in "iu":
-        raise InputError(light_curves, f"column 'passband' must hold integers 0-5, got {passband.dtype}")
+        raise InputError(
+            light_curves, f"column 'passband' must hold integers 0-5, got {passband.dtype}"
+        )
     bad = (passband < 0) | (passband >= len(BANDS))
     if bad.any():
         raise InputError(

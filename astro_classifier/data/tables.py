@@ -32,7 +32,9 @@ def read_table(path: str | Path) -> pa.Table:
         elif name.endswith(CSV_SUFFIXES):
             table = pacsv.read_csv(path)
         else:
-            raise InputError(path, f"unknown table format; expected one of {CSV_SUFFIXES + PARQUET_SUFFIXES}")
+            raise InputError(
+                path, f"unknown table format; expected one of {CSV_SUFFIXES + PARQUET_SUFFIXES}"
+            )
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(path, f"cannot read as a table: {exc}") from exc
     if table.num_rows == 0:

@@ -52,7 +52,9 @@ def ztf_forced_flux_to_njy(
     )
 
 
-def rubin_flux_to_njy(psf_flux: np.ndarray, psf_flux_err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rubin_flux_to_njy(
+    psf_flux: np.ndarray, psf_flux_err: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Rubin ``psfFlux``/``psfFluxErr`` are already nJy; returned as float64 arrays."""
     return np.asarray(psf_flux, np.float64), np.asarray(psf_flux_err, np.float64)
 

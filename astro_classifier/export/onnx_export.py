@@ -23,8 +23,17 @@ import torch
 
 from astro_classifier import __version__
 from astro_classifier.data.dataset import TrainingDataset
-from astro_classifier.features.preprocess import ModelInputs, PreprocessingSpec, light_curves_to_inputs
-from astro_classifier.inference.model import InputSpec, LoadedModel, ModelMetadata, default_length_buckets
+from astro_classifier.features.preprocess import (
+    ModelInputs,
+    PreprocessingSpec,
+    light_curves_to_inputs,
+)
+from astro_classifier.inference.model import (
+    InputSpec,
+    LoadedModel,
+    ModelMetadata,
+    default_length_buckets,
+)
 from astro_classifier.training.atat import ATATConfig
 from astro_classifier.training.registry import create_model
 
@@ -32,8 +41,14 @@ OPSET = 17
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2
 FP16_MIN_TOP_AGREEMENT = 0.99
-_INPUT_DTYPES = {"flux": "float32", "flux_err": "float32", "time": "float32", "band": "int64",
-                 "mask": "bool", "tabular": "float32"}
+_INPUT_DTYPES = {
+    "flux": "float32",
+    "flux_err": "float32",
+    "time": "float32",
+    "band": "int64",
+    "mask": "bool",
+    "tabular": "float32",
+}
 
 
 class ParityError(RuntimeError):
@@ -57,17 +72,30 @@ class ParityReport:
 def load_checkpoint(run_dir: Path) -> tuple[torch.nn.Module, dict]:
     path = run_dir / "checkpoint.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory of `astroclf train`?")
+        raise FileNotFoundError(
+            f"{path} not found: is {run_dir} a run directory of `astroclf train`?"
+        )
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     cfg = ATATConfig(**ckpt["model_config"])
-    args = {k: v for k, v in ckpt["model_config"].items() if k not in ("n_classes", "n_bands", "n_features")}
-    model = create_model(ckpt["model_name"], n_classes=cfg.n_classes, n_bands=cfg.n_bands,
-                         n_features=cfg.n_features, **args)
+    args = {
+        k: v
+        for k, v in ckpt["model_config"].items()
+        if k not in ("n_classes", "n_bands", "n_features")
+    }
+    model = create_model(
+        ckpt["model_name"],
+        n_classes=cfg.n_classes,
+        n_bands=cfg.n_bands,
+        n_features=cfg.n_features,
+        **args,
+    )
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt
 
 
-def validation_inputs(run_dir: Path, ckpt: dict, spec: PreprocessingSpec, limit: int) -> list[ModelInputs]:
+def validation_inputs(
+    run_dir: Path, ckpt: dict, spec: PreprocessingSpec, limit: int
+) -> list[ModelInputs]:
     """Real validation light curves of the run, padded to their serving buckets."""
     ds = TrainingDataset.load(run_dir / "dataset.h5")
     index = np.asarray(ckpt["split"]["validation"], np.int64)[:limit]
@@ -75,13 +103,19 @@ def validation_inputs(run_dir: Path, ckpt: dict, spec: PreprocessingSpec, limit:
     buckets = default_length_buckets(spec.max_length)
     which = np.searchsorted(buckets, np.minimum(sub.lengths, spec.max_length))
     return [
-        light_curves_to_inputs(sub.select(np.flatnonzero(which == b)), spec,
-                               tabular=feats[which == b], width=buckets[b])
+        light_curves_to_inputs(
+            sub.select(np.flatnonzero(which == b)),
+            spec,
+            tabular=feats[which == b],
+            width=buckets[b],
+        )
         for b in np.unique(which)
     ]
 
 
-def check_parity(model: torch.nn.Module, onnx_path: Path, inputs: list[ModelInputs], fp16: bool) -> ParityReport:
+def check_parity(
+    model: torch.nn.Module, onnx_path: Path, inputs: list[ModelInputs], fp16: bool
+) -> ParityReport:
     session = LoadedModel.load(onnx_path, provider="cpu")
     diffs, agree, n = [], 0, 0
     with torch.no_grad():
@@ -94,7 +128,9 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, inputs: list[ModelInpu
     return ParityReport(n, max(diffs), agree / n, FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
 
 
-def export_run(run_dir: Path, out: Path, fp16: bool = False, parity_objects: int = 512) -> ParityReport:
+def export_run(
+    run_dir: Path, out: Path, fp16: bool = False, parity_objects: int = 512
+) -> ParityReport:
     """Export the run in ``run_dir`` to ``out``; raise ParityError (writing nothing) on mismatch."""
     model, ckpt = load_checkpoint(run_dir)
     spec = PreprocessingSpec.model_validate(ckpt["spec"])
@@ -130,11 +166,17 @@ def export_run(run_dir: Path, out: Path, fp16: bool = False, parity_objects: int
             version=exp["version"],
             description=exp.get("description", ""),
             architecture=ckpt["model_name"],
+            architecture_config=ckpt["model_config"],
             labels=ckpt["labels"],
             bands=list(spec.bands),
-            inputs=[InputSpec(name=n, dtype=_INPUT_DTYPES[n],
-                              shape=["batch", "features"] if n == "tabular" else ["batch", "length"])
-                    for n in names],
+            inputs=[
+                InputSpec(
+                    name=n,
+                    dtype=_INPUT_DTYPES[n],
+                    shape=["batch", "features"] if n == "tabular" else ["batch", "length"],
+                )
+                for n in names
+            ],
             outputs=[InputSpec(name="probabilities", dtype="float32", shape=["batch", "classes"])],
             feature_names=spec.feature_names,
             preprocessing=spec,

@@ -26,7 +26,9 @@ class PreprocessingSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    bands: tuple[str, ...] = Field(BANDS, description="canonical bands the model uses, in token-id order")
+    bands: tuple[str, ...] = Field(
+        BANDS, description="canonical bands the model uses, in token-id order"
+    )
     max_length: int = Field(256, ge=1, description="most recent points kept per light curve")
     flux_scale_njy: float = Field(
         1000.0, gt=0, description="asinh softening scale: token = asinh(flux / scale)"
@@ -41,7 +43,9 @@ class PreprocessingSpec(BaseModel):
     def _known_bands(cls, bands: tuple[str, ...]) -> tuple[str, ...]:
         unknown = [b for b in bands if b not in BAND_INDEX]
         if unknown or not bands:
-            raise ValueError(f"bands must be a non-empty subset of {list(BANDS)}, got {list(bands)}")
+            raise ValueError(
+                f"bands must be a non-empty subset of {list(BANDS)}, got {list(bands)}"
+            )
         return bands
 
     @field_validator("metadata_features")
@@ -49,7 +53,9 @@ class PreprocessingSpec(BaseModel):
     def _known_metadata(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         unknown = [n for n in names if n not in KNOWN_METADATA_FEATURES]
         if unknown:
-            raise ValueError(f"unknown metadata feature(s) {unknown}; known: {list(KNOWN_METADATA_FEATURES)}")
+            raise ValueError(
+                f"unknown metadata feature(s) {unknown}; known: {list(KNOWN_METADATA_FEATURES)}"
+            )
         return names
 
     @property
@@ -96,7 +102,9 @@ class ModelInputs:
         )
 
 
-def keep_model_bands(batch: LightCurveBatch, spec: PreprocessingSpec) -> tuple[LightCurveBatch, int]:
+def keep_model_bands(
+    batch: LightCurveBatch, spec: PreprocessingSpec
+) -> tuple[LightCurveBatch, int]:
     """Drop points in bands the model does not use; returns the batch and the dropped count."""
     keep = np.isin(batch.band, [BAND_INDEX[b] for b in spec.bands])
     if keep.all():
@@ -104,7 +112,9 @@ def keep_model_bands(batch: LightCurveBatch, spec: PreprocessingSpec) -> tuple[L
     return batch.select_points(keep), int((~keep).sum())
 
 
-def tabular_features(batch: LightCurveBatch, spec: PreprocessingSpec, n_jobs: int = 1) -> np.ndarray:
+def tabular_features(
+    batch: LightCurveBatch, spec: PreprocessingSpec, n_jobs: int = 1
+) -> np.ndarray:
     """(N, F) float32 tabular inputs: metadata columns (NaN when absent) + light-curve features."""
     columns = [
         np.asarray(batch.metadata.get(name, np.full(len(batch), np.nan)), np.float32)[:, None]

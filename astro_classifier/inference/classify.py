@@ -16,7 +16,11 @@ import numpy as np
 import pyarrow as pa
 
 from astro_classifier.data.lightcurve import LightCurveBatch
-from astro_classifier.features.preprocess import keep_model_bands, light_curves_to_inputs, tabular_features
+from astro_classifier.features.preprocess import (
+    keep_model_bands,
+    light_curves_to_inputs,
+    tabular_features,
+)
 from astro_classifier.inference.model import LoadedModel
 
 SKIP_NO_POINTS = "no points in the model's bands"

@@ -37,6 +37,7 @@ class ModelMetadata(BaseModel):
     name: str
     version: str
     architecture: str
+    architecture_config: dict[str, Any] = {}  # registry builder arguments (sizes, layers)
     labels: list[str]
     bands: list[str]
     inputs: list[InputSpec]
@@ -59,9 +60,13 @@ class ModelMetadata(BaseModel):
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str) -> ModelMetadata:
-        raw = {k[len(METADATA_PREFIX) :]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)}
+        raw = {
+            k[len(METADATA_PREFIX) :]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)
+        }
         if not raw:
-            raise ModelError(f"{source}: no astroclf metadata in the ONNX file; was it written by `astroclf export`?")
+            raise ModelError(
+                f"{source}: no astroclf metadata in the ONNX file; was it written by `astroclf export`?"
+            )
         try:
             return cls.model_validate({k: json.loads(v) for k, v in raw.items()})
         except ValueError as exc:
@@ -142,7 +147,9 @@ class LoadedModel:
     session: Any  # onnxruntime.InferenceSession, or anything with .run(names, feeds)
 
     @classmethod
-    def load(cls, model: str | Path, provider: Provider = "auto", threads: int | None = None) -> LoadedModel:
+    def load(
+        cls, model: str | Path, provider: Provider = "auto", threads: int | None = None
+    ) -> LoadedModel:
         import onnxruntime as ort
 
         path = resolve_model_path(model)
@@ -150,11 +157,15 @@ class LoadedModel:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers_for(provider))
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=providers_for(provider)
+        )
         expected = ModelInputs.names()
         got = [i.name for i in session.get_inputs()]
         if got != expected:
-            raise ModelError(f"{path}: graph inputs {got} differ from the input contract {expected}")
+            raise ModelError(
+                f"{path}: graph inputs {got} differ from the input contract {expected}"
+            )
         return cls(path, metadata, session)
 
     @property

@@ -20,6 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# Added to the attention scores of padding: exp() of it underflows to exactly 0 in float32,
+# and it stays finite in float16. Every row keeps its CLS score, so none is all masked.
+MASKED_SCORE = -1.0e4
+
+
 @dataclass(frozen=True)
 class ATATConfig:
     n_classes: int
@@ -44,13 +49,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b, t, c = x.shape  # (B, T, C)
         q, k, v = self.qkv(x).split(c, dim=2)
-        q, k, v = (z.reshape(b, t, self.n_heads, -1).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
-        # keep: (B, T) bool, True = attend; the CLS position is always kept, so no row is empty.
-        mask = None if keep is None else keep[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        q, k, v = (
+            z.reshape(b, t, self.n_heads, -1).transpose(1, 2) for z in (q, k, v)
+        )  # (B, H, T, D)
+        # bias: (B, 1, 1, T) additive, 0 = attend, MASKED_SCORE = ignore (see Encoder).
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, t, c))
 
 
@@ -70,8 +76,8 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.norm1(x), keep))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), bias))
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
@@ -90,10 +96,14 @@ class Encoder(nn.Module):
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         b = tokens.shape[0]
         x = torch.cat([self.cls.expand(b, -1, -1), tokens], dim=1)  # (B, 1 + T, C)
-        if keep is not None:
-            keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
+        bias = None
+        if keep is not None:  # keep: (B, T) bool, True = a real point
+            keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)  # CLS is always kept
+            # An additive mask, computed once: a boolean one exports to a Where over every
+            # (B, H, T, T) score matrix, which took a quarter of ONNX Runtime's CPU time.
+            bias = ((~keep).to(x.dtype) * MASKED_SCORE)[:, None, None, :]
         for block in self.blocks:
-            x = block(x, keep)
+            x = block(x, bias)
         return self.norm(x[:, 0])
 
 
@@ -130,7 +140,9 @@ class TimeModulatedTokens(nn.Module):
         x = x + self.value_bias(onehot)  # (B, L, C)
         phase = time.unsqueeze(-1) * self.freqs  # (B, L, M)
         basis = torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1)  # (B, L, 2M)
-        per_band = (onehot.unsqueeze(-1) * basis.unsqueeze(-2)).reshape(b, length, -1)  # (B, L, NB*2M)
+        per_band = (onehot.unsqueeze(-1) * basis.unsqueeze(-2)).reshape(
+            b, length, -1
+        )  # (B, L, NB*2M)
         return x * (1.0 + self.gamma(per_band)) + self.beta(per_band)
 
 

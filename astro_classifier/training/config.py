@@ -68,7 +68,9 @@ class TrainingSection(_Strict):
     weight_decay: float = Field(1e-2, ge=0)
     warmup_epochs: int = Field(2, ge=0)
     patience: int = Field(12, ge=1, description="epochs without better validation macro F1")
-    time_limit_minutes: float | None = Field(None, gt=0, description="stop after this much training time")
+    time_limit_minutes: float | None = Field(
+        None, gt=0, description="stop after this much training time"
+    )
     class_balance: Literal["weights", "none"] = "weights"
     truncation_probability: float = Field(
         0.5, ge=0, le=1, description="chance that a training light curve is cut at a random time"

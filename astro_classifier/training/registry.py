@@ -49,5 +49,7 @@ def atat(**kwargs: Any) -> ATAT:
 @register_model("atat_tiny")
 def atat_tiny(**kwargs: Any) -> ATAT:
     """A tiny ATAT for tests (trains in seconds on a CPU)."""
-    defaults: dict[str, Any] = dict(d_model=16, n_heads=2, lc_layers=1, tab_layers=1, n_harmonics=4, n_quantiles=16)
+    defaults: dict[str, Any] = dict(
+        d_model=16, n_heads=2, lc_layers=1, tab_layers=1, n_harmonics=4, n_quantiles=16
+    )
     return ATAT(ATATConfig(**{**defaults, **kwargs}))

@@ -81,10 +81,14 @@ def load_or_build_dataset(cfg: TrainConfig, run_dir: Path, console: Console) -> 
     path = run_dir / "dataset.h5"
     if path.exists():
         ds = TrainingDataset.load(path)
-        if ds.spec == cfg.preprocessing and list(ds.truncation_days) == sorted(cfg.data.truncation_days):
+        if ds.spec == cfg.preprocessing and list(ds.truncation_days) == sorted(
+            cfg.data.truncation_days
+        ):
             console.print(f"[dim]reusing {path} ({len(ds)} objects)[/dim]")
             return ds
-    batch = read_light_curves([cfg.data.light_curves], format=cfg.data.format, metadata=cfg.data.metadata)
+    batch = read_light_curves(
+        [cfg.data.light_curves], format=cfg.data.format, metadata=cfg.data.metadata
+    )
     if batch.label is None:
         raise ValueError(f"{cfg.data.light_curves}: no labels found; training needs labelled data")
     if cfg.data.max_objects is not None and cfg.data.max_objects < len(batch):
@@ -92,12 +96,19 @@ def load_or_build_dataset(cfg: TrainConfig, run_dir: Path, console: Console) -> 
         batch = batch.select(keep)
     source = f"{cfg.data.format}:{Path(cfg.data.light_curves).name}"
     with Progress(
-        TextColumn("features per truncation"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
+        TextColumn("features per truncation"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     ) as bar:
         task = bar.add_task("", total=len(cfg.data.truncation_days))
         ds = TrainingDataset.build(
-            batch, cfg.preprocessing, cfg.data.truncation_days, source,
+            batch,
+            cfg.preprocessing,
+            cfg.data.truncation_days,
+            source,
             progress=lambda done, _: bar.update(task, completed=done),
         )
     ds.save(path)
@@ -106,7 +117,10 @@ def load_or_build_dataset(cfg: TrainConfig, run_dir: Path, console: Console) -> 
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, ds: TrainingDataset, index: np.ndarray, device: torch.device,
+    model: torch.nn.Module,
+    ds: TrainingDataset,
+    index: np.ndarray,
+    device: torch.device,
     batch_size: int = 256,
 ) -> np.ndarray:
     """Probabilities (len(index), C) for whole light curves (last truncation level = inf)."""
@@ -151,8 +165,11 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
     )
 
     model = create_model(
-        cfg.model.name, n_classes=len(labels), n_bands=len(ds.spec.bands),
-        n_features=len(ds.spec.feature_names), **cfg.model.args,
+        cfg.model.name,
+        n_classes=len(labels),
+        n_bands=len(ds.spec.bands),
+        n_features=len(ds.spec.feature_names),
+        **cfg.model.args,
     )
     if model.has_tabular:  # quantile tables from training objects at every truncation level
         model.tab_tokens.fit_quantiles(
@@ -162,11 +179,15 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
 
     counts = np.bincount(y[train_idx], minlength=len(labels)).astype(np.float64)
     class_weight = (
-        torch.tensor(counts.sum() / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
+        torch.tensor(
+            counts.sum() / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32, device=device
+        )
         if tc.class_balance == "weights"
         else None
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
+    )
     rng = np.random.default_rng(tc.seed)
     steps_per_epoch = math.ceil(len(train_idx) / tc.batch_size)
     total_steps = tc.epochs * steps_per_epoch
@@ -183,8 +204,13 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
     history: list[dict[str, float]] = []
     best_f1, best_state, best_epoch, since_best = -1.0, None, 0, 0
     started = time.perf_counter()
-    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bar:
         for epoch in range(1, tc.epochs + 1):
             model.train()
@@ -200,7 +226,9 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
                 target = torch.from_numpy(y[index]).to(device)
                 logits = model.forward_logits(**inputs)
                 loss = sum(
-                    F.cross_entropy(logits[h], target, weight=class_weight) for h in HEADS if h in logits
+                    F.cross_entropy(logits[h], target, weight=class_weight)
+                    for h in HEADS
+                    if h in logits
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -213,15 +241,26 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
 
             proba = predict(model, ds, val_idx, device)
             report = classification_report(y[val_idx], proba, labels)
-            val_loss = float(F.nll_loss(torch.log(torch.from_numpy(proba).clamp_min(1e-15)),
-                                        torch.from_numpy(y[val_idx]), weight=None if class_weight is None else class_weight.cpu()))
-            row = {"epoch": epoch, "train_loss": float(np.mean(losses)) / len(HEADS),
-                   "val_loss": val_loss, "val_macro_f1": report.macro_f1, "val_accuracy": report.accuracy}
+            val_loss = float(
+                F.nll_loss(
+                    torch.log(torch.from_numpy(proba).clamp_min(1e-15)),
+                    torch.from_numpy(y[val_idx]),
+                    weight=None if class_weight is None else class_weight.cpu(),
+                )
+            )
+            row = {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)) / len(HEADS),
+                "val_loss": val_loss,
+                "val_macro_f1": report.macro_f1,
+                "val_accuracy": report.accuracy,
+            }
             history.append(row)
             improved = report.macro_f1 > best_f1
             console.print(
                 f"epoch {epoch:3d}  train loss {row['train_loss']:.3f}  val loss {val_loss:.3f}  "
-                f"val macro F1 {report.macro_f1:.3f}  acc {report.accuracy:.3f}" + ("  *" if improved else "")
+                f"val macro F1 {report.macro_f1:.3f}  acc {report.accuracy:.3f}"
+                + ("  *" if improved else "")
             )
             if improved:
                 best_f1, best_epoch, since_best = report.macro_f1, epoch, 0
@@ -229,7 +268,9 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
             else:
                 since_best += 1
                 if since_best >= tc.patience:
-                    console.print(f"early stop: no better validation macro F1 for {tc.patience} epochs")
+                    console.print(
+                        f"early stop: no better validation macro F1 for {tc.patience} epochs"
+                    )
                     break
             if tc.time_limit_minutes and time.perf_counter() - started > 60 * tc.time_limit_minutes:
                 console.print(f"stopping: time limit of {tc.time_limit_minutes} minutes reached")
@@ -239,13 +280,19 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
     metrics: dict[str, Any] = {
         "best_epoch": best_epoch,
         "train_seconds": round(time.perf_counter() - started, 1),
-        "n_train": len(train_idx), "n_validation": len(val_idx), "n_holdout": len(holdout),
-        "validation": classification_report(y[val_idx], predict(model, ds, val_idx, device), labels).to_dict(),
+        "n_train": len(train_idx),
+        "n_validation": len(val_idx),
+        "n_holdout": len(holdout),
+        "validation": classification_report(
+            y[val_idx], predict(model, ds, val_idx, device), labels
+        ).to_dict(),
         "history": history,
     }
     shown, title = ("validation", "validation set")
     if len(holdout):
-        metrics["holdout"] = classification_report(y[holdout], predict(model, ds, holdout, device), labels).to_dict()
+        metrics["holdout"] = classification_report(
+            y[holdout], predict(model, ds, holdout, device), labels
+        ).to_dict()
         shown, title = "holdout", f"hold-out fold {cfg.data.holdout_fold}"
     torch.save(
         {
@@ -263,7 +310,9 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
     )
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_confusion_matrix(
-        np.asarray(metrics[shown]["confusion_matrix"]), labels, run_dir / "confusion_matrix.png",
+        np.asarray(metrics[shown]["confusion_matrix"]),
+        labels,
+        run_dir / "confusion_matrix.png",
         title=f"{cfg.export.name}: {title}",
     )
     plot_learning_curves(history, run_dir / "learning_curves.png")

@@ -1,0 +1,222 @@
+"""Classify throughput at real PLAsTiCC lengths: ONNX Runtime vs torch eager, side by side.
+
+One run measures, on the same machine and the same light curves:
+
+1. features: light-curve feature extraction alone (objects/s), per-band set vs the same set
+   plus a direct periodogram (what we chose not to pay for);
+2. classify(): the whole serving path of the shipped model (features + buckets + ONNX Runtime);
+3. model calls only, on identical padded inputs: ONNX Runtime vs torch eager with the same
+   architecture (ratio), at batch 512;
+4. padding efficiency (real tokens / padded tokens) of the serving buckets vs one
+   padded call per batch of objects in file order.
+
+    python benchmarks/classify_throughput.py [--model atat-lsst] [--provider cpu|cuda] [--objects N]
+
+Writes benchmarks/results/classify_throughput_<model>_<provider>.json. torch is needed for
+part 3 only (the `train` extra); without it that part is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("ASTROCLF_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Fastest wall time of ``repeats`` calls (seconds)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def versions() -> dict[str, str]:
+    import light_curve
+    import onnxruntime
+
+    out = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "light-curve": light_curve.__version__,
+    }
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="atat-lsst")
+    parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--objects", type=int, default=2000, help="PLAsTiCC objects to classify")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    from astro_classifier.data.plasticc import read_plasticc
+    from astro_classifier.features.lc_features import compute_light_curve_features
+    from astro_classifier.features.preprocess import (
+        keep_model_bands,
+        light_curves_to_inputs,
+        tabular_features,
+    )
+    from astro_classifier.inference.classify import bucket_for, classify
+    from astro_classifier.inference.model import LoadedModel
+
+    plasticc = shared_data() / "lightcurves" / "plasticc"
+    batch = read_plasticc(
+        plasticc / "plasticc_train_lightcurves.csv.gz", plasticc / "plasticc_train_metadata.csv.gz"
+    )
+    batch = batch.select(np.arange(min(args.objects, len(batch))))
+    model = LoadedModel.load(args.model, provider=args.provider)
+    meta, spec = model.metadata, model.metadata.preprocessing
+    n = len(batch)
+    result: dict = {
+        "model": meta.name,
+        "provider": args.provider,
+        "providers": model.providers,
+        "objects": n,
+        "batch_size": args.batch_size,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor(),
+        },
+        "versions": versions(),
+    }
+    print(
+        f"{n} PLAsTiCC objects, mean {batch.lengths.mean():.0f} points; model {meta.name}; {model.providers}"
+    )
+
+    # 1. features
+    in_bands, _ = keep_model_bands(batch, spec)
+    t = best_of(lambda: compute_light_curve_features(in_bands, spec.bands))
+    result["features_objects_per_s"] = n / t
+    import light_curve as lc
+
+    periodogram = lc.Extractor(
+        lc.Periodogram(peaks=1, fast=False, nyquist="median", max_freq_factor=1.0)
+    )
+    sub = in_bands.select(np.arange(min(300, n)))
+    curves = []
+    for k in range(len(sub)):
+        s = slice(sub.offsets[k], sub.offsets[k + 1])
+        for b in range(len(spec.bands)):
+            m = sub.band[s] == b
+            if m.sum() >= 4:
+                curves.append(
+                    (
+                        sub.time[s][m],
+                        sub.flux[s][m].astype(np.float64),
+                        np.maximum(sub.flux_err[s][m].astype(np.float64), 1e-3),
+                    )
+                )
+    t_per = best_of(
+        lambda: periodogram.many(curves, fill_value=np.nan, sorted=True, check=False, n_jobs=1), 1
+    )
+    result["periodogram_only_objects_per_s"] = len(sub) / t_per
+    result["features_plus_periodogram_objects_per_s"] = 1 / (
+        1 / result["features_objects_per_s"] + t_per / len(sub)
+    )
+    print(
+        f"features: {result['features_objects_per_s']:,.0f} objects/s "
+        f"(with a direct periodogram per band: {result['features_plus_periodogram_objects_per_s']:,.0f}/s)"
+    )
+
+    # 2. the whole classify() path
+    classify(batch.select(np.arange(min(64, n))), model)  # warm-up
+    holder = {}
+    t = best_of(lambda: holder.setdefault("r", classify(batch, model, batch_size=args.batch_size)))
+    r = holder["r"]
+    result["classify_objects_per_s"] = n / t
+    result["padding_efficiency_buckets"] = r.padding_efficiency
+    print(f"classify(): {n / t:,.0f} objects/s, padding efficiency {r.padding_efficiency:.2f}")
+
+    # padding without buckets: one call per batch in file order, padded to its longest curve
+    lengths = np.minimum(in_bands.lengths, spec.max_length)
+    padded = sum(
+        len(lengths[i : i + args.batch_size]) * lengths[i : i + args.batch_size].max()
+        for i in range(0, n, args.batch_size)
+    )
+    result["padding_efficiency_file_order"] = float(lengths.sum() / padded)
+    print(f"padding efficiency without buckets: {result['padding_efficiency_file_order']:.2f}")
+
+    # 3. model calls only: ONNX Runtime vs torch eager on identical bucketed inputs
+    tab = tabular_features(in_bands, spec)
+    which = bucket_for(lengths, meta.length_buckets)
+    calls = []
+    for b in np.unique(which):
+        members = np.flatnonzero(which == b)
+        for s in range(0, len(members), args.batch_size):
+            idx = members[s : s + args.batch_size]
+            calls.append(
+                light_curves_to_inputs(
+                    in_bands.select(idx), spec, tabular=tab[idx], width=meta.length_buckets[b]
+                )
+            )
+    t_ort = best_of(lambda: [model.predict(x) for x in calls])
+    result["onnxruntime_model_objects_per_s"] = n / t_ort
+    print(f"ONNX Runtime model calls: {n / t_ort:,.0f} objects/s")
+    try:
+        import torch
+    except ImportError:
+        print("torch not installed: skipping the torch eager comparison", file=sys.stderr)
+    else:
+        from astro_classifier.training.registry import create_model
+
+        cfg = dict(meta.architecture_config)
+        sizes = {k: cfg.pop(k) for k in ("n_classes", "n_bands", "n_features")}
+        net = create_model(meta.architecture, **sizes, **cfg).eval()
+        device = torch.device("cuda" if args.provider == "cuda" else "cpu")
+        net.to(device)
+        feeds = [{k: torch.from_numpy(v) for k, v in x.as_dict().items()} for x in calls]
+
+        @torch.no_grad()
+        def run_torch() -> None:
+            for f in feeds:
+                net(**{k: v.to(device) for k, v in f.items()}).cpu()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        run_torch()
+        t_torch = best_of(run_torch)
+        result["torch_eager_model_objects_per_s"] = n / t_torch
+        result["onnxruntime_over_torch"] = t_torch / t_ort
+        print(
+            f"torch eager model calls: {n / t_torch:,.0f} objects/s "
+            f"-> ONNX Runtime is {t_torch / t_ort:.2f}x torch eager"
+        )
+
+    out = (
+        args.out
+        or ROOT / "benchmarks" / "results" / f"classify_throughput_{meta.name}_{args.provider}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
