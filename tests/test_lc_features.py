@@ -16,6 +16,7 @@ from astro_classifier.features.lc_features import (
     compute_light_curve_features,
     feature_names,
 )
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "plasticc"
 N_BAND = len(band_feature_names())
 
@@ -98,7 +99,7 @@ def test_summary_features() -> None:
         (30.0, "u", 9000.0, 1.0, True),  # outside the bands: ignored
     ]
     out = compute_light_curve_features(_batch({"a": points, "empty": []}), ("g", "r"))
-    summary = dict(zip(SUMMARY_FEATURES, out[0, -len(SUMMARY_FEATURES) :].tolist()))
+    summary = dict(zip(SUMMARY_FEATURES, out[0, -len(SUMMARY_FEATURES) :].tolist(), strict=True))
     assert summary == {
         "n_detections": 2.0,
         "detection_span_days": 3.0,

@@ -74,12 +74,13 @@ def classify(
     batch: LightCurveBatch,
     model: LoadedModel,
     batch_size: int = 512,
-    n_jobs: int = 1,
+    n_jobs: int = -1,
     progress: Callable[[int], None] | None = None,
 ) -> ClassifyResult:
     """Classify every object of ``batch`` that has at least one point in the model's bands.
 
     ``progress`` is called with the number of objects finished after each session call.
+    ``n_jobs`` threads compute the light-curve features (-1: one per core).
     """
     started = time.perf_counter()
     meta = model.metadata

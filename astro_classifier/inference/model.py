@@ -154,12 +154,13 @@ class LoadedModel:
 
         path = resolve_model_path(model)
         metadata = read_metadata(path)
+        providers = providers_for(provider)
+        if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # find cuDNN/cuBLAS from the nvidia-* wheels, as torch does
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=providers_for(provider)
-        )
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         expected = ModelInputs.names()
         got = [i.name for i in session.get_inputs()]
         if got != expected:
