@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # Added to the attention scores of padding: exp() of it underflows to exactly 0 in float32,
 # and it stays finite in float16. Every row keeps its CLS score, so none is all masked.
 MASKED_SCORE = -1.0e4
