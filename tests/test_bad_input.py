@@ -278,7 +278,7 @@ def test_failed_run_keeps_an_existing_output(in_dir: Path, out_dir: Path) -> Non
 def test_evaluate_without_labels(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = runner.invoke(app, ["evaluate", "atat-lsst", str(EXAMPLE_LC), "-o", str(out)])
-    assert_clean_failure(result, None, "no labels", "expected a labelled object table")
+    assert_clean_failure(result, None, str(EXAMPLE_LC), "no labels", "--metadata")
     assert not out.exists()
 
 
@@ -334,12 +334,7 @@ def test_train_invalid_config(
     assert not run_dir.exists()
 
 
-# -- library bugs (xfail strict: remove the marker once fixed) ----------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/common.py:27 prints errors with rich's console.print, which hard-wraps at "
-    "the console width (80 when stderr is no terminal) into several lines",
-)
+# -- regressions: bugs found by these tests ------------------------------------------------
 def test_error_message_is_one_line(example: pa.Table, in_dir: Path, out_dir: Path) -> None:
     path = in_dir / "no_flux.csv"
     pacsv.write_csv(example.drop_columns(["flux"]), path)
@@ -350,11 +345,6 @@ def test_error_message_is_one_line(example: pa.Table, in_dir: Path, out_dir: Pat
     assert len(_stderr(result).strip().splitlines()) == 1, _stderr(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/common.py:27 renders the error text as rich markup: a path with '[/x]' "
-    "raises rich.errors.MarkupError (a traceback) and '[red]' vanishes from the message",
-)
 @pytest.mark.parametrize("folder", ["odd[/x]", "[red]"])
 def test_error_message_shows_brackets_verbatim(tmp_path: Path, out_dir: Path, folder: str) -> None:
     path = tmp_path / folder / "empty.csv"
@@ -363,11 +353,6 @@ def test_error_message_shows_brackets_verbatim(tmp_path: Path, out_dir: Path, fo
     assert_clean_failure(classify(out_dir, path), out_dir, str(path), "empty")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data/lightcurve.py:34-36 formats np.str_ values (\"[np.str_('q')]\") and "
-    "cli/common.py:27 then drops that bracketed text as rich markup: the band is not named",
-)
 def test_unknown_band_is_named(example: pa.Table, in_dir: Path, out_dir: Path) -> None:
     columns = _long_points(example)
     columns["band"][7] = "q"
@@ -376,11 +361,6 @@ def test_unknown_band_is_named(example: pa.Table, in_dir: Path, out_dir: Path) -
     assert_clean_failure(classify(out_dir, path), out_dir, str(path), "unknown band(s) ['q']")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data/plasticc.py read_plasticc accepts NaN flux (the long-format reader rejects "
-    "it); light-curve's feature extractor then panics (pyo3 PanicException, a BaseException)",
-)
 def test_nan_flux_in_plasticc_csv(example: pa.Table, in_dir: Path, out_dir: Path) -> None:
     flux = example.column("flux").to_pylist()
     flux[3] = float("nan")
@@ -396,11 +376,6 @@ def test_nan_flux_in_plasticc_csv(example: pa.Table, in_dir: Path, out_dir: Path
     assert_clean_failure(result, out_dir, str(path), "NaN")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/classify.py:79 / cli/common.py:39: os.replace onto an existing directory "
-    "raises IsADirectoryError, which user_errors does not catch: a traceback",
-)
 def test_output_path_is_a_directory(tmp_path: Path, out_dir: Path) -> None:
     result = runner.invoke(app, ["classify", str(EXAMPLE_LC), "-o", str(out_dir)])
     assert_clean_failure(result, out_dir, str(out_dir), "directory")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from astro_classifier.errors import InputError, ModelError
 
@@ -24,19 +25,32 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except USER_ERRORS + extra as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        print_error(str(exc))
         raise typer.Exit(1) from exc
+
+
+def print_error(message: str) -> None:
+    """One line on stderr; the message is shown verbatim (paths may hold '[' and ']')."""
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if path.is_dir():
+        raise InputError(path, "is a directory; expected the path of a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise InputError(path, f"cannot write the output here: {exc.strerror}") from exc
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise InputError(path, f"cannot write the output here: {exc.strerror}") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from astro_classifier.cli.common import console, parse_days, user_errors
+from astro_classifier.errors import InputError
 
 
 def evaluate_command(
@@ -54,9 +55,14 @@ def evaluate_command(
     with user_errors():
         loaded = LoadedModel.load(model, provider=provider)  # type: ignore[arg-type]
         batch = read_light_curves(data, format=format, metadata=metadata)
+        if batch.label is None:
+            source = metadata or ", ".join(map(str, data))
+            raise InputError(
+                source,
+                "no labels found; expected an object table with labels "
+                "(PLAsTiCC `target` or long-format `label`), given with --metadata",
+            )
         if holdout_fold is not None:
-            if batch.label is None:
-                raise typer.BadParameter("--holdout-fold needs labelled data")
             fold = stratified_folds(batch.label, folds, seed=seed)
             batch = batch.select(np.flatnonzero(fold == holdout_fold))
         result = evaluate(batch, loaded, days)

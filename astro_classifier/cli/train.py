@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from astro_classifier.cli.common import console, user_errors
+from astro_classifier.cli.common import console, print_error, user_errors
 
 
 def _require_torch() -> None:
@@ -44,7 +44,7 @@ def train_command(
     try:
         cfg = TrainConfig.from_yaml(config, overrides)
     except (ValidationError, ValueError) as exc:
-        console.print(f"[bold red]error:[/bold red] {config}: invalid config\n{exc}")
+        print_error(f"{config}: invalid config\n{exc}")
         raise typer.Exit(1) from exc
     with user_errors():
         train(cfg, run_dir, console=console)

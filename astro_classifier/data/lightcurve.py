@@ -31,7 +31,7 @@ def band_indices(names: Iterable[str], source: str) -> np.ndarray:
     """Map band letters (``u g r i z y``, case-insensitive) to canonical indices (int8)."""
     names = np.asarray(list(names) if not isinstance(names, np.ndarray) else names).astype(str)
     uniq, inverse = np.unique(np.char.lower(names), return_inverse=True)
-    unknown = [u for u in uniq if u not in BAND_INDEX]
+    unknown = [str(u) for u in uniq if u not in BAND_INDEX]
     if unknown:
         raise InputError(source, f"unknown band(s) {unknown}; expected one of {list(BANDS)}")
     lut = np.array([BAND_INDEX[u] for u in uniq], dtype=np.int8)

@@ -36,7 +36,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from astro_classifier.data.lightcurve import BANDS, LightCurveBatch, band_indices
-from astro_classifier.data.tables import CSV_SUFFIXES, PARQUET_SUFFIXES, read_table, require_columns
+from astro_classifier.data.tables import (
+    CSV_SUFFIXES,
+    PARQUET_SUFFIXES,
+    read_table,
+    require_columns,
+    require_finite,
+)
 from astro_classifier.errors import InputError
 
 POINT_COLUMNS = ("object_id", "mjd", "band", "flux", "flux_err")
@@ -59,13 +65,7 @@ def read_long(path: str | Path, metadata: str | Path | None = None) -> LightCurv
     object_id = _strings(table, OBJECT_ID_COLUMN, path)
     band = band_indices(_strings(table, "band", path), str(path))
     values = {name: _floats(table, name, path) for name in ("mjd", "flux", "flux_err")}
-    non_finite = {name: int((~np.isfinite(v)).sum()) for name, v in values.items()}
-    if any(non_finite.values()):
-        counts = ", ".join(f"{name}: {n}" for name, n in non_finite.items() if n)
-        rows = int((~np.logical_and.reduce([np.isfinite(v) for v in values.values()])).sum())
-        raise InputError(
-            path, f"{rows} point(s) have NaN or infinite values ({counts}); expected finite numbers"
-        )
+    require_finite(values, path)
     if DETECTED_COLUMN in table.column_names:
         detected_column = table[DETECTED_COLUMN]
         if detected_column.null_count:

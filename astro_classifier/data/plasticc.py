@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from astro_classifier.data.lightcurve import BANDS, LightCurveBatch
-from astro_classifier.data.tables import read_table, require_columns
+from astro_classifier.data.tables import read_table, require_columns, require_finite
 from astro_classifier.data.units import plasticc_fluxcal_to_njy
 from astro_classifier.errors import InputError
 
@@ -108,6 +108,10 @@ def read_plasticc(light_curves: str | Path, metadata: str | Path | None = None) 
             light_curves,
             f"unknown passband value(s) {sorted(set(passband[bad].tolist()))[:5]}; expected 0-5 (u g r i z y)",
         )
+    require_finite(
+        {name: np.asarray(cols[name], np.float64) for name in ("mjd", "flux", "flux_err")},
+        light_curves,
+    )
     flux, flux_err = plasticc_fluxcal_to_njy(cols["flux"], cols["flux_err"])
     detected = cols.get("detected_bool", np.ones(len(flux), bool))
     point_ids = np.char.strip(np.asarray(cols["object_id"]).astype(str))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -48,4 +49,16 @@ def require_columns(table: pa.Table, columns: Sequence[str], source: object, wha
         raise InputError(
             source,
             f"missing column(s) {missing} for {what}; expected {list(columns)}, found {table.column_names}",
+        )
+
+
+def require_finite(values: dict[str, np.ndarray], source: object) -> None:
+    """Raise InputError naming ``source`` if any point has a NaN or infinite value."""
+    bad = {name: int((~np.isfinite(v)).sum()) for name, v in values.items()}
+    if any(bad.values()):
+        counts = ", ".join(f"{name}: {n}" for name, n in bad.items() if n)
+        rows = int((~np.logical_and.reduce([np.isfinite(v) for v in values.values()])).sum())
+        raise InputError(
+            source,
+            f"{rows} point(s) have NaN or infinite values ({counts}); expected finite numbers",
         )
