@@ -24,6 +24,7 @@ from astro_classifier.features.preprocess import (
 from astro_classifier.inference.model import LoadedModel
 
 SKIP_NO_POINTS = "no points in the model's bands"
+SKIP_NON_FINITE = "NaN or infinite time, flux or flux error"
 
 
 @dataclass
@@ -87,10 +88,17 @@ def classify(
     spec = meta.preprocessing
     result = ClassifyResult(table=output_schema(meta.labels).empty_table())
     batch, result.points_outside_bands = keep_model_bands(batch, spec)
-    usable = batch.lengths > 0
+    finite = np.isfinite(batch.time) & np.isfinite(batch.flux) & np.isfinite(batch.flux_err)
+    object_ok = np.bincount(batch.point_object_index()[~finite], minlength=len(batch)) == 0
+    for reason, bad in (
+        (SKIP_NON_FINITE, ~object_ok),
+        (SKIP_NO_POINTS, object_ok & (batch.lengths == 0)),
+    ):
+        if bad.any():
+            result.skipped[reason] = int(bad.sum())
+            result.skipped_ids[reason] = batch.object_id[bad].tolist()
+    usable = object_ok & (batch.lengths > 0)
     if not usable.all():
-        result.skipped[SKIP_NO_POINTS] = int((~usable).sum())
-        result.skipped_ids[SKIP_NO_POINTS] = batch.object_id[~usable].tolist()
         batch = batch.select(np.flatnonzero(usable))
     if len(batch) == 0:
         result.timings.total = time.perf_counter() - started
