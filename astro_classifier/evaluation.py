@@ -15,6 +15,7 @@ import numpy as np
 
 from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.errors import InputError
+from astro_classifier.features.preprocess import truncate_for_model
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
 from astro_classifier.metrics import ClassificationMetrics, classification_report
@@ -67,6 +68,9 @@ def evaluate(
     out = Evaluation(whole=_scored(batch, model, excluded, "whole"), excluded=excluded)
     for days in truncate_days:
         out.by_truncation[days] = _scored(
-            batch.truncate_after_first_detection(days), model, excluded, f"{days:g} days"
+            truncate_for_model(batch, model.metadata.preprocessing, days),
+            model,
+            excluded,
+            f"{days:g} days",
         )
     return out

@@ -8,7 +8,12 @@ import pytest
 from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.data.plasticc import read_plasticc
 from astro_classifier.features.preprocess import light_curves_to_inputs
-from astro_classifier.inference.classify import SKIP_NO_POINTS, SKIP_NON_FINITE, bucket_for, classify
+from astro_classifier.inference.classify import (
+    SKIP_NO_POINTS,
+    SKIP_NON_FINITE,
+    bucket_for,
+    classify,
+)
 from astro_classifier.inference.model import LoadedModel, default_length_buckets
 from tests.conftest import PROJECT_ROOT
 
@@ -38,7 +43,12 @@ def _batch(*curves: dict) -> LightCurveBatch:
     cols = {k: sum((c[k] for c in curves), []) for k in ("object_id", "time", "band", "flux")}
     n = len(cols["time"])
     return LightCurveBatch.from_points(
-        cols["object_id"], cols["time"], cols["band"], cols["flux"], np.full(n, 10.0), np.ones(n, bool)
+        cols["object_id"],
+        cols["time"],
+        cols["band"],
+        cols["flux"],
+        np.full(n, 10.0),
+        np.ones(n, bool),
     )
 
 

@@ -186,13 +186,6 @@ def test_dynamic_batch_and_length_axes(exported, run) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:the float32 number:UserWarning")  # fp16 range clipping
-@pytest.mark.xfail(
-    raises=onnx.shape_inference.InferenceError,
-    strict=True,
-    reason="library bug: onnxconverter_common's float16 conversion types the outputs of the "
-    "Cast(to=FLOAT) nodes /lc_tokens/Cast and /lc_encoder/Cast (atat.py `.to(flux.dtype)`, "
-    "`.to(x.dtype)`) as float16 but keeps to=FLOAT; onnx.checker and ONNX Runtime reject it",
-)
 def test_fp16_export(run, tmp_path: Path) -> None:
     out = tmp_path / "atat-tiny-fp16.onnx"
     report = export_run(run[0], out, fp16=True)

@@ -20,6 +20,7 @@ from astro_classifier.features.preprocess import (
     ModelInputs,
     PreprocessingSpec,
     light_curves_to_inputs,
+    truncate_for_model,
 )
 
 TRUNCATION_DAYS = [8.0, 32.0, np.inf]
@@ -111,23 +112,13 @@ def _truncated_case(dataset: TrainingDataset, objects: LightCurveBatch, days: fl
     sub, feats = dataset.truncated(index, np.full(len(index), level))
     training = light_curves_to_inputs(sub, dataset.spec, tabular=feats)
     # What evaluate() does for truncated evaluation: cut the light curves, then classify.
-    serving = light_curves_to_inputs(objects.truncate_after_first_detection(days), dataset.spec)
+    serving = light_curves_to_inputs(truncate_for_model(objects, dataset.spec, days), dataset.spec)
     return training, serving
 
 
 def test_truncated_curves_give_the_same_inputs(
     dataset: TrainingDataset, objects, request: pytest.FixtureRequest
 ) -> None:
-    if dataset.spec == SPECS["gri"]:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="library bug: data/dataset.py:72-76 drops the bands the model does not "
-                "use before truncating, so training counts the days from the first detection in "
-                "the model's bands; evaluation.py:70 truncates before classify() drops them, so "
-                "it counts from the first detection in any band (here u, z or y)",
-            )
-        )
     training, serving = _truncated_case(dataset, objects, 32.0)
     assert_same_inputs(training, serving)
     assert training.mask.sum() < light_curves_to_inputs(objects, dataset.spec).mask.sum()
@@ -142,5 +133,5 @@ def test_mixed_truncation_levels_in_one_call(objects) -> None:
     sub, feats = dataset.truncated(index, level)
     training = light_curves_to_inputs(sub, spec, tabular=feats)
     days = np.asarray(TRUNCATION_DAYS)[level]
-    serving = light_curves_to_inputs(objects.truncate_after_first_detection(days), spec)
+    serving = light_curves_to_inputs(truncate_for_model(objects, spec, days), spec)
     assert_same_inputs(training, serving)

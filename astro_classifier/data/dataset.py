@@ -29,6 +29,7 @@ from astro_classifier.features.preprocess import (
     PreprocessingSpec,
     keep_model_bands,
     tabular_features,
+    truncate_for_model,
 )
 
 _ARRAYS = ("offsets", "time", "band", "flux", "flux_err", "detected")
@@ -73,7 +74,7 @@ class TrainingDataset:
         days = np.asarray(sorted(truncation_days), np.float64)
         features = np.empty((len(days), len(batch), len(spec.feature_names)), np.float32)
         for i, d in enumerate(days):
-            cut = batch if np.isinf(d) else batch.truncate_after_first_detection(d)
+            cut = batch if np.isinf(d) else truncate_for_model(batch, spec, d)
             features[i] = tabular_features(cut, spec)
             if progress is not None:
                 progress(i + 1, len(days))

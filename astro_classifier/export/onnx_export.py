@@ -159,7 +159,14 @@ def export_run(
         if fp16:
             from onnxconverter_common import float16
 
-            proto = float16.convert_float_to_float16(proto, keep_io_types=True)
+            # The quantile tables hold raw feature values up to ~1e8 (fluxes in nJy), beyond
+            # float16's range: the feature tokenizer stays float32.
+            keep_fp32 = [n.name for n in proto.graph.node if n.name.startswith("/tab_tokens/")]
+            with warnings.catch_warnings():  # it reports every constant it rounds, e.g. -1e4
+                warnings.filterwarnings("ignore", message="the float32 number")
+                proto = float16.convert_float_to_float16(
+                    proto, keep_io_types=True, node_block_list=keep_fp32
+                )
         exp = ckpt["export"]
         metadata = ModelMetadata(
             name=exp["name"],

@@ -112,6 +112,18 @@ def keep_model_bands(
     return batch.select_points(keep), int((~keep).sum())
 
 
+def truncate_for_model(
+    batch: LightCurveBatch, spec: PreprocessingSpec, days: float | np.ndarray
+) -> LightCurveBatch:
+    """The model's bands of each light curve, cut ``days`` after its first detection in them.
+
+    The age of a light curve is counted in the bands the model sees; training (features per
+    truncation) and truncated evaluation both cut through here.
+    """
+    batch, _ = keep_model_bands(batch, spec)
+    return batch.truncate_after_first_detection(days)
+
+
 def tabular_features(
     batch: LightCurveBatch, spec: PreprocessingSpec, n_jobs: int = 1
 ) -> np.ndarray:

@@ -50,7 +50,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b, t, c = x.shape  # (B, T, C)
-        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = self.qkv(x).chunk(3, dim=2)
         q, k, v = (
             z.reshape(b, t, self.n_heads, -1).transpose(1, 2) for z in (q, k, v)
         )  # (B, H, T, D)
@@ -100,7 +100,8 @@ class Encoder(nn.Module):
             keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)  # CLS is always kept
             # An additive mask, computed once: a boolean one exports to a Where over every
             # (B, H, T, T) score matrix, which took a quarter of ONNX Runtime's CPU time.
-            bias = ((~keep).to(x.dtype) * MASKED_SCORE)[:, None, None, :]
+            # (Where on constants rather than a Cast: Cast targets survive fp16 conversion badly.)
+            bias = torch.where(keep, 0.0, MASKED_SCORE)[:, None, None, :]
         for block in self.blocks:
             x = block(x, bias)
         return self.norm(x[:, 0])
@@ -133,7 +134,7 @@ class TimeModulatedTokens(nn.Module):
         self, flux: torch.Tensor, flux_err: torch.Tensor, time: torch.Tensor, band: torch.Tensor
     ) -> torch.Tensor:
         b, length = flux.shape
-        onehot = (band.unsqueeze(-1) == self.band_ids).to(flux.dtype)  # (B, L, NB)
+        onehot = torch.where(band.unsqueeze(-1) == self.band_ids, 1.0, 0.0)  # (B, L, NB)
         values = torch.stack([flux, flux_err], dim=-1)  # (B, L, 2)
         x = self.value((onehot.unsqueeze(-1) * values.unsqueeze(-2)).reshape(b, length, -1))
         x = x + self.value_bias(onehot)  # (B, L, C)
@@ -181,7 +182,11 @@ class QuantileFeatureTokens(nn.Module):
         missing = torch.isnan(values)  # (B, F)
         v = torch.where(missing, torch.zeros_like(values), values).unsqueeze(-1)  # (B, F, 1)
         lo, hi = self.quantiles[:, :-1], self.quantiles[:, 1:]  # (F, Q-1)
-        step = torch.clamp((v - lo) / torch.clamp(hi - lo, min=1e-12), 0.0, 1.0)  # (B, F, Q-1)
+        width = hi - lo
+        # Piecewise-linear CDF; a tied pair of quantiles (width 0) is a step, 1 only above it.
+        # (Written with 0/1 constants only, which survive float16 conversion.)
+        ramp = torch.clamp((v - lo) / torch.where(width > 0, width, 1.0), 0.0, 1.0)
+        step = torch.where(width > 0, ramp, torch.where(v > hi, 1.0, 0.0))  # (B, F, Q-1)
         u = step.mean(dim=-1, keepdim=True)  # (B, F, 1), empirical CDF
         tokens = (2.0 * u - 1.0) * self.weight + self.bias  # (B, F, C)
         return torch.where(missing.unsqueeze(-1), self.missing.expand_as(tokens), tokens)
