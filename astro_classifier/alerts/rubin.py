@@ -276,31 +276,39 @@ def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
 
 
 # -- Avro container files ---------------------------------------------------------------
-def _read_container(path: Path) -> list[dict]:
+def decode_rubin_avro_bytes(data: bytes, source: str) -> list[dict]:
+    """Decode an Avro container of Rubin/LSST alerts (a file's or a Kafka message's bytes)."""
     expected = "expected an Avro object container file of Rubin/LSST alerts"
+    head = data[: len(AVRO_MAGIC)]
+    if head != AVRO_MAGIC:
+        hint = " (a Confluent wire-format message?)" if head[:1] == b"\x00" else ""
+        raise InputError(source, f"starts with {head!r}{hint}, not {AVRO_MAGIC!r}; {expected}")
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(len(AVRO_MAGIC))
-            if head != AVRO_MAGIC:
-                hint = " (a Confluent wire-format message?)" if head[:1] == b"\x00" else ""
-                raise InputError(
-                    path, f"file starts with {head!r}{hint}, not {AVRO_MAGIC!r}; {expected}"
-                )
-            fh.seek(0)
-            reader = fastavro.reader(fh)
-            if not is_rubin_avro_schema(reader.writer_schema):
-                raise InputError(
-                    path,
-                    f"writer schema {reader.writer_schema.get('name')!r} has no diaSource "
-                    f"field (a ZTF alert?); {expected}",
-                )
-            return list(reader)
+        reader = fastavro.reader(io.BytesIO(data))
+        if not is_rubin_avro_schema(reader.writer_schema):
+            raise InputError(
+                source,
+                f"writer schema {reader.writer_schema.get('name')!r} has no diaSource "
+                f"field (a ZTF alert?); {expected}",
+            )
+        records = list(reader)
     except InputError:
         raise
+    except Exception as exc:  # fastavro raises many kinds on corrupt input
+        raise InputError(
+            source, f"cannot decode ({type(exc).__name__}: {exc}); {expected}"
+        ) from exc
+    if not records:
+        raise InputError(source, f"the Avro container holds no alert; {expected}")
+    return records
+
+
+def _read_container(path: Path) -> list[dict]:
+    try:
+        data = path.read_bytes()
     except OSError as exc:
         raise InputError(path, f"cannot open file: {exc}") from exc
-    except Exception as exc:  # fastavro raises many kinds on corrupt input
-        raise InputError(path, f"cannot decode ({type(exc).__name__}: {exc}); {expected}") from exc
+    return decode_rubin_avro_bytes(data, str(path))
 
 
 def read_rubin_avro(paths: PathLike | Iterable[PathLike]) -> LightCurveBatch:

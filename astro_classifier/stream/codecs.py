@@ -3,6 +3,7 @@
 Input formats (one message value each):
 
 - ``ztf-avro``: an Avro container file holding ZTF alert records (as ZTF publishes them);
+- ``rubin-avro``: an Avro container file holding Rubin alert records (as Fink re-publishes them);
 - ``rubin-wire``: Confluent wire format (magic byte 0, 4-byte schema id, schemaless Avro),
   schemas from a local schema folder or a Confluent Schema Registry;
 - ``json``: one object as UTF-8 JSON, astroclf's own format::
@@ -36,7 +37,12 @@ import fastavro
 import numpy as np
 import pyarrow as pa
 
-from astro_classifier.alerts.rubin import SchemaDirectory, decode_rubin_wire, rubin_records_to_batch
+from astro_classifier.alerts.rubin import (
+    SchemaDirectory,
+    decode_rubin_avro_bytes,
+    decode_rubin_wire,
+    rubin_records_to_batch,
+)
 from astro_classifier.alerts.ztf import decode_ztf_avro_bytes, ztf_records_to_batch
 from astro_classifier.data.lightcurve import LightCurveBatch, band_indices
 from astro_classifier.errors import InputError
@@ -133,6 +139,8 @@ def decode_message(
         raise InputError(source, f"empty message; expected a {input_format} alert")
     if input_format == "ztf-avro":
         batch = ztf_records_to_batch(decode_ztf_avro_bytes(value, source), source)
+    elif input_format == "rubin-avro":
+        batch = rubin_records_to_batch(decode_rubin_avro_bytes(value, source), source)
     elif input_format == "rubin-wire":
         batch = rubin_records_to_batch([decode_rubin_wire(value, schemas, source)], source)
     elif input_format == "json":

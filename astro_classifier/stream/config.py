@@ -20,7 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-InputFormat = Literal["ztf-avro", "rubin-wire", "json"]
+InputFormat = Literal["ztf-avro", "rubin-avro", "rubin-wire", "json"]
 
 
 class StreamSettings(BaseSettings):
