@@ -16,23 +16,10 @@ from astro_classifier.features.lc_features import (
     compute_light_curve_features,
     feature_names,
 )
+from tests.builders import make_batch
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "plasticc"
 N_BAND = len(band_feature_names())
-
-
-def _batch(curves: dict[str, list[tuple]]) -> LightCurveBatch:
-    """Objects -> points ``(time, band letter, flux, flux_err, detected)``."""
-    rows = [(obj, *point) for obj, points in curves.items() for point in points]
-    return LightCurveBatch.from_points(
-        object_id=np.array([r[0] for r in rows], dtype=str),
-        time=np.array([r[1] for r in rows], dtype=float),
-        band=np.array([BAND_INDEX[r[2]] for r in rows], dtype=np.int8),
-        flux=np.array([r[3] for r in rows], dtype=np.float32),
-        flux_err=np.array([r[4] for r in rows], dtype=np.float32),
-        detected=np.array([r[5] for r in rows], dtype=bool),
-        objects=list(curves),
-    )
 
 
 def _points(band: str, n: int, start: float = 0.0) -> list[tuple]:
@@ -62,7 +49,7 @@ def test_feature_names_are_per_band_then_summary() -> None:
 
 def test_band_with_fewer_than_four_points_gives_nan() -> None:
     bands = ("g", "r")
-    batch = _batch({"a": _points("g", 3) + _points("r", 4), "b": _points("g", 4)})
+    batch = make_batch({"a": _points("g", 3) + _points("r", 4), "b": _points("g", 4)})
     out = compute_light_curve_features(batch, bands)
     assert out.shape == (2, len(feature_names(bands))) and out.dtype == np.float32
     assert np.isnan(out[0, _columns("g", bands)]).all()  # 3 points
@@ -73,7 +60,7 @@ def test_band_with_fewer_than_four_points_gives_nan() -> None:
 
 def test_band_values_equal_a_direct_extractor_call() -> None:
     points = _points("r", 12) + _points("g", 9, start=0.3)
-    out = compute_light_curve_features(_batch({"a": points}), ("g", "r"))
+    out = compute_light_curve_features(make_batch({"a": points}), ("g", "r"))
     r = [p for p in points if p[1] == "r"]
     t = np.array([p[0] for p in r])
     f = np.array([p[2] for p in r], np.float32).astype(np.float64)
@@ -85,8 +72,8 @@ def test_band_values_equal_a_direct_extractor_call() -> None:
 def test_points_outside_the_requested_bands_change_nothing() -> None:
     base = _points("g", 8)
     extra = base + _points("u", 6, start=0.5) + _points("y", 5, start=0.2)
-    a = compute_light_curve_features(_batch({"a": base}), ("g",))
-    b = compute_light_curve_features(_batch({"a": extra}), ("g",))
+    a = compute_light_curve_features(make_batch({"a": base}), ("g",))
+    b = compute_light_curve_features(make_batch({"a": extra}), ("g",))
     np.testing.assert_array_equal(a, b)
 
 
@@ -98,7 +85,7 @@ def test_summary_features() -> None:
         (19.0, "r", 30.0, 10.0, False),
         (30.0, "u", 9000.0, 1.0, True),  # outside the bands: ignored
     ]
-    out = compute_light_curve_features(_batch({"a": points, "empty": []}), ("g", "r"))
+    out = compute_light_curve_features(make_batch({"a": points, "empty": []}), ("g", "r"))
     summary = dict(zip(SUMMARY_FEATURES, out[0, -len(SUMMARY_FEATURES) :].tolist(), strict=True))
     assert summary == {
         "n_detections": 2.0,
@@ -110,8 +97,8 @@ def test_summary_features() -> None:
     assert empty[0] == 0.0 and np.isnan(empty[1:]).all()
 
 
-def test_empty_batch() -> None:
-    batch = _batch({})
+def test_emptymake_batch() -> None:
+    batch = make_batch({})
     assert compute_light_curve_features(batch, ("g",)).shape == (0, N_BAND + 4)
 
 

@@ -6,35 +6,21 @@ import numpy as np
 import pydantic
 import pytest
 
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.features.preprocess import (
     ModelInputs,
     PreprocessingSpec,
     light_curves_to_inputs,
     tabular_features,
 )
+from tests.builders import make_batch
 
 SCALE = 1000.0  # nJy, PreprocessingSpec's default flux_scale_njy
 NO_FEATURES = PreprocessingSpec(light_curve_features=False)  # skips the light-curve package
 
 
-def _batch(curves: dict[str, list[tuple]], metadata: dict[str, list[float]] | None = None):
-    """Objects -> points ``(time, band letter, flux, flux_err, detected)``, in given order."""
-    rows = [(obj, *point) for obj, points in curves.items() for point in points]
-    return LightCurveBatch.from_points(
-        object_id=np.array([r[0] for r in rows], dtype=str),
-        time=np.array([r[1] for r in rows], dtype=float),
-        band=np.array([BAND_INDEX[r[2]] for r in rows], dtype=np.int8),
-        flux=np.array([r[3] for r in rows], dtype=np.float32),
-        flux_err=np.array([r[4] for r in rows], dtype=np.float32),
-        detected=np.array([r[5] for r in rows], dtype=bool),
-        objects=list(curves),
-        metadata={k: np.asarray(v, float) for k, v in (metadata or {}).items()},
-    )
-
-
 def _three_objects() -> LightCurveBatch:
-    return _batch(
+    return make_batch(
         {
             "a": [
                 (100.0, "g", 500.0, 50.0, False),
@@ -103,7 +89,7 @@ def test_padding_positions_are_zero_and_masked() -> None:
 
 
 def test_empty_light_curve_is_all_padding() -> None:
-    batch = _batch({"a": [(1.0, "g", 1.0, 1.0, True)], "empty": []})
+    batch = make_batch({"a": [(1.0, "g", 1.0, 1.0, True)], "empty": []})
     inputs = light_curves_to_inputs(batch, NO_FEATURES)
     assert inputs.mask.shape == (2, 1)
     assert not inputs.mask[1].any()
@@ -116,7 +102,7 @@ def test_empty_light_curve_is_all_padding() -> None:
 def test_most_recent_max_length_points_are_kept() -> None:
     points = [(50.0 + k, "r", 100.0 * k, 10.0, True) for k in range(10)]
     spec = PreprocessingSpec(max_length=4, light_curve_features=False)
-    inputs = light_curves_to_inputs(_batch({"long": points, "short": points[:2]}), spec)
+    inputs = light_curves_to_inputs(make_batch({"long": points, "short": points[:2]}), spec)
     assert inputs.mask.shape == (2, 4)
     assert inputs.mask[0].all()
     # The last four points (k = 6..9), in time order, at times counted from the first point.
@@ -137,16 +123,16 @@ def test_time_counts_from_first_detection_of_the_whole_curve() -> None:
         (111.0, "r", 800.0, 5.0, True),
     ]
     spec = PreprocessingSpec(max_length=2, light_curve_features=False)
-    inputs = light_curves_to_inputs(_batch({"a": points}), spec)
+    inputs = light_curves_to_inputs(make_batch({"a": points}), spec)
     np.testing.assert_array_equal(inputs.time[0], [4.0, 8.0])  # 107 - 103, 111 - 103
     # Without a cut, the points before the first detection get negative times.
-    full = light_curves_to_inputs(_batch({"a": points}), NO_FEATURES)
+    full = light_curves_to_inputs(make_batch({"a": points}), NO_FEATURES)
     np.testing.assert_array_equal(full.time[0], [-3.0, -2.0, 0.0, 1.0, 4.0, 8.0])
 
 
 def test_time_counts_from_first_point_when_nothing_is_detected() -> None:
     points = [(10.0, "g", 1.0, 1.0, False), (12.5, "g", 2.0, 1.0, False)]
-    inputs = light_curves_to_inputs(_batch({"quiet": points}), NO_FEATURES)
+    inputs = light_curves_to_inputs(make_batch({"quiet": points}), NO_FEATURES)
     np.testing.assert_array_equal(inputs.time[0], [0.0, 2.5])
 
 
@@ -165,7 +151,7 @@ def test_bands_outside_the_spec_are_dropped_and_ids_index_spec_bands() -> None:
     ]
     # Deliberately not in canonical order: ids follow spec.bands, so r -> 0 and g -> 1.
     spec = PreprocessingSpec(bands=("r", "g"), max_length=3, light_curve_features=False)
-    inputs = light_curves_to_inputs(_batch({"a": points}), spec)
+    inputs = light_curves_to_inputs(make_batch({"a": points}), spec)
     assert inputs.mask.shape == (1, 3)  # dropped points take no place and no length slot
     assert inputs.mask.all()
     np.testing.assert_array_equal(inputs.band[0], [0, 1, 0])  # r g r
@@ -176,7 +162,7 @@ def test_bands_outside_the_spec_are_dropped_and_ids_index_spec_bands() -> None:
 
 
 def test_object_without_points_in_spec_bands_is_all_padding() -> None:
-    batch = _batch({"a": [(1.0, "g", 1.0, 1.0, True)], "u_only": [(1.0, "u", 1.0, 1.0, True)]})
+    batch = make_batch({"a": [(1.0, "g", 1.0, 1.0, True)], "u_only": [(1.0, "u", 1.0, 1.0, True)]})
     spec = PreprocessingSpec(bands=("g",), light_curve_features=False)
     inputs = light_curves_to_inputs(batch, spec)
     np.testing.assert_array_equal(inputs.mask, [[True], [False]])
@@ -206,7 +192,7 @@ def test_width_shorter_than_the_longest_curve_raises() -> None:
 def test_width_counts_kept_points_after_the_max_length_cut() -> None:
     points = [(float(k), "g", 1.0, 1.0, True) for k in range(20)]
     spec = PreprocessingSpec(max_length=8, light_curve_features=False)
-    inputs = light_curves_to_inputs(_batch({"a": points}), spec, width=8)
+    inputs = light_curves_to_inputs(make_batch({"a": points}), spec, width=8)
     assert inputs.mask.shape == (1, 8) and inputs.mask.all()
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from astro_classifier.cli.common import atomic_output, console, user_errors
 from astro_classifier.data.readers import FORMATS
 from astro_classifier.inference.classify import ClassifyResult, classify
 from astro_classifier.inference.model import LoadedModel
+from astro_classifier.progress import progress_bar
 
 DEFAULT_MODEL = "atat-lsst"
 
@@ -61,14 +61,7 @@ def classify_command(
         started = time.perf_counter()
         batch = read_light_curves(inputs, format=format, metadata=metadata, schema_dir=schema_dir)
         read_seconds = time.perf_counter() - started
-        with Progress(
-            TextColumn("classifying"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+        with progress_bar("classifying", console) as bar:
             task = bar.add_task("", total=len(batch))
             result = classify(
                 batch,

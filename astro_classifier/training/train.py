@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TextColumn
 
 from astro_classifier.data.dataset import TrainingDataset
 from astro_classifier.data.readers import read_light_curves
@@ -33,6 +33,7 @@ from astro_classifier.data.splits import stratified_folds, stratified_split
 from astro_classifier.features.preprocess import ModelInputs, light_curves_to_inputs
 from astro_classifier.metrics import classification_report
 from astro_classifier.plots import plot_confusion_matrix, plot_learning_curves
+from astro_classifier.progress import progress_bar
 from astro_classifier.training.config import TrainConfig
 from astro_classifier.training.registry import create_model
 
@@ -95,14 +96,7 @@ def load_or_build_dataset(cfg: TrainConfig, run_dir: Path, console: Console) -> 
         _, keep = stratified_split(batch.label, cfg.data.max_objects / len(batch), cfg.data.seed)
         batch = batch.select(keep)
     source = f"{cfg.data.format}:{Path(cfg.data.light_curves).name}"
-    with Progress(
-        TextColumn("features per truncation"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with progress_bar("features per truncation", console) as bar:
         task = bar.add_task("", total=len(cfg.data.truncation_days))
         ds = TrainingDataset.build(
             batch,
@@ -204,14 +198,8 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
     history: list[dict[str, float]] = []
     best_f1, best_state, best_epoch, since_best = -1.0, None, 0, 0
     started = time.perf_counter()
-    columns = (
-        TextColumn("epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
+    loss_column = TextColumn("loss {task.fields[loss]:.3f}")
+    with progress_bar("epoch {task.fields[epoch]}", console, loss_column) as bar:
         for epoch in range(1, tc.epochs + 1):
             model.train()
             batches = length_bucketed_batches(ds.batch.lengths[train_idx], tc.batch_size, rng)
