@@ -32,3 +32,6 @@ def shared_data() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+pytest_plugins = ["tests.kafka_broker"]

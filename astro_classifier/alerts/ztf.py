@@ -141,8 +141,10 @@ def ztf_records_to_batch(records: list[dict[str, Any]], source: str) -> LightCur
 
 
 def _warn_repaired_times(repaired: int, total: int, source: str) -> None:
+    # DEBUG, not WARNING: every Fink re-published alert has it, and a stream would log one
+    # line per message.
     if repaired:
-        logger.warning(
+        logger.debug(
             "%s: %d of %d ZTF points carry a jd more than %g d away from the exposure time "
             "encoded in their pid (a re-published alert); the pid time was used",
             source,

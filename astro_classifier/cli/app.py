@@ -8,7 +8,7 @@ from astro_classifier import __version__
 from astro_classifier.cli.classify import classify_command
 from astro_classifier.cli.evaluate import evaluate_command
 from astro_classifier.cli.info import info_command, models_command
-from astro_classifier.cli.stream import replay_command
+from astro_classifier.cli.stream import replay_command, stream_command
 from astro_classifier.cli.train import export_command, train_command
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command("models")(models_command)
 app.command("train")(train_command)
 app.command("export")(export_command)
 app.command("replay")(replay_command)
+app.command("stream")(stream_command)
 
 
 def _version(value: bool) -> None:

@@ -1,4 +1,4 @@
-"""`astroclf replay` (and the Kafka worker's commands): need the `stream` extra."""
+"""`astroclf replay` and `astroclf stream` (the Kafka worker): they need the `stream` extra."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from astro_classifier.cli.common import console, user_errors
+from astro_classifier.cli.common import console, print_error, user_errors
 
 
 def _require_kafka() -> None:
@@ -60,3 +60,73 @@ def replay_command(
             progress=lambda n: console.print(f"produced {n} messages", end="\r"),
         )
     console.print(f"produced {sent} messages to {topic}")
+
+
+def _config_errors(exc: Exception) -> str:
+    """A pydantic ValidationError as one line: ``field: problem; ...`` (never the values,
+    which may be secrets)."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return " ".join(str(exc).split())
+    parts = []
+    for error in errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "config"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def stream_command(
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="Stream config (YAML). Without it every setting comes from ASTROCLF_* variables.",
+    ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Port of /metrics, /healthz, /ready (overrides the config; 0 = any free port).",
+    ),
+    log_level: str | None = typer.Option(
+        None, "--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides the config)."
+    ),
+) -> None:
+    """Run the Kafka worker: consume alerts, classify them, produce classifications.
+
+    Settings: the YAML file of --config (examples: configs/stream_ztf.yaml,
+    configs/stream_rubin.yaml); every field can be overridden by an environment
+    variable ASTROCLF_<FIELD> (the environment wins over the file, and the
+    options here win over both):
+
+      ASTROCLF_BOOTSTRAP_SERVERS=kafka-1:9092
+      ASTROCLF_INPUT_TOPICS='["ztf-alerts"]'      JSON for lists and maps
+      ASTROCLF_KAFKA__SASL_MECHANISM=PLAIN        __ descends into a map
+      ASTROCLF_KAFKA_SECRETS__SASL_PASSWORD=...   secrets: never logged
+
+    Logs: one JSON object per line on stderr. SIGTERM or Ctrl-C finishes the
+    batch in hand, commits and exits 0. Messages that cannot be decoded or
+    classified go to the dead-letter topic; they never stop the worker.
+    """
+    _require_kafka()
+    import yaml
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from astro_classifier.stream.config import StreamSettings
+    from astro_classifier.stream.worker import StreamWorker
+
+    overrides: dict[str, object] = {}
+    if metrics_port is not None:
+        overrides["metrics_port"] = metrics_port
+    if log_level is not None:
+        overrides["log_level"] = log_level.upper()
+    where = str(config) if config is not None else "environment"
+    try:
+        with user_errors():
+            settings = StreamSettings.load(config, **overrides)
+    except (ValidationError, SettingsError, ValueError, yaml.YAMLError) as exc:
+        print_error(f"{where}: invalid stream config: {_config_errors(exc)}")
+        raise typer.Exit(1) from exc
+    raise typer.Exit(StreamWorker(settings).run())

@@ -50,7 +50,7 @@ class LightCurveBatch:
     flux_err: np.ndarray  # (P,) float32, nJy
     detected: np.ndarray  # (P,) bool
     metadata: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N,)
-    alert_id: np.ndarray | None = None  # (N,) str or None
+    alert_id: np.ndarray | None = None  # (N,) object: str, or None for an object without alert
     label: np.ndarray | None = None  # (N,) str or None
 
     def __post_init__(self) -> None:
@@ -72,7 +72,10 @@ class LightCurveBatch:
             if len(col) != n:
                 raise ValueError(f"metadata column {key!r} has {len(col)} rows, expected {n}")
         if self.alert_id is not None:
-            self.alert_id = np.asarray(self.alert_id).astype(str)
+            self.alert_id = np.array(
+                [None if a is None else str(a) for a in np.asarray(self.alert_id, dtype=object)],
+                dtype=object,
+            )
         if self.label is not None:
             self.label = np.asarray(self.label).astype(str)
 
@@ -149,13 +152,13 @@ class LightCurveBatch:
             offsets.append(b.offsets[1:] + base)
             base += int(b.offsets[-1])
 
-        def joined(name: str) -> np.ndarray | None:
+        def joined(name: str, missing: str | None) -> np.ndarray | None:
             cols = [getattr(b, name) for b in batches]
             if all(c is None for c in cols):
                 return None
             return np.concatenate(
                 [
-                    c if c is not None else np.full(len(b), "", dtype=object).astype(str)
+                    c if c is not None else np.full(len(b), missing, dtype=object)
                     for c, b in zip(cols, batches, strict=True)
                 ]
             )
@@ -169,8 +172,8 @@ class LightCurveBatch:
             flux_err=np.concatenate([b.flux_err for b in batches]),
             detected=np.concatenate([b.detected for b in batches]),
             metadata=metadata,
-            alert_id=joined("alert_id"),
-            label=joined("label"),
+            alert_id=joined("alert_id", None),  # objects from light-curve files have no alert
+            label=joined("label", ""),
         )
 
     # -- access -----------------------------------------------------------------------

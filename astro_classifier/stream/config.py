@@ -32,7 +32,7 @@ class StreamSettings(BaseSettings):
 
     # -- Kafka ----------------------------------------------------------------------------
     bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers")
-    kafka: dict[str, str] = Field(
+    kafka: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
         description="extra librdkafka properties for consumer and producer (security.protocol, "
         "sasl.mechanism, ssl.ca.location, ...)",
@@ -105,7 +105,7 @@ class StreamSettings(BaseSettings):
         """Common librdkafka properties, secrets included (never log the result)."""
         # librdkafka names use dots; keys from environment variables arrive with underscores.
         conf = {"bootstrap.servers": self.bootstrap_servers}
-        conf.update({k.replace("_", "."): v for k, v in self.kafka.items()})
+        conf.update({k.replace("_", "."): _librdkafka_value(v) for k, v in self.kafka.items()})
         conf.update(
             {k.replace("_", "."): v.get_secret_value() for k, v in self.kafka_secrets.items()}
         )
@@ -114,3 +114,8 @@ class StreamSettings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The settings as plain data for logs: secrets shown as '**********'."""
         return self.model_dump(mode="json")
+
+
+def _librdkafka_value(value: str | int | float | bool) -> str:
+    """YAML gives numbers and booleans; librdkafka wants strings ('true', not 'True')."""
+    return str(value).lower() if isinstance(value, bool) else str(value)

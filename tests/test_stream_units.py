@@ -1,0 +1,479 @@
+"""The stream worker's parts that need no broker: settings, metrics endpoints, micro-batches.
+
+Kafka itself is in tests/test_stream_worker.py (marker ``kafka``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import fastavro
+import numpy as np
+import pydantic
+import pytest
+import yaml
+
+from tests.kafka_broker import require_stream_extra
+
+require_stream_extra()
+
+from astro_classifier.stream.config import StreamSettings  # noqa: E402
+from astro_classifier.stream.metrics import LoopHealth, MetricsServer, StreamMetrics  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STREAM_CONFIGS = sorted((PROJECT_ROOT / "configs").glob("stream_*.yaml"))
+SECRET = "hunter2-do-not-log"
+MINIMAL = {"input_topics": ["alerts"], "output_topic": "out", "dead_letter_topic": "dlq"}
+
+
+@pytest.fixture(autouse=True)
+def _no_astroclf_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read ASTROCLF_* variables: start every test without any."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("ASTROCLF_") and name != "ASTROCLF_SHARED_DATA":
+            monkeypatch.delenv(name)
+
+
+def _write(tmp_path: Path, doc: dict, name: str = "stream.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+# -- settings -------------------------------------------------------------------------------
+def test_the_example_stream_configs_are_found() -> None:
+    assert {p.name for p in STREAM_CONFIGS} >= {"stream_ztf.yaml", "stream_rubin.yaml"}
+
+
+@pytest.mark.parametrize("path", STREAM_CONFIGS, ids=[p.name for p in STREAM_CONFIGS])
+def test_every_example_stream_config_validates(path: Path) -> None:
+    settings = StreamSettings.load(path)
+    from astro_classifier.inference.model import read_metadata
+
+    read_metadata(settings.model)  # names a shipped model
+    if path.name == "stream_ztf.yaml":
+        assert (settings.input_format, settings.model) == ("ztf-avro", "atat-ztf")
+    if path.name == "stream_rubin.yaml":
+        assert (settings.input_format, settings.model) == ("rubin-wire", "atat-lsst")
+        assert settings.schema_dir is not None
+
+
+def test_environment_overrides_the_file_and_arguments_override_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(
+        tmp_path,
+        {**MINIMAL, "batch_size": 100, "group_id": "from-file", "kafka": {"linger.ms": "7"}},
+    )
+    monkeypatch.setenv("ASTROCLF_BATCH_SIZE", "250")
+    monkeypatch.setenv("ASTROCLF_INPUT_TOPICS", '["ztf", "ztf-2"]')
+    monkeypatch.setenv("ASTROCLF_KAFKA__SASL_MECHANISM", "PLAIN")
+    settings = StreamSettings.load(path, group_id="from-argument")
+    assert settings.batch_size == 250
+    assert settings.input_topics == ["ztf", "ztf-2"]
+    assert settings.group_id == "from-argument"
+    assert settings.output_topic == "out"  # untouched fields keep their file values
+    conf = settings.librdkafka()
+    assert conf["sasl.mechanism"] == "PLAIN"  # environment keys: underscores become dots
+    assert conf["linger.ms"] == "7"  # ... merged with the file's map
+
+
+def test_secrets_reach_librdkafka_but_never_repr_or_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, {**MINIMAL, "model": str(tmp_path / "missing.onnx")})
+    monkeypatch.setenv("ASTROCLF_KAFKA_SECRETS__SASL_PASSWORD", SECRET)
+    settings = StreamSettings.load(path)
+    assert settings.librdkafka()["sasl.password"] == SECRET
+    for text in (repr(settings), str(settings), json.dumps(settings.redacted())):
+        assert SECRET not in text
+    assert settings.redacted()["kafka_secrets"] == {"sasl_password": "**********"}
+
+    # The worker logs its settings first thing (then fails here: the model does not exist).
+    from astro_classifier.stream.worker import StreamWorker
+
+    try:
+        assert StreamWorker(settings).run() == 1
+    finally:
+        _remove_json_log_handler()
+    err = capsys.readouterr().err
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events] == ["worker_starting", "model_load_failed"]
+    assert all({"ts", "level", "event"} <= e.keys() for e in events)
+    assert events[0]["settings"]["kafka_secrets"] == {"sasl_password": "**********"}
+    assert SECRET not in err
+
+
+def test_an_invalid_secret_is_reported_without_its_value(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from astro_classifier.cli.app import app
+
+    path = _write(tmp_path, {**MINIMAL, "kafka_secrets": {"sasl.password": 123456789}})
+    result = CliRunner().invoke(app, ["stream", "--config", str(path)])
+    assert result.exit_code == 1
+    assert "kafka_secrets.sasl.password" in result.output
+    assert "123456789" not in result.output
+
+
+def test_rubin_wire_without_a_schema_source_is_rejected(tmp_path: Path) -> None:
+    path = _write(tmp_path, {**MINIMAL, "input_format": "rubin-wire"})
+    with pytest.raises(pydantic.ValidationError, match="schema_dir or schema_registry_url"):
+        StreamSettings.load(path)
+    assert StreamSettings.load(path, schema_dir=tmp_path).schema_dir == tmp_path
+    assert StreamSettings.load(path, schema_registry_url="http://sr:8081").schema_dir is None
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({**MINIMAL, "input_format": "rubin-wire"}, "schema_dir or schema_registry_url"),
+        ({"input_topics": ["a"]}, "output_topic: Field required"),
+        ({**MINIMAL, "batch_sise": 10}, "batch_sise: Extra inputs are not permitted"),
+        ({**MINIMAL, "delivery": "twice"}, "delivery: Input should be"),
+    ],
+)
+def test_cli_reports_an_invalid_config_in_one_line(
+    tmp_path: Path, doc: dict, expected: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from astro_classifier.cli.app import app
+
+    path = _write(tmp_path, doc)
+    result = CliRunner().invoke(app, ["stream", "--config", str(path)])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())  # the console may wrap a long line
+    assert text.startswith(f"error: {path}: invalid stream config:")
+    assert expected in text
+    assert "Traceback" not in result.output
+
+
+def test_cli_reports_a_missing_or_unreadable_config(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from astro_classifier.cli.app import app
+
+    result = CliRunner().invoke(app, ["stream", "--config", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 1 and "stream config not found" in result.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("input_topics: [a\n")
+    result = CliRunner().invoke(app, ["stream", "--config", str(broken)])
+    assert result.exit_code == 1 and "invalid stream config" in result.output
+
+
+def test_cli_help_explains_config_and_environment() -> None:
+    from typer.testing import CliRunner
+
+    from astro_classifier.cli.app import app
+
+    result = CliRunner().invoke(app, ["stream", "--help"])
+    assert result.exit_code == 0
+    for text in ("--config", "--metrics-port", "--log-level", "ASTROCLF_", "SIGTERM"):
+        assert text in result.output
+
+
+def _remove_json_log_handler() -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_astroclf_json_handler", False):
+            root.removeHandler(handler)
+
+
+# -- metrics and the HTTP endpoints ---------------------------------------------------------
+def _get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, reply.headers["Content-Type"], reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def test_metrics_server_serves_metrics_health_and_readiness() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = StreamMetrics()
+    health = LoopHealth(stall_after_s=60)
+    ready = {"value": False}
+    with MetricsServer(metrics, "127.0.0.1", 0, health.alive, lambda: ready["value"]) as server:
+        assert server.port > 0  # port 0 picked a free one
+        base = f"http://127.0.0.1:{server.port}"
+        assert _get(f"{base}/healthz")[0] == 503  # the loop has not started
+        assert _get(f"{base}/ready")[0] == 503
+        health.beat()
+        ready["value"] = True
+        assert _get(f"{base}/healthz")[0] == 200
+        assert _get(f"{base}/ready")[0] == 200
+
+        metrics.consumed.inc(5)
+        metrics.produced.inc(4)
+        metrics.dead_lettered.labels(reason="InputError").inc()
+        metrics.batch_size.observe(5)
+        metrics.end_to_end_seconds.observe(0.02)
+        status, content_type, body = _get(f"{base}/metrics")
+        assert status == 200 and content_type.startswith("text/plain")
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body)
+            for s in family.samples
+        }
+        assert samples[("astroclf_consumed_messages_total", ())] == 5
+        assert samples[("astroclf_classifications_produced_total", ())] == 4
+        assert samples[("astroclf_dead_lettered_messages_total", (("reason", "InputError"),))] == 1
+        assert samples[("astroclf_batch_size_messages_count", ())] == 1
+        assert samples[("astroclf_end_to_end_latency_seconds_count", ())] == 1
+        assert _get(f"{base}/nothing")[0] == 404
+
+        health.stop()  # the loop ended
+        assert _get(f"{base}/healthz")[0] == 503
+
+
+def test_a_stalled_loop_is_not_healthy() -> None:
+    health = LoopHealth(stall_after_s=0.0)
+    health.beat()
+    assert not health.alive()
+
+
+def test_metrics_have_their_own_registry() -> None:
+    a, b = StreamMetrics(), StreamMetrics()  # no "duplicated timeseries" error
+    a.consumed.inc()
+    assert b"astroclf_consumed_messages_total 0.0" in b.exposition()
+
+
+def test_consumer_lag_comes_from_librdkafka_statistics() -> None:
+    metrics = StreamMetrics()
+    stats = {
+        "topics": {
+            "alerts": {
+                "partitions": {
+                    "0": {"consumer_lag": 12},
+                    "1": {"consumer_lag": -1},  # unknown yet
+                    "-1": {"consumer_lag": 0},  # librdkafka's internal partition
+                }
+            }
+        }
+    }
+    metrics.update_from_librdkafka_stats(json.dumps(stats))
+    text = metrics.exposition().decode()
+    assert 'astroclf_consumer_lag_messages{partition="0",topic="alerts"} 12.0' in text
+    assert 'partition="1"' not in text and 'partition="-1"' not in text
+    metrics.forget_partitions([("alerts", 0), ("alerts", 5)])
+    assert 'partition="0"' not in metrics.exposition().decode()
+
+
+# -- one micro-batch without a broker -------------------------------------------------------
+class FakeMessage:
+    """The accessors of confluent_kafka.Message that the worker uses."""
+
+    def __init__(
+        self,
+        value: bytes | None,
+        offset: int,
+        key: bytes | None = None,
+        headers: list | None = None,
+        topic: str = "alerts",
+        partition: int = 0,
+        timestamp_ms: int = 1_700_000_000_000,
+    ) -> None:
+        self._value, self._offset, self._key, self._headers = value, offset, key, headers
+        self._topic, self._partition, self._timestamp = topic, partition, timestamp_ms
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def headers(self) -> list | None:
+        return self._headers
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._timestamp)  # TIMESTAMP_CREATE_TIME
+
+    def error(self) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def ztf_model():
+    from astro_classifier.inference.model import LoadedModel
+
+    return LoadedModel.load("atat-ztf", "cpu")
+
+
+def _json_alert(object_id: str, band: str, n: int = 6, alert_id: str | None = None) -> bytes:
+    points = [
+        {"mjd": 60000.0 + 3 * k, "band": band, "flux": 1000.0 + 50 * k, "flux_err": 20.0}
+        for k in range(n)
+    ]
+    return json.dumps({"object_id": object_id, "alert_id": alert_id, "points": points}).encode()
+
+
+def _decode_output(value: bytes) -> dict:
+    schema = fastavro.schema.load_schema(
+        PROJECT_ROOT / "astro_classifier" / "stream" / "schemas" / "classification.avsc"
+    )
+    return fastavro.schemaless_reader(io.BytesIO(value), schema, None)
+
+
+def test_a_batch_dead_letters_exactly_the_messages_that_cannot_be_classified(ztf_model) -> None:
+    from astro_classifier.stream.worker import UNCLASSIFIABLE, BatchProcessor
+
+    messages = [
+        FakeMessage(_json_alert("A", "g", alert_id="a1"), 10, key=b"A"),
+        FakeMessage(_json_alert("B", "u"), 11, key=b"B"),  # u: not a band of atat-ztf
+        FakeMessage(b"not json", 12, key=b"junk", headers=[("trace", b"t-1")]),
+        # The same object twice in one batch, once unclassifiable: the right message must
+        # be dead-lettered (classify() names skipped objects by id).
+        FakeMessage(_json_alert("A", "y", alert_id="a2"), 13, key=b"A"),
+        FakeMessage(_json_alert("A", "r", alert_id="a3"), 14, key=b"A"),
+        FakeMessage(None, 15),
+    ]
+    result = BatchProcessor(ztf_model, "json", "avro").process(messages)
+
+    assert [(d.message.offset(), d.error_class) for d in result.dead_letters] == [
+        (11, UNCLASSIFIABLE),
+        (12, "InputError"),
+        (13, UNCLASSIFIABLE),
+        (15, "InputError"),
+    ]
+    assert "object B: no points in the model's bands" in result.dead_letters[0].error_message
+    records = [_decode_output(o.value) for o in result.outputs]
+    assert [(r["objectId"], r["alertId"], r["sourceOffset"]) for r in records] == [
+        ("A", "a1", 10),
+        ("A", "a3", 14),
+    ]
+    assert [o.key for o in result.outputs] == [b"A", b"A"]
+    for record in records:
+        probabilities = [c["probability"] for c in record["classifications"]]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
+        assert record["probability"] == max(probabilities)
+        assert record["classifierName"] == "atat-ztf"
+        assert record["batchSize"] == len(messages)
+        assert record["alertTimestampMs"] == 1_700_000_000_000
+
+    headers = dict(result.dead_letters[1].headers())
+    assert headers["trace"] == b"t-1"  # the message's own headers are kept
+    assert headers["astroclf.error.class"] == b"InputError"
+    assert headers["astroclf.source.topic"] == b"alerts"
+    assert headers["astroclf.source.partition"] == b"0"
+    assert headers["astroclf.source.offset"] == b"12"
+    assert b"alerts[0]@12" in headers["astroclf.error.message"]
+    assert headers["astroclf.error.time"].endswith(b"+00:00")
+
+
+def test_a_container_with_several_alerts_gives_one_classification_each(
+    ztf_model, shared_data: Path
+) -> None:
+    from astro_classifier.stream.worker import BatchProcessor
+
+    files = sorted((shared_data / "alerts" / "ztf" / "fink-v3.3").glob("*.avro"))[:3]
+    records, schema = [], None
+    for path in files:
+        with path.open("rb") as f:
+            reader = fastavro.reader(f)
+            schema = schema or reader.writer_schema
+            records += list(reader)
+    container = io.BytesIO()
+    fastavro.writer(container, schema, records)
+    single = files[0].read_bytes()
+    result = BatchProcessor(ztf_model, "ztf-avro", "json").process(
+        [FakeMessage(container.getvalue(), 0), FakeMessage(single, 1)]
+    )
+    assert not result.dead_letters
+    got = [
+        (json.loads(o.value)["sourceOffset"], json.loads(o.value)["alertId"])
+        for o in result.outputs
+    ]
+    assert got == [(0, str(r["candid"])) for r in records] + [(1, str(records[0]["candid"]))]
+
+
+def test_when_classify_fails_the_messages_are_retried_one_by_one(
+    ztf_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from astro_classifier.stream import worker
+
+    real = worker.classify
+    calls: list[int] = []  # objects per classify() call
+
+    def flaky(batch, model):
+        calls.append(len(batch))
+        if np.any(batch.flux > 1e8):
+            raise FloatingPointError("overflow in a feature")
+        return real(batch, model)
+
+    monkeypatch.setattr(worker, "classify", flaky)
+    huge = json.loads(_json_alert("C", "g"))
+    huge["points"][0]["flux"] = 1e9
+    messages = [
+        FakeMessage(_json_alert("A", "g"), 0),
+        FakeMessage(json.dumps(huge).encode(), 1),
+        FakeMessage(_json_alert("B", "r"), 2),
+    ]
+    result = worker.BatchProcessor(ztf_model, "json", "json").process(messages)
+    assert calls == [3, 1, 1, 1]  # the batch, then each message alone
+    assert [(d.message.offset(), d.error_class) for d in result.dead_letters] == [
+        (1, "FloatingPointError")
+    ]
+    assert [json.loads(o.value)["objectId"] for o in result.outputs] == ["A", "B"]
+
+
+def test_an_output_that_cannot_be_encoded_dead_letters_its_message(
+    ztf_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from astro_classifier.stream import worker
+
+    real = worker.encode_classification
+
+    def refuses_b(record: dict, output_format: str) -> bytes:
+        if record["objectId"] == "B":
+            raise ValueError("not encodable")
+        return real(record, output_format)
+
+    monkeypatch.setattr(worker, "encode_classification", refuses_b)
+    messages = [FakeMessage(_json_alert(o, "g"), k) for k, o in enumerate("ABC")]
+    result = worker.BatchProcessor(ztf_model, "json", "avro").process(messages)
+    assert [(d.message.offset(), d.error_class) for d in result.dead_letters] == [(1, "ValueError")]
+    assert [o.key for o in result.outputs] == [b"A", b"C"]
+
+
+def test_log_lines_are_json_objects_with_ts_level_event() -> None:
+    from astro_classifier.stream.worker import JsonLogFormatter
+
+    formatter = JsonLogFormatter()
+    ours = logging.LogRecord("astro_classifier.stream", logging.INFO, "", 0, "batch_done", (), None)
+    ours.fields = {"messages": 3}
+    doc = json.loads(formatter.format(ours))
+    assert doc["event"] == "batch_done" and doc["messages"] == 3 and doc["level"] == "INFO"
+    assert doc["ts"].endswith("+00:00")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        import sys
+
+        foreign = logging.LogRecord(
+            "astro_classifier.alerts.ztf", logging.WARNING, "", 0, "%d points", (4,), sys.exc_info()
+        )
+    doc = json.loads(formatter.format(foreign))
+    assert (doc["event"], doc["logger"], doc["message"]) == (
+        "log",
+        "astro_classifier.alerts.ztf",
+        "4 points",
+    )
+    assert "RuntimeError: boom" in doc["exception"]
