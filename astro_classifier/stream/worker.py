@@ -176,7 +176,8 @@ class BatchResult:
     outputs: list[Output]
     dead_letters: list[DeadLetter]
     decode_seconds: float
-    inference_seconds: float
+    inference_seconds: float  # classify(): features and model
+    features_seconds: float  # the light-curve feature part of inference_seconds
 
 
 def message_ref(message: Any) -> MessageRef:
@@ -197,6 +198,7 @@ class BatchProcessor:
         self.input_format = input_format
         self.output_format = output_format
         self.schemas = schemas
+        self._features_seconds = 0.0
 
     def process(self, messages: Sequence[Any]) -> BatchResult:
         dead: dict[int, DeadLetter] = {}
@@ -213,6 +215,7 @@ class BatchProcessor:
         decode_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
+        self._features_seconds = 0.0
         rows: list[tuple[int, pa.Table]] = []  # (message index, its classified alerts)
         if decoded:
             self._classify(decoded, messages, rows, dead)
@@ -243,6 +246,7 @@ class BatchProcessor:
             dead_letters=[dead[i] for i in sorted(dead)],
             decode_seconds=decode_seconds,
             inference_seconds=inference_seconds,
+            features_seconds=self._features_seconds,
         )
 
     def _classify(
@@ -295,6 +299,7 @@ class BatchProcessor:
         # alerts again, or a message is replayed): classify stand-in ids "0".."N-1" instead.
         stand_in = dataclasses.replace(combined, object_id=np.arange(len(combined)).astype(str))
         result = classify(stand_in, self.model)
+        self._features_seconds += result.timings.features
 
         skipped: dict[int, list[str]] = defaultdict(list)
         for reason, ids in result.skipped_ids.items():
@@ -651,17 +656,21 @@ class StreamWorker:
                 error_class=dead.error_class,
                 error=dead.error_message[:MAX_ERROR_MESSAGE_CHARS],
             )
+        started = time.perf_counter()
         if self.exactly_once:
             done = self._deliver_in_transaction(messages, result)
         else:
             done = self._deliver_then_commit(messages, result)
         if not done:
             return
+        deliver_seconds = time.perf_counter() - started
         m = self.metrics
         m.batches.inc()
         m.batch_size.observe(len(messages))
         m.decode_seconds.observe(result.decode_seconds)
         m.inference_seconds.observe(result.inference_seconds)
+        m.features_seconds.observe(result.features_seconds)
+        m.deliver_seconds.observe(deliver_seconds)
         m.produced.inc(len(result.outputs))
         for dead in result.dead_letters:
             m.dead_lettered.labels(reason=dead.error_class).inc()
