@@ -1,1 +1,1 @@
-"""alerts"""
+"""Survey alert packets (ZTF Avro, Rubin Avro and Confluent wire format) -> LightCurveBatch."""

@@ -1,1 +1,1 @@
-"""cli"""
+"""The `astroclf` command line (typer): thin commands over the library."""

@@ -1,1 +1,1 @@
-"""data"""
+"""The canonical light-curve batch, unit conversions, file readers and training datasets."""

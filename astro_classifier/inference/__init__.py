@@ -1,1 +1,1 @@
-"""inference"""
+"""ONNX Runtime serving: model bundles (metadata, providers, buckets) and classify()."""

@@ -1,1 +1,1 @@
-"""stream"""
+"""The Kafka worker behind `astroclf stream` and `astroclf replay` (the `stream` extra)."""

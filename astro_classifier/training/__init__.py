@@ -1,1 +1,1 @@
-"""training"""
+"""Training in PyTorch (the `train` extra): ATAT, the model registry, configs, the loop."""
