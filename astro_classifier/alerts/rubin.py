@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastavro.schema import load_schema
 
+from astro_classifier.alerts.avro import decode_avro_container
 from astro_classifier.data.lightcurve import LightCurveBatch, band_indices
 from astro_classifier.data.units import rubin_flux_to_njy
 from astro_classifier.errors import InputError
@@ -73,7 +74,6 @@ HOST_FIELDS: dict[str, tuple[str, ...]] = {
 }
 METADATA_NAMES = ("ra", "dec", *HOST_FIELDS)
 
-AVRO_MAGIC = b"Obj\x01"  # first bytes of an Avro object container file
 WIRE_HEADER = struct.Struct(">bI")  # Confluent wire format: magic byte 0, schema id
 WIRE_EXPECTED = (
     "expected a Confluent wire-format message (magic byte 0, 4-byte big-endian schema id, "
@@ -279,27 +279,13 @@ def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
 def decode_rubin_avro_bytes(data: bytes, source: str) -> list[dict]:
     """Decode an Avro container of Rubin/LSST alerts (a file's or a Kafka message's bytes)."""
     expected = "expected an Avro object container file of Rubin/LSST alerts"
-    head = data[: len(AVRO_MAGIC)]
-    if head != AVRO_MAGIC:
-        hint = " (a Confluent wire-format message?)" if head[:1] == b"\x00" else ""
-        raise InputError(source, f"starts with {head!r}{hint}, not {AVRO_MAGIC!r}; {expected}")
-    try:
-        reader = fastavro.reader(io.BytesIO(data))
-        if not is_rubin_avro_schema(reader.writer_schema):
-            raise InputError(
-                source,
-                f"writer schema {reader.writer_schema.get('name')!r} has no diaSource "
-                f"field (a ZTF alert?); {expected}",
-            )
-        records = list(reader)
-    except InputError:
-        raise
-    except Exception as exc:  # fastavro raises many kinds on corrupt input
+    writer_schema, records = decode_avro_container(data, source, expected)
+    if not is_rubin_avro_schema(writer_schema):
         raise InputError(
-            source, f"cannot decode ({type(exc).__name__}: {exc}); {expected}"
-        ) from exc
-    if not records:
-        raise InputError(source, f"the Avro container holds no alert; {expected}")
+            source,
+            f"writer schema {writer_schema.get('name')!r} has no diaSource field "
+            f"(a ZTF alert?); {expected}",
+        )
     return records
 
 

@@ -34,15 +34,14 @@ by more than 1e-3 d the ``pid`` time is used and a warning says how many points 
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import numpy as np
 
+from astro_classifier.alerts.avro import decode_avro_container
 from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.data.units import (
     ab_mag_to_njy,
@@ -54,7 +53,6 @@ from astro_classifier.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-AVRO_CONTAINER_MAGIC = b"Obj\x01"
 EXPECTED = "expected a ZTF alert Avro container (fields objectId, candid, candidate)"
 ZTF_ALERT_FIELDS = ("objectId", "candid", "candidate")
 # ZTF filter id -> canonical band index.
@@ -91,17 +89,7 @@ def decode_ztf_avro_bytes(data: bytes, source: str) -> list[dict[str, Any]]:
     container or hold no record. Whether the records are ZTF alerts is checked by
     :func:`ztf_records_to_batch`.
     """
-    if not data.startswith(AVRO_CONTAINER_MAGIC):  # fastavro does not check the magic
-        raise InputError(source, f"does not start with the Avro magic 'Obj\\x01'; {EXPECTED}")
-    try:
-        records = list(fastavro.reader(io.BytesIO(data)))
-    except Exception as exc:  # fastavro raises many types on corrupt input
-        raise InputError(
-            source, f"cannot decode ({type(exc).__name__}: {exc}); {EXPECTED}"
-        ) from exc
-    if not records:
-        raise InputError(source, f"the Avro container holds no record; {EXPECTED}")
-    return records
+    return decode_avro_container(data, source, EXPECTED)[1]
 
 
 def read_ztf_avro(paths: Sequence[Path | str]) -> LightCurveBatch:

@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from astro_classifier.alerts.ztf import AVRO_CONTAINER_MAGIC, ZTF_ALERT_FIELDS, read_ztf_avro
+from astro_classifier.alerts.avro import AVRO_CONTAINER_MAGIC
+from astro_classifier.alerts.ztf import ZTF_ALERT_FIELDS, read_ztf_avro
 from astro_classifier.data.eros1 import read_eros1
 from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.data.longformat import POINT_COLUMNS, read_long

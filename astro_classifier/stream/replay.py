@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from astro_classifier.alerts.avro import AVRO_CONTAINER_MAGIC
 from astro_classifier.data.lightcurve import BANDS, LightCurveBatch
 from astro_classifier.errors import InputError
-
-AVRO_MAGIC = b"Obj\x01"
 
 
 def batch_to_json_messages(batch: LightCurveBatch) -> Iterator[tuple[str, bytes]]:
@@ -60,7 +59,7 @@ def file_messages(path: Path, metadata: Path | None = None) -> list[tuple[str | 
     if not path.is_file():
         raise InputError(path, "file not found")
     head = path.open("rb").read(5)
-    if head.startswith(AVRO_MAGIC) or (len(head) == 5 and head[0] == 0):
+    if head.startswith(AVRO_CONTAINER_MAGIC) or (len(head) == 5 and head[0] == 0):
         return [(None, path.read_bytes())]
     from astro_classifier.data.readers import read_light_curves
 
