@@ -79,10 +79,9 @@ def main() -> None:
     from astro_classifier.features.lc_features import compute_light_curve_features
     from astro_classifier.features.preprocess import (
         keep_model_bands,
-        light_curves_to_inputs,
         tabular_features,
     )
-    from astro_classifier.inference.classify import bucket_for, classify
+    from astro_classifier.inference.classify import bucketed_inputs, classify
     from astro_classifier.inference.model import LoadedModel
 
     plasticc = shared_data() / "lightcurves" / "plasticc"
@@ -167,17 +166,9 @@ def main() -> None:
 
     # 3. model calls only: ONNX Runtime vs torch eager on identical bucketed inputs
     tab = tabular_features(in_bands, spec)
-    which = bucket_for(lengths, meta.length_buckets)
-    calls = []
-    for b in np.unique(which):
-        members = np.flatnonzero(which == b)
-        for s in range(0, len(members), args.batch_size):
-            idx = members[s : s + args.batch_size]
-            calls.append(
-                light_curves_to_inputs(
-                    in_bands.select(idx), spec, tabular=tab[idx], width=meta.length_buckets[b]
-                )
-            )
+    calls = [
+        x for _, x in bucketed_inputs(in_bands, spec, tab, meta.length_buckets, args.batch_size)
+    ]
     t_ort = best_of(lambda: [model.predict(x) for x in calls])
     result["onnxruntime_model_objects_per_s"] = n / t_ort
     print(f"ONNX Runtime model calls: {n / t_ort:,.0f} objects/s")

@@ -26,8 +26,8 @@ from astro_classifier.data.dataset import TrainingDataset
 from astro_classifier.features.preprocess import (
     ModelInputs,
     PreprocessingSpec,
-    light_curves_to_inputs,
 )
+from astro_classifier.inference.classify import bucketed_inputs
 from astro_classifier.inference.model import (
     InputSpec,
     LoadedModel,
@@ -101,16 +101,7 @@ def validation_inputs(
     index = np.asarray(ckpt["split"]["validation"], np.int64)[:limit]
     sub, feats = ds.truncated(index, np.full(len(index), len(ds.truncation_days) - 1))
     buckets = default_length_buckets(spec.max_length)
-    which = np.searchsorted(buckets, np.minimum(sub.lengths, spec.max_length))
-    return [
-        light_curves_to_inputs(
-            sub.select(np.flatnonzero(which == b)),
-            spec,
-            tabular=feats[which == b],
-            width=buckets[b],
-        )
-        for b in np.unique(which)
-    ]
+    return [x for _, x in bucketed_inputs(sub, spec, feats, buckets, batch_size=len(sub))]
 
 
 def check_parity(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +17,8 @@ import pyarrow as pa
 
 from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.features.preprocess import (
+    ModelInputs,
+    PreprocessingSpec,
     keep_model_bands,
     light_curves_to_inputs,
     tabular_features,
@@ -71,6 +73,26 @@ def bucket_for(lengths: np.ndarray, buckets: list[int]) -> np.ndarray:
     return np.searchsorted(np.asarray(buckets), lengths, side="left")
 
 
+def bucketed_inputs(
+    batch: LightCurveBatch,
+    spec: PreprocessingSpec,
+    tabular: np.ndarray,
+    buckets: list[int],
+    batch_size: int,
+) -> Iterator[tuple[np.ndarray, ModelInputs]]:
+    """(object positions, inputs) per session call: objects grouped by length bucket, each
+    group cut into calls of at most ``batch_size`` objects padded to the bucket's length."""
+    which = bucket_for(np.minimum(batch.lengths, spec.max_length), buckets)
+    for b in np.unique(which):
+        members = np.flatnonzero(which == b)
+        for start in range(0, len(members), batch_size):
+            index = members[start : start + batch_size]
+            inputs = light_curves_to_inputs(
+                batch.select(index), spec, tabular=tabular[index], width=buckets[b]
+            )
+            yield index, inputs
+
+
 def classify(
     batch: LightCurveBatch,
     model: LoadedModel,
@@ -108,26 +130,17 @@ def classify(
     tabular = tabular_features(batch, spec, n_jobs=n_jobs)
     result.timings.features = time.perf_counter() - t0
 
-    lengths = np.minimum(batch.lengths, spec.max_length)
-    buckets = meta.length_buckets
-    which = bucket_for(lengths, buckets)
     proba = np.empty((len(batch), len(meta.labels)), np.float32)
     done = 0
-    for b in np.unique(which):
-        members = np.flatnonzero(which == b)
-        for start in range(0, len(members), batch_size):
-            index = members[start : start + batch_size]
-            inputs = light_curves_to_inputs(
-                batch.select(index), spec, tabular=tabular[index], width=buckets[b]
-            )
-            t0 = time.perf_counter()
-            proba[index] = model.predict(inputs)
-            result.timings.inference += time.perf_counter() - t0
-            result.real_tokens += int(inputs.mask.sum())
-            result.padded_tokens += inputs.mask.size
-            done += len(index)
-            if progress is not None:
-                progress(done)
+    for index, inputs in bucketed_inputs(batch, spec, tabular, meta.length_buckets, batch_size):
+        t0 = time.perf_counter()
+        proba[index] = model.predict(inputs)
+        result.timings.inference += time.perf_counter() - t0
+        result.real_tokens += int(inputs.mask.sum())
+        result.padded_tokens += inputs.mask.size
+        done += len(index)
+        if progress is not None:
+            progress(done)
 
     top = proba.argmax(axis=1)
     labels = np.asarray(meta.labels)
