@@ -18,3 +18,16 @@ class InputError(ValueError):
 
 class ModelError(RuntimeError):
     """A model file is missing, unreadable, or lacks the metadata astroclf needs."""
+
+
+class TransientError(RuntimeError):
+    """A dependency (Kafka, the Schema Registry) is unavailable for now; the input is fine.
+
+    The worker retries with backoff: such a failure never dead-letters a message and never
+    commits past it.
+    """
+
+    def __init__(self, dependency: str, reason: str) -> None:
+        self.dependency = dependency
+        self.reason = reason
+        super().__init__(f"{dependency}: {reason}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import typer
 from rich.table import Table
@@ -71,12 +72,17 @@ def classify_command(
             )
         with atomic_output(output) as tmp:
             pq.write_table(result.table, tmp)
-    print_summary(result, loaded, n_input=len(batch), read_seconds=read_seconds, output=output)
+    print_summary(result, loaded, object_ids=batch.object_id, read_seconds=read_seconds, output=output)
 
 
 def print_summary(
-    result: ClassifyResult, model: LoadedModel, n_input: int, read_seconds: float, output: Path
+    result: ClassifyResult,
+    model: LoadedModel,
+    object_ids: np.ndarray,
+    read_seconds: float,
+    output: Path,
 ) -> None:
+    n_input = len(object_ids)
     meta = model.metadata
     n = result.table.num_rows
     counts = result.table.column("class").value_counts().to_pylist() if n else []
@@ -88,7 +94,7 @@ def print_summary(
         table.add_row(row["values"], str(row["counts"]), f"{100 * row['counts'] / n:.1f}%")
     console.print(table)
     for reason, count in result.skipped.items():
-        ids = result.skipped_ids.get(reason, [])
+        ids = object_ids[result.skipped_rows[reason]].tolist()
         shown = ", ".join(ids[:5]) + (" …" if len(ids) > 5 else "")
         console.print(f"[yellow]skipped {count} object(s): {reason}[/yellow] ({shown})")
     if result.points_outside_bands:

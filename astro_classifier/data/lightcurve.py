@@ -38,6 +38,15 @@ def band_indices(names: Iterable[str], source: str) -> np.ndarray:
     return lut[inverse].astype(np.int8)
 
 
+def merge_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Sum reason -> count dictionaries (dropped points of several batches)."""
+    total: dict[str, int] = {}
+    for one in counts:
+        for reason, n in one.items():
+            total[reason] = total.get(reason, 0) + int(n)
+    return total
+
+
 @dataclass
 class LightCurveBatch:
     """N light curves in compressed-row form (see module docstring for units)."""
@@ -52,6 +61,8 @@ class LightCurveBatch:
     metadata: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N,)
     alert_id: np.ndarray | None = None  # (N,) object: str, or None for an object without alert
     label: np.ndarray | None = None  # (N,) str or None
+    # Points the reader could not use, by reason ("non-finite flux", ...): counted, never silent.
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.object_id = np.asarray(self.object_id).astype(str)
@@ -174,6 +185,7 @@ class LightCurveBatch:
             metadata=metadata,
             alert_id=joined("alert_id", None),  # objects from light-curve files have no alert
             label=joined("label", ""),
+            dropped=merge_counts(b.dropped for b in batches),
         )
 
     # -- access -----------------------------------------------------------------------
@@ -211,6 +223,7 @@ class LightCurveBatch:
             metadata={k: v[index] for k, v in self.metadata.items()},
             alert_id=None if self.alert_id is None else self.alert_id[index],
             label=None if self.label is None else self.label[index],
+            dropped=dict(self.dropped),
         )
 
     def select_points(self, keep: np.ndarray) -> LightCurveBatch:
@@ -228,6 +241,7 @@ class LightCurveBatch:
             metadata=dict(self.metadata),
             alert_id=self.alert_id,
             label=self.label,
+            dropped=dict(self.dropped),
         )
 
     def first_detection_time(self) -> np.ndarray:

@@ -42,7 +42,12 @@ class Timings:
 class ClassifyResult:
     table: pa.Table  # one row per classified object (output contract)
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> objects skipped
-    skipped_ids: dict[str, list[str]] = field(default_factory=dict)  # reason -> object ids
+    # reason -> row positions (in the input batch) of the skipped objects; ids can repeat
+    skipped_rows: dict[str, np.ndarray] = field(default_factory=dict)
+    # row position in the input batch of each row of ``table``
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # points the readers could not use, by reason (the input batch's ``dropped``)
+    dropped_points: dict[str, int] = field(default_factory=dict)
     points_outside_bands: int = 0  # points in bands the model does not use (ignored)
     real_tokens: int = 0  # points fed to the model
     padded_tokens: int = 0  # positions of all session calls (real + padding)
@@ -108,7 +113,9 @@ def classify(
     started = time.perf_counter()
     meta = model.metadata
     spec = meta.preprocessing
-    result = ClassifyResult(table=output_schema(meta.labels).empty_table())
+    result = ClassifyResult(
+        table=output_schema(meta.labels).empty_table(), dropped_points=dict(batch.dropped)
+    )
     batch, result.points_outside_bands = keep_model_bands(batch, spec)
     finite = np.isfinite(batch.time) & np.isfinite(batch.flux) & np.isfinite(batch.flux_err)
     object_ok = np.bincount(batch.point_object_index()[~finite], minlength=len(batch)) == 0
@@ -118,10 +125,11 @@ def classify(
     ):
         if bad.any():
             result.skipped[reason] = int(bad.sum())
-            result.skipped_ids[reason] = batch.object_id[bad].tolist()
+            result.skipped_rows[reason] = np.flatnonzero(bad)
     usable = object_ok & (batch.lengths > 0)
+    result.rows = np.flatnonzero(usable)
     if not usable.all():
-        batch = batch.select(np.flatnonzero(usable))
+        batch = batch.select(result.rows)
     if len(batch) == 0:
         result.timings.total = time.perf_counter() - started
         return result

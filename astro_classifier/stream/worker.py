@@ -294,29 +294,17 @@ class BatchProcessor:
         owner = np.concatenate(
             [np.full(len(batch), i, dtype=np.int64) for i, batch in decoded]
         )  # (N,) message index of each object
-        object_ids = combined.object_id
-        # classify() reports skipped objects by id, and ids repeat within a batch (an object
-        # alerts again, or a message is replayed): classify stand-in ids "0".."N-1" instead.
-        stand_in = dataclasses.replace(combined, object_id=np.arange(len(combined)).astype(str))
-        result = classify(stand_in, self.model)
+        result = classify(combined, self.model)
         self._features_seconds += result.timings.features
 
         skipped: dict[int, list[str]] = defaultdict(list)
-        for reason, ids in result.skipped_ids.items():
-            for token in ids:
-                k = int(token)
-                skipped[int(owner[k])].append(f"object {object_ids[k]}: {reason}")
-        # Error-free work first: build everything, then record dead letters.
-        index = np.asarray([int(t) for t in result.table.column("object_id").to_pylist()], int)
-        table = result.table.set_column(
-            result.table.schema.get_field_index("object_id"),
-            "object_id",
-            pa.array(object_ids[index] if len(index) else [], type=pa.string()),
-        )
+        for reason, positions in result.skipped_rows.items():
+            for k in positions:
+                skipped[int(owner[k])].append(f"object {combined.object_id[k]}: {reason}")
         per_message: list[tuple[int, pa.Table]] = []
-        row_owner = owner[index] if len(index) else np.zeros(0, np.int64)
+        row_owner = owner[result.rows]
         for i in np.unique(row_owner):
-            per_message.append((int(i), table.filter(pa.array(row_owner == i))))
+            per_message.append((int(i), result.table.filter(pa.array(row_owner == i))))
         for i, reasons in skipped.items():
             dead[i] = DeadLetter(messages[i], UNCLASSIFIABLE, "; ".join(reasons))
         return per_message
