@@ -25,7 +25,7 @@ def _first(shared_data: Path, folder: str, pattern: str = "*.avro") -> Path:
         ("alerts/lsst/fink-v7.4", "*.avro", "rubin-avro"),  # also topLevelRecord
         ("alerts/elasticc/v0.9", "*.avro", "rubin-avro"),
         ("alerts/lsst/wire-v7.4", "*.avro", "rubin-wire"),  # wire format despite .avro
-        ("alerts/lsst", "fink-v10.0.parquet", "rubin-avro"),
+        ("alerts/lsst", "fink-v10.0.parquet", "rubin-parquet"),
         ("lightcurves/plasticc", "plasticc_train_lightcurves.csv.gz", "plasticc"),
         ("lightcurves/eros1", "train.csv", "eros1"),
     ],

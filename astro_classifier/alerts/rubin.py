@@ -87,6 +87,7 @@ PARQUET_COLUMNS = (
     "prvDiaForcedSources",
     "diaObject",
 )
+DROP_NULL = "null or NaN time, band, flux or flux error"
 _SCHEMA_FILE = re.compile(r"lsst\.v(\d+)_(\d+)\.alert\.avsc")
 
 
@@ -211,7 +212,7 @@ def rubin_records_to_batch(records: list[dict], source: str) -> LightCurveBatch:
     One object per alert, points sorted by time within each alert (see the module
     docstring for ids, de-duplication and metadata). Time is MJD (TAI); ``psfFlux`` and
     ``psfFluxErr`` are already nJy. Points with a null or NaN flux, error, time or band are
-    skipped and their number logged. ``source`` names the input in errors and log messages.
+    skipped and counted in ``dropped``. ``source`` names the input in errors and log messages.
     """
     object_ids: list[str] = []
     alert_ids: list[str] = []
@@ -243,12 +244,6 @@ def rubin_records_to_batch(records: list[dict], source: str) -> LightCurveBatch:
         detected += d
         counts.append(len(t))
         skipped += s
-    if skipped:
-        logger.warning(
-            "%s: skipped %d point(s) with a null or NaN time, band, flux or flux error",
-            source,
-            skipped,
-        )
     time_arr = np.asarray(time, dtype=np.float64)
     band_arr = band_indices(band, source)
     alert_index = np.repeat(np.arange(len(counts)), counts)
@@ -264,6 +259,7 @@ def rubin_records_to_batch(records: list[dict], source: str) -> LightCurveBatch:
         detected=np.asarray(detected, dtype=bool)[order],
         metadata={k: np.asarray(v, dtype=np.float64) for k, v in meta.items()},
         alert_id=np.asarray(alert_ids, dtype=str),
+        dropped={DROP_NULL: skipped} if skipped else {},
     )
 
 
@@ -408,20 +404,25 @@ def read_rubin_wire(paths: PathLike | Iterable[PathLike], schema_dir: PathLike) 
 
 
 # -- Parquet ----------------------------------------------------------------------------
-def read_rubin_parquet(path: PathLike) -> LightCurveBatch:
+def read_rubin_parquet(
+    path: PathLike | pa.BufferReader, source: str | None = None
+) -> LightCurveBatch:
     """Read Rubin alerts stored as Parquet rows (one alert per row, the alert's fields as
     nested columns, as Fink writes them) into a batch.
 
-    Only the alert, source and object columns are read (not the cutouts). Times are MJD
-    (TAI), fluxes nJy; one object per row, in row order.
+    ``path`` is a file or an in-memory buffer (a Kafka message's value; ``source`` then names
+    it in errors). Only the alert, source and object columns are read (not the cutouts).
+    Times are MJD (TAI), fluxes nJy; one object per row, in row order.
     """
-    path = Path(path)
+    if not isinstance(path, pa.BufferReader):
+        path = Path(path)
+    source = source or str(path)
     try:
         parquet = pq.ParquetFile(path)
         columns = [c for c in PARQUET_COLUMNS if c in parquet.schema_arrow.names]
         if "diaSource" not in columns:
             raise InputError(
-                path,
+                source,
                 f"no diaSource column (columns: {parquet.schema_arrow.names[:10]}...); "
                 "expected Rubin/LSST alerts as Parquet rows",
             )
@@ -429,5 +430,5 @@ def read_rubin_parquet(path: PathLike) -> LightCurveBatch:
     except InputError:
         raise
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(path, f"cannot read Parquet ({exc}); expected a Parquet file") from exc
-    return rubin_records_to_batch(records, str(path))
+        raise InputError(source, f"cannot read Parquet ({exc}); expected a Parquet file") from exc
+    return rubin_records_to_batch(records, source)

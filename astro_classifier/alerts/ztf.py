@@ -1,7 +1,8 @@
 """ZTF alert packets (Avro) -> canonical light curves (:class:`LightCurveBatch`).
 
 One alert becomes one object: ``object_id`` is the alert's ``objectId``, ``alert_id`` its
-``candid`` (as a string), and the per-object metadata are ``ra`` and ``dec`` of the alert's
+``candid`` (as a string; the top-level ``candid`` where present, else ``candidate.candid``:
+brokers re-publishing alerts drop the top-level copy), and the per-object metadata are ``ra`` and ``dec`` of the alert's
 ``candidate`` (degrees, J2000, float64). The points are the ``candidate`` plus the
 ``prv_candidates`` plus the forced photometry ``fp_hists`` where the alert carries it:
 
@@ -24,6 +25,17 @@ One alert becomes one object: ``object_id`` is the alert's ``objectId``, ``alert
 with identical (time, ``fid``) are kept once (detection before non-detection before forced
 photometry), and points are sorted by time.
 
+ZTF alerts come as Avro containers (ZTF's own ``ztf.alert`` schema, or a broker's
+re-publication: Spark's ``topLevelRecord`` with every field nullable, any Avro codec) and as
+Parquet rows (Fink's and ALeRCE's data lakes: one row per alert, ``objectId``, ``candid``,
+``candidate`` struct, ``prv_candidates`` list, optional ``fp_hists``, plus broker columns
+that are not read). Records are recognised by their fields (``objectId`` and a ``candidate``
+with ``fid`` and ``magpsf``), not by schema names.
+
+Points the reader cannot use are counted in ``LightCurveBatch.dropped``: history entries
+with neither a magnitude nor a limit, forced-photometry epochs without a measurement; the
+format registry then applies :func:`astro_classifier.data.quality.clean_points`.
+
 Times are checked against the exposure time that ZTF encodes in every point's ``pid``
 (night number since 2017-01-01 UT in the leading digits, then the UT fraction of the day in
 five digits); real alerts agree with it to 1e-5 d. Alerts re-published by Fink with schema
@@ -40,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from astro_classifier.alerts.avro import decode_avro_container
 from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
@@ -53,8 +67,17 @@ from astro_classifier.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-EXPECTED = "expected a ZTF alert Avro container (fields objectId, candid, candidate)"
-ZTF_ALERT_FIELDS = ("objectId", "candid", "candidate")
+EXPECTED = (
+    "expected ZTF alerts (an Avro container or Parquet rows with objectId and a candidate "
+    "holding fid and magpsf)"
+)
+ZTF_ALERT_FIELDS = ("objectId", "candidate")  # candid is optional (inside candidate too)
+ZTF_CANDIDATE_FIELDS = ("fid", "magpsf")  # what tells a ZTF candidate from ATLAS', say
+# Top-level columns of ZTF alerts stored as Parquet rows; broker columns are not read.
+PARQUET_COLUMNS = ("objectId", "candid", "candidate", "prv_candidates", "fp_hists")
+DROP_NO_MAGNITUDE = "history entry without magnitude or limit"
+DROP_FORCED_NO_MEASUREMENT = "forced photometry without a measurement"
+DROP_SAME_EPOCH = "repeat of a point at the same epoch (kept once)"
 # ZTF filter id -> canonical band index.
 ZTF_FID_BANDS: dict[int, int] = {1: BAND_INDEX["g"], 2: BAND_INDEX["r"], 3: BAND_INDEX["i"]}
 FORCED_PHOT_SENTINEL = -99999.0  # ZTF forced photometry: "no measurement"
@@ -148,11 +171,14 @@ def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[Light
     point_alert: list[int] = []
     point_kind: list[int] = []
     object_ids, alert_ids, ra, dec = [], [], [], []
+    no_flux_info = 0
     for alert_index, record in enumerate(records):
         _check_alert(record, source)
         candidate = record["candidate"]
         object_ids.append(record["objectId"])
-        alert_ids.append(str(record["candid"]))
+        candid = record.get("candid")
+        candid = candidate.get("candid") if candid is None else candid
+        alert_ids.append(None if candid is None else str(candid))
         ra.append(_float(candidate.get("ra")))
         dec.append(_float(candidate.get("dec")))
         history = [candidate, *(record.get("prv_candidates") or [])]
@@ -161,11 +187,12 @@ def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[Light
         points += [(point, _FORCED) for point in forced]
         for point, kind in points:
             if kind is None:
+                no_flux_info += 1
                 continue
             if point.get("jd") is None or point.get("fid") not in ZTF_FID_BANDS:
                 raise InputError(
                     source,
-                    f"alert candid={record['candid']}: a point has jd={point.get('jd')!r}, "
+                    f"alert {record['objectId']} candid={candid}: a point has jd={point.get('jd')!r}, "
                     f"fid={point.get('fid')!r}; expected a jd and fid 1 (g), 2 (r) or 3 (i)",
                 )
             point_alert.append(alert_index)
@@ -195,13 +222,17 @@ def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[Light
     is_forced = kind == _FORCED
     forced_flux = _floats(columns["forcediffimflux"], is_forced)
     forced_err = _floats(columns["forcediffimfluxunc"], is_forced)
-    flux[is_forced], flux_err[is_forced] = ztf_forced_flux_to_njy(
-        forced_flux, forced_err, _floats(columns["magzpsci"], is_forced)
-    )
+    forced_zp = _floats(columns["magzpsci"], is_forced)
+    flux[is_forced], flux_err[is_forced] = ztf_forced_flux_to_njy(forced_flux, forced_err, forced_zp)
     sentinel = np.zeros(len(kind), dtype=bool)
-    sentinel[is_forced] = (forced_flux == FORCED_PHOT_SENTINEL) | ~(forced_err > 0)
-    keep = np.isfinite(flux) & np.isfinite(flux_err) & ~sentinel
-    keep &= ~_forced_at_detection_epoch(alert, kind, time)
+    sentinel[is_forced] = (
+        (forced_flux == FORCED_PHOT_SENTINEL)
+        | ~np.isfinite(forced_flux)
+        | ~(forced_err > 0)
+        | ~np.isfinite(forced_zp)
+    )
+    same_epoch = _forced_at_detection_epoch(alert, kind, time) & ~sentinel
+    keep = ~sentinel & ~same_epoch  # non-finite values are dropped (and counted) by clean_points
 
     # Sort by (alert, time, band, kind) so that the first of equal (alert, time, band) wins.
     order = np.flatnonzero(keep)
@@ -214,6 +245,11 @@ def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[Light
     order = order[np.concatenate([[True], ~same_as_previous])] if len(order) else order
 
     counts = np.bincount(alert[order], minlength=len(records))
+    dropped = {
+        DROP_NO_MAGNITUDE: no_flux_info,
+        DROP_FORCED_NO_MEASUREMENT: int(sentinel.sum()),
+        DROP_SAME_EPOCH: int(same_epoch.sum()) + int(same_as_previous.sum()),
+    }
     batch = LightCurveBatch(
         object_id=np.asarray(object_ids, dtype=str),
         offsets=np.concatenate([[0], np.cumsum(counts)]),
@@ -223,7 +259,8 @@ def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[Light
         flux_err=flux_err[order],
         detected=kind[order] == _DETECTION,
         metadata={"ra": np.asarray(ra, np.float64), "dec": np.asarray(dec, np.float64)},
-        alert_id=np.asarray(alert_ids, dtype=str),
+        alert_id=np.asarray(alert_ids, dtype=object),
+        dropped={reason: n for reason, n in dropped.items() if n},
     )
     return batch, int(repair[order].sum())
 
@@ -234,6 +271,79 @@ def _check_alert(record: object, source: str) -> None:
     missing = [name for name in ZTF_ALERT_FIELDS if record.get(name) is None]
     if missing or not isinstance(record["candidate"], dict):
         raise InputError(source, f"record lacks {missing or ['candidate (a record)']}; {EXPECTED}")
+    if "fid" not in record["candidate"]:
+        raise InputError(
+            source,
+            f"the candidate of {record['objectId']!r} has no fid (fields "
+            f"{sorted(record['candidate'])[:8]}...); {EXPECTED}",
+        )
+
+
+# -- recognising ZTF alerts -------------------------------------------------------------
+def _record_fields(avro_type: Any) -> dict[str, Any]:
+    """name -> type of an Avro record type, looking through nullable unions (Spark writes
+    ``["long", "null"]`` for every field); {} when ``avro_type`` holds no record."""
+    if isinstance(avro_type, list):
+        for member in avro_type:
+            fields = _record_fields(member)
+            if fields:
+                return fields
+        return {}
+    if isinstance(avro_type, dict) and avro_type.get("type") == "record":
+        return {f["name"]: f["type"] for f in avro_type.get("fields", []) if isinstance(f, dict)}
+    return {}
+
+
+def is_ztf_alert_schema(schema: Any) -> bool:
+    """True if an Avro writer schema describes ZTF alerts: ``objectId`` and a ``candidate``
+    record with ``fid`` and ``magpsf`` (ZTF's ``ztf.alert`` or a broker's re-publication)."""
+    fields = _record_fields(schema)
+    candidate = _record_fields(fields.get("candidate"))
+    return "objectId" in fields and set(ZTF_CANDIDATE_FIELDS) <= set(candidate)
+
+
+def is_ztf_parquet_schema(schema: pa.Schema) -> bool:
+    """True if a Parquet file holds ZTF alerts as rows (``objectId``, ``candidate`` struct
+    with ``fid`` and ``magpsf``)."""
+    if "objectId" not in schema.names or "candidate" not in schema.names:
+        return False
+    candidate = schema.field("candidate").type
+    return pa.types.is_struct(candidate) and all(
+        candidate.get_field_index(name) >= 0 for name in ZTF_CANDIDATE_FIELDS
+    )
+
+
+# -- Parquet rows -----------------------------------------------------------------------
+def ztf_parquet_records(parquet: pq.ParquetFile, source: str) -> list[dict[str, Any]]:
+    """The alert records of a Parquet file of ZTF alert rows (only the columns used)."""
+    if not is_ztf_parquet_schema(parquet.schema_arrow):
+        raise InputError(
+            source,
+            f"columns {parquet.schema_arrow.names[:10]} lack objectId and a candidate struct "
+            f"with fid and magpsf; {EXPECTED}",
+        )
+    columns = [name for name in PARQUET_COLUMNS if name in parquet.schema_arrow.names]
+    return parquet.read(columns=columns).to_pylist()
+
+
+def read_ztf_parquet(paths: Sequence[Path | str]) -> LightCurveBatch:
+    """Read ZTF alerts stored as Parquet rows (one alert per row) into one batch."""
+    batches = []
+    for path in paths:
+        try:
+            records = ztf_parquet_records(pq.ParquetFile(path), str(path))
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(path, f"cannot read Parquet ({exc}); {EXPECTED}") from exc
+        batches.append(ztf_records_to_batch(records, str(path)))
+    return LightCurveBatch.concat(batches)
+
+
+def decode_ztf_parquet_bytes(data: bytes, source: str) -> list[dict[str, Any]]:
+    """The alert records of a Parquet file held in memory (a Kafka message's value)."""
+    try:
+        return ztf_parquet_records(pq.ParquetFile(pa.BufferReader(data)), source)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(source, f"cannot read Parquet ({exc}); {EXPECTED}") from exc
 
 
 def _point_kind(point: dict[str, Any]) -> int | None:

@@ -69,8 +69,11 @@ class LightCurveBatch:
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
         self.time = np.asarray(self.time, dtype=np.float64)
         self.band = np.asarray(self.band, dtype=np.int8)
-        self.flux = np.asarray(self.flux, dtype=np.float32)
-        self.flux_err = np.asarray(self.flux_err, dtype=np.float32)
+        with np.errstate(
+            over="ignore", invalid="ignore"
+        ):  # absurd values become inf, counted later
+            self.flux = np.asarray(self.flux, dtype=np.float32)
+            self.flux_err = np.asarray(self.flux_err, dtype=np.float32)
         self.detected = np.asarray(self.detected, dtype=bool)
         n = len(self.object_id)
         if self.offsets.shape != (n + 1,) or self.offsets[0] != 0:

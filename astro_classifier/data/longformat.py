@@ -53,8 +53,12 @@ ALERT_ID_COLUMN = "alert_id"
 _OBJECT_STRING_COLUMNS = (OBJECT_ID_COLUMN, LABEL_COLUMN, ALERT_ID_COLUMN)
 
 
-def read_long(path: str | Path, metadata: str | Path | None = None) -> LightCurveBatch:
+def read_long(
+    path: str | Path, metadata: str | Path | None = None, label_column: str | None = None
+) -> LightCurveBatch:
     """Read a long-format points file (and optionally its object table) into a batch.
+
+    ``label_column`` names the object-table column holding labels (default ``label``).
 
     Times in MJD, fluxes in nJy (see the module docstring for the columns). Raises
     :class:`InputError` naming the file for a missing, empty or unreadable file, a missing
@@ -77,7 +81,7 @@ def read_long(path: str | Path, metadata: str | Path | None = None) -> LightCurv
         detected = np.ones(table.num_rows, bool)
     objects = meta = labels = alert_ids = None
     if metadata is not None:
-        objects, meta, labels, alert_ids = read_object_table(metadata)
+        objects, meta, labels, alert_ids = read_object_table(metadata, label_column)
     try:
         return LightCurveBatch.from_points(
             object_id,
@@ -96,21 +100,26 @@ def read_long(path: str | Path, metadata: str | Path | None = None) -> LightCurv
 
 
 def read_object_table(
-    path: str | Path,
+    path: str | Path, label_column: str | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
     """Read a long-format object table: (object ids, metadata (float64), labels, alert ids).
 
-    Labels and alert ids are None when their column is absent. A column that is neither
-    numeric nor one of ``object_id``/``label``/``alert_id`` is an :class:`InputError`.
+    Labels (from ``label_column``, default ``label``) and alert ids are None when their
+    column is absent; a ``label_column`` given but absent is an :class:`InputError`. Any
+    other column that is not numeric is an :class:`InputError`.
     """
-    table = _read_object_table(path)
+    table = _read_object_table(path, label_column)
     require_columns(table, [OBJECT_ID_COLUMN], path, "a long-format object table")
+    if label_column is not None:
+        require_columns(table, [label_column], path, "the label column given")
+    label_name = label_column or LABEL_COLUMN
+    string_columns = (OBJECT_ID_COLUMN, label_name, ALERT_ID_COLUMN)
     object_id = _strings(table, OBJECT_ID_COLUMN, path)
     if len(np.unique(object_id)) != len(object_id):
         raise InputError(path, "object ids are not unique; expected one row per object")
     metadata: dict[str, np.ndarray] = {}
     for name in table.column_names:
-        if name in _OBJECT_STRING_COLUMNS:
+        if name in string_columns:
             continue
         column_type = table[name].type
         if not (
@@ -121,10 +130,10 @@ def read_object_table(
             raise InputError(
                 path,
                 f"column {name!r} is {column_type}; expected numeric metadata columns plus "
-                f"optional string columns {list(_OBJECT_STRING_COLUMNS[1:])}",
+                f"optional string columns {list(string_columns[1:])}",
             )
         metadata[name] = _floats(table, name, path)
-    labels = _strings(table, LABEL_COLUMN, path) if LABEL_COLUMN in table.column_names else None
+    labels = _strings(table, label_name, path) if label_name in table.column_names else None
     alert_ids = (
         _strings(table, ALERT_ID_COLUMN, path) if ALERT_ID_COLUMN in table.column_names else None
     )
@@ -175,7 +184,7 @@ def write_long(
         raise ValueError(f"{metadata_path}: object table must end in .parquet or .csv")
 
 
-def _read_object_table(path: str | Path) -> pa.Table:
+def _read_object_table(path: str | Path, label_column: str | None = None) -> pa.Table:
     """Like :func:`read_table`, but CSV id/label columns stay strings (keeps "007" as "007")."""
     if not Path(path).name.lower().endswith(CSV_SUFFIXES) or not Path(path).is_file():
         return read_table(path)
@@ -183,7 +192,8 @@ def _read_object_table(path: str | Path) -> pa.Table:
         raise InputError(path, "file is empty")
     try:
         header = pacsv.open_csv(path).schema.names
-        string_columns = {name: pa.string() for name in _OBJECT_STRING_COLUMNS if name in header}
+        names = (*_OBJECT_STRING_COLUMNS, label_column or LABEL_COLUMN)
+        string_columns = {name: pa.string() for name in names if name in header}
         table = pacsv.read_csv(
             path, convert_options=pacsv.ConvertOptions(column_types=string_columns)
         )

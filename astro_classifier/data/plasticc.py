@@ -36,6 +36,7 @@ PLASTICC_CLASSES: dict[int, str] = {
     95: "SLSN-I",
 }
 
+DEFAULT_LABEL_COLUMN = "target"
 LIGHT_CURVE_COLUMNS = ("object_id", "mjd", "passband", "flux", "flux_err", "detected_bool")
 # Object-table columns kept as metadata (after renaming ``ddf_bool`` to ``ddf``).
 METADATA_COLUMNS = (
@@ -55,9 +56,17 @@ def is_plasticc_light_curve_table(columns: list[str]) -> bool:
 
 
 def read_plasticc_metadata(
-    path: str | Path,
+    path: str | Path, label_column: str | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
-    """Read a PLAsTiCC object table: (object ids, metadata columns, labels or None)."""
+    """Read a PLAsTiCC object table: (object ids, metadata columns, labels or None).
+
+    Labels come from ``label_column`` (default ``target``; the released test files carry
+    the truth in ``true_target``) as class names; ids that are not PLAsTiCC classes (the
+    placeholder 0 of the test files, -1, empty cells, class 99 "other") give the empty label
+    "", and a table without any known class id gives no labels at all: classifying needs
+    none, and evaluation counts unlabelled objects apart. A ``label_column`` given but
+    absent is an :class:`InputError`.
+    """
     table = read_table(path)
     names = [n.strip() for n in table.column_names]
     table = table.rename_columns(names)
@@ -73,20 +82,32 @@ def read_plasticc_metadata(
             metadata[name] = np.asarray(col, dtype=np.float64)
     if "distmod" in metadata:  # galactic objects carry -9 or NaN: no distance
         metadata["distmod"] = np.where(metadata["distmod"] < 0, np.nan, metadata["distmod"])
+    if label_column is not None:
+        require_columns(table, [label_column], path, "the label column given")
+    column = label_column or DEFAULT_LABEL_COLUMN
     labels = None
-    if "target" in table.column_names:
-        targets = pc.cast(table["target"], pa.int64()).to_numpy(zero_copy_only=False)
-        unknown = sorted(set(targets.tolist()) - set(PLASTICC_CLASSES))
-        if unknown:
-            raise InputError(
-                path,
-                f"unknown PLAsTiCC target id(s) {unknown}; expected {sorted(PLASTICC_CLASSES)}",
-            )
-        labels = np.array([PLASTICC_CLASSES[t] for t in targets])
+    if column in table.column_names:
+        labels = plasticc_labels(table[column])
+        if not labels.any():  # placeholders only
+            labels = None
     return object_id, metadata, labels
 
 
-def read_plasticc(light_curves: str | Path, metadata: str | Path | None = None) -> LightCurveBatch:
+def plasticc_labels(targets: pa.ChunkedArray) -> np.ndarray:
+    """PLAsTiCC target ids -> class names; "" for anything that is not a known class id."""
+    as_text = pc.utf8_trim_whitespace(pc.cast(targets, pa.string())).to_pylist()
+    names = []
+    for value in as_text:
+        try:
+            names.append(PLASTICC_CLASSES.get(int(float(value)), "") if value else "")
+        except ValueError:
+            names.append("")
+    return np.asarray(names, dtype=str)
+
+
+def read_plasticc(
+    light_curves: str | Path, metadata: str | Path | None = None, label_column: str | None = None
+) -> LightCurveBatch:
     """Read PLAsTiCC light curves (and, if given, their object table) into a batch.
 
     Without ``metadata`` the objects carry no metadata and no labels. With it, object order
@@ -117,7 +138,7 @@ def read_plasticc(light_curves: str | Path, metadata: str | Path | None = None) 
     point_ids = np.char.strip(np.asarray(cols["object_id"]).astype(str))
     objects = meta = labels = None
     if metadata is not None:
-        objects, meta, labels = read_plasticc_metadata(metadata)
+        objects, meta, labels = read_plasticc_metadata(metadata, label_column)
     try:
         return LightCurveBatch.from_points(
             point_ids,

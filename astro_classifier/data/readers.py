@@ -1,100 +1,462 @@
-"""One entry point for light-curve input files: detect each file's format, read, concatenate.
+"""The format registry: every input format declared once, used by every door.
 
-Formats (:data:`FORMATS`):
+Each :class:`InputFormat` says how a file of that format is recognised, how files are read
+into a :class:`LightCurveBatch`, and (for formats that travel on Kafka) how one message value
+is decoded. Format detection, :func:`read_light_curves` (``astroclf classify``, ``evaluate``,
+training), the worker's :func:`decode_message` and ``astroclf replay`` all go through
+:data:`REGISTRY`; there is no other dispatcher.
 
-- ``plasticc``: PLAsTiCC light curves, CSV/Parquet (:mod:`astro_classifier.data.plasticc`)
-- ``long``: the project's long format, Parquet/CSV (:mod:`astro_classifier.data.longformat`)
-- ``ztf-avro``: ZTF alert Avro containers (:mod:`astro_classifier.alerts.ztf`)
-- ``rubin-avro``: Rubin alert Avro containers, or Rubin alert rows in Parquet
-  (:mod:`astro_classifier.alerts.rubin`)
-- ``rubin-wire``: Rubin alerts in Confluent wire format (magic byte 0, 4-byte schema id,
-  schemaless Avro), as Kafka message values saved to files
-- ``eros1``: the EROS-1 static table (``train.csv``); its arrays file
-  ``<stem>_varlength_features.csv.gz`` is read from beside it
+===============  =====================================================  ==========================
+format           files                                                  one Kafka message value
+===============  =====================================================  ==========================
+plasticc         PLAsTiCC light curves, CSV or Parquet                  (not a message format)
+long             astroclf's long format, Parquet or CSV                 (not a message format)
+eros1            EROS-1 ``train.csv`` + arrays file beside it           (not a message format)
+ztf-avro         ZTF alert Avro containers (ZTF's, brokers' Spark       an Avro container
+                 re-publications; any Avro codec)
+ztf-parquet      ZTF alerts as Parquet rows (Fink, ALeRCE data lakes)   a Parquet file of rows
+rubin-avro       Rubin alert Avro containers (v3-v11, ELAsTiCC)         an Avro container
+rubin-parquet    Rubin alerts as Parquet rows (Fink)                    a Parquet file of rows
+rubin-wire       Confluent wire format files (magic 0, schema id)       one wire-format message
+json             astroclf JSON alerts (one per line)                    one JSON alert
+===============  =====================================================  ==========================
 
-Detection looks at content before names: an Avro container (``Obj\\x01``) is ZTF or Rubin by
-the fields of its writer schema, a file starting with byte 0 is wire format (whatever its
-suffix: the shared wire-format samples end in ``.avro``), Parquet (``PAR1``) and CSV files are
-told apart by their column names.
+Detection reads content, never names: the Avro magic and the writer schema's fields, the
+wire-format magic byte, the Parquet magic and its columns, CSV headers, JSON keys. A file
+from a survey the project does not read (an ATLAS ``atlas.alert`` or DECam ``decat.object``
+Avro container, say) is refused with one line naming the file, what it looks like and what
+is supported.
+
+Every batch read or decoded here passes through :func:`clean_points` once, so points no
+survey could have measured are dropped and counted (``LightCurveBatch.dropped``) the same
+way in every door, and floating-point warnings never reach the output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import fastavro
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from astro_classifier.alerts.avro import AVRO_CONTAINER_MAGIC
-from astro_classifier.alerts.ztf import ZTF_ALERT_FIELDS, read_ztf_avro
-from astro_classifier.data.eros1 import read_eros1
 from astro_classifier.data.lightcurve import LightCurveBatch
-from astro_classifier.data.longformat import POINT_COLUMNS, read_long
-from astro_classifier.data.plasticc import is_plasticc_light_curve_table, read_plasticc
+from astro_classifier.data.longformat import POINT_COLUMNS
+from astro_classifier.data.plasticc import is_plasticc_light_curve_table
+from astro_classifier.data.quality import clean_points
 from astro_classifier.data.tables import CSV_SUFFIXES
 from astro_classifier.errors import InputError
 
-FORMATS = ("plasticc", "long", "ztf-avro", "rubin-avro", "rubin-wire", "eros1")
-# Formats whose light curves can take an object table (``metadata``).
-OBJECT_TABLE_FORMATS = ("plasticc", "long")
 PARQUET_MAGIC = b"PAR1"
 WIRE_MAGIC_BYTE = 0
 WIRE_HEADER_BYTES = 5  # magic byte + 4-byte schema id
 RUBIN_TABLE_COLUMNS = ("diaSource",)  # Rubin alert rows (Fink Parquet)
 EROS1_TABLE_COLUMNS = ("star_id_b", "star_id_r", "magnitude_b", "magnitude_r")
 EROS1_ARRAYS_SUFFIX = "_varlength_features.csv.gz"
+JSON_ALERT_KEYS = ("object_id", "points")
+# Avro namespaces of alert streams astroclf does not read, for a refusal that names them.
+FOREIGN_SURVEYS = {
+    "atlas": "ATLAS (filters o and c: no astroclf model has those bands)",
+    "decat": "DECam/DESIRT (DECAT pipeline)",
+    "antares": "ANTARES re-publication",
+}
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """What some formats need beside the files."""
+
+    metadata: Path | None = None  # object table (plasticc, long)
+    schema_dir: Path | None = None  # Rubin schema folder (rubin-wire)
+    label_column: str | None = None  # object-table column holding labels (plasticc, long)
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """One input format: how to recognise, read and decode it."""
+
+    name: str
+    description: str  # a phrase for --help and errors
+    recognise: Callable[[FileProbe], bool]
+    read: Callable[[list[Path], ReadOptions], LightCurveBatch]
+    decode: Callable[[bytes, Any, str], LightCurveBatch] | None = None  # (value, schemas, source)
+    absolute_time: bool = True  # times are MJD (EROS-1: days from an arbitrary zero)
+    object_table: bool = False  # takes an object table (``--metadata``)
+    message_per_file: bool = False  # replay sends a file's bytes as one message
+
+
+class FileProbe:
+    """What detection may look at in one file, each part read at most once and only if asked."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            with path.open("rb") as stream:
+                self.head = stream.read(64)
+        except OSError as exc:
+            raise InputError(path, f"cannot read file ({exc})") from exc
+        if not self.head:
+            raise InputError(path, "file is empty")
+
+    @property
+    def is_avro_container(self) -> bool:
+        return self.head.startswith(AVRO_CONTAINER_MAGIC)
+
+    @property
+    def is_parquet(self) -> bool:
+        return self.head.startswith(PARQUET_MAGIC)
+
+    @cached_property
+    def avro_schema(self) -> Any:
+        """The writer schema of an Avro container (None for other files)."""
+        if not self.is_avro_container:
+            return None
+        try:
+            with self.path.open("rb") as stream:
+                return fastavro.reader(stream).writer_schema
+        except Exception as exc:  # fastavro raises many types on a corrupt header
+            raise InputError(self.path, f"cannot read the Avro container header ({exc})") from exc
+
+    @cached_property
+    def parquet_schema(self) -> pa.Schema | None:
+        if not self.is_parquet:
+            return None
+        try:
+            return pq.read_schema(self.path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(self.path, f"cannot read the Parquet schema: {exc}") from exc
+
+    @cached_property
+    def columns(self) -> list[str]:
+        """Column names of a Parquet or CSV table ([] for other files)."""
+        if self.parquet_schema is not None:
+            return [name.strip() for name in self.parquet_schema.names]
+        if self.path.name.lower().endswith(CSV_SUFFIXES):
+            try:
+                return [name.strip() for name in pacsv.open_csv(self.path).schema.names]
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise InputError(self.path, f"cannot read the CSV header: {exc}") from exc
+        return []
+
+    @cached_property
+    def json_keys(self) -> set[str]:
+        """Keys of the first JSON object of a JSON (lines) file; empty for other files."""
+        if self.head.lstrip()[:1] != b"{":
+            return set()
+        try:
+            with self.path.open("rb") as stream:
+                doc = json.loads(stream.readline())
+        except (ValueError, OSError):
+            return set()
+        return set(doc) if isinstance(doc, dict) else set()
+
+
+# -- the formats ----------------------------------------------------------------------------
+def _read_each(reader: Callable[[Path], LightCurveBatch]) -> Callable[..., LightCurveBatch]:
+    return lambda paths, _options: LightCurveBatch.concat([reader(path) for path in paths])
+
+
+def _read_plasticc(paths: list[Path], options: ReadOptions) -> LightCurveBatch:
+    from astro_classifier.data.plasticc import read_plasticc
+
+    return LightCurveBatch.concat(
+        [read_plasticc(path, options.metadata, options.label_column) for path in paths]
+    )
+
+
+def _read_long(paths: list[Path], options: ReadOptions) -> LightCurveBatch:
+    from astro_classifier.data.longformat import read_long
+
+    return LightCurveBatch.concat(
+        [read_long(path, options.metadata, options.label_column) for path in paths]
+    )
+
+
+def _read_eros1(path: Path) -> LightCurveBatch:
+    from astro_classifier.data.eros1 import read_eros1
+
+    return read_eros1(path, _eros1_arrays(path))
+
+
+def _is_ztf_avro(probe: FileProbe) -> bool:
+    from astro_classifier.alerts.ztf import is_ztf_alert_schema
+
+    return probe.is_avro_container and is_ztf_alert_schema(probe.avro_schema)
+
+
+def _is_rubin_avro(probe: FileProbe) -> bool:
+    from astro_classifier.alerts.rubin import is_rubin_avro_schema
+
+    return probe.is_avro_container and is_rubin_avro_schema(probe.avro_schema)
+
+
+def _is_ztf_parquet(probe: FileProbe) -> bool:
+    from astro_classifier.alerts.ztf import is_ztf_parquet_schema
+
+    return probe.is_parquet and is_ztf_parquet_schema(probe.parquet_schema)
+
+
+def _read_ztf_avro(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
+    from astro_classifier.alerts.ztf import read_ztf_avro
+
+    return read_ztf_avro(paths)
+
+
+def _decode_ztf_avro(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
+    from astro_classifier.alerts.ztf import decode_ztf_avro_bytes, ztf_records_to_batch
+
+    return ztf_records_to_batch(decode_ztf_avro_bytes(value, source), source)
+
+
+def _read_ztf_parquet(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
+    from astro_classifier.alerts.ztf import read_ztf_parquet
+
+    return read_ztf_parquet(paths)
+
+
+def _decode_ztf_parquet(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
+    from astro_classifier.alerts.ztf import decode_ztf_parquet_bytes, ztf_records_to_batch
+
+    return ztf_records_to_batch(decode_ztf_parquet_bytes(value, source), source)
+
+
+def _read_rubin_avro(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
+    from astro_classifier.alerts.rubin import read_rubin_avro
+
+    return read_rubin_avro(paths)
+
+
+def _decode_rubin_avro(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
+    from astro_classifier.alerts.rubin import decode_rubin_avro_bytes, rubin_records_to_batch
+
+    return rubin_records_to_batch(decode_rubin_avro_bytes(value, source), source)
+
+
+def _read_rubin_parquet(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
+    from astro_classifier.alerts.rubin import read_rubin_parquet
+
+    return LightCurveBatch.concat([read_rubin_parquet(path) for path in paths])
+
+
+def _decode_rubin_parquet(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
+    from astro_classifier.alerts.rubin import read_rubin_parquet
+
+    return read_rubin_parquet(pa.BufferReader(value), source=source)
+
+
+def _read_rubin_wire(paths: list[Path], options: ReadOptions) -> LightCurveBatch:
+    from astro_classifier.alerts.rubin import read_rubin_wire
+
+    if options.schema_dir is None:
+        raise InputError(
+            paths[0],
+            "Rubin wire-format input needs schema_dir, the folder of Rubin alert schemas "
+            "(lsst/alert_packet schema/<major>/<minor>/) to decode the message bodies",
+        )
+    return read_rubin_wire(paths, options.schema_dir)
+
+
+def _decode_rubin_wire(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
+    from astro_classifier.alerts.rubin import decode_rubin_wire, rubin_records_to_batch
+
+    if schemas is None:
+        raise ValueError("rubin-wire needs a schema directory or a schema registry")
+    return rubin_records_to_batch([decode_rubin_wire(value, schemas, source)], source)
+
+
+def _read_json(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
+    from astro_classifier.data.jsonalert import decode_json_alert
+
+    batches = []
+    for path in paths:
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError as exc:
+            raise InputError(path, f"cannot read file ({exc})") from exc
+        batches += [
+            decode_json_alert(line, f"{path}:{number}")
+            for number, line in enumerate(lines, start=1)
+            if line.strip()
+        ]
+    if not batches:
+        raise InputError(paths[0], "no JSON alert in the file")
+    return LightCurveBatch.concat(batches)
+
+
+def _decode_json(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
+    from astro_classifier.data.jsonalert import decode_json_alert
+
+    return decode_json_alert(value, source)
+
+
+def _is_rubin_parquet(probe: FileProbe) -> bool:
+    return probe.is_parquet and set(RUBIN_TABLE_COLUMNS) <= set(probe.columns)
+
+
+REGISTRY: dict[str, InputFormat] = {
+    fmt.name: fmt
+    for fmt in (
+        InputFormat(
+            "plasticc",
+            "PLAsTiCC light curves, CSV or Parquet {object_id, mjd, passband, flux, flux_err}",
+            lambda probe: is_plasticc_light_curve_table(probe.columns),
+            _read_plasticc,
+            object_table=True,
+        ),
+        InputFormat(
+            "long",
+            f"astroclf long format {{{', '.join(POINT_COLUMNS)}}}",
+            lambda probe: set(POINT_COLUMNS) <= set(probe.columns),
+            _read_long,
+            object_table=True,
+        ),
+        InputFormat(
+            "eros1",
+            "EROS-1 train.csv with its arrays file beside it",
+            lambda probe: set(EROS1_TABLE_COLUMNS) <= set(probe.columns),
+            _read_each(_read_eros1),
+            absolute_time=False,
+        ),
+        InputFormat(
+            "ztf-avro",
+            "ZTF alert Avro containers (ZTF's or a broker's re-publication)",
+            _is_ztf_avro,
+            _read_ztf_avro,
+            _decode_ztf_avro,
+            message_per_file=True,
+        ),
+        InputFormat(
+            "ztf-parquet",
+            "ZTF alerts as Parquet rows {objectId, candidate, prv_candidates}",
+            _is_ztf_parquet,
+            _read_ztf_parquet,
+            _decode_ztf_parquet,
+        ),
+        InputFormat(
+            "rubin-avro",
+            "Rubin alert Avro containers (alert_packet v3-v11, ELAsTiCC)",
+            _is_rubin_avro,
+            _read_rubin_avro,
+            _decode_rubin_avro,
+            message_per_file=True,
+        ),
+        InputFormat(
+            "rubin-parquet",
+            "Rubin alerts as Parquet rows {diaSource, prvDiaSources, ...}",
+            _is_rubin_parquet,
+            _read_rubin_parquet,
+            _decode_rubin_parquet,
+        ),
+        InputFormat(
+            "rubin-wire",
+            "Rubin alerts in Confluent wire format (magic byte 0, schema id, Avro body)",
+            lambda probe: len(probe.head) >= WIRE_HEADER_BYTES and probe.head[0] == WIRE_MAGIC_BYTE,
+            _read_rubin_wire,
+            _decode_rubin_wire,
+            message_per_file=True,
+        ),
+        InputFormat(
+            "json",
+            'astroclf JSON alerts, one per line {"object_id", "points": [...]}',
+            lambda probe: set(JSON_ALERT_KEYS) <= probe.json_keys,
+            _read_json,
+            _decode_json,
+        ),
+    )
+}
+FORMATS: tuple[str, ...] = tuple(REGISTRY)
+# Formats whose light curves can take an object table (``metadata``).
+OBJECT_TABLE_FORMATS = tuple(name for name, fmt in REGISTRY.items() if fmt.object_table)
+MESSAGE_FORMATS = tuple(name for name, fmt in REGISTRY.items() if fmt.decode is not None)
+
+
+def get_format(name: str, source: str = "format") -> InputFormat:
+    """The registry entry of ``name``; InputError listing the formats otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InputError(
+            source, f"unknown format {name!r}; expected one of {list(FORMATS)}"
+        ) from None
+
+
+# -- detection ------------------------------------------------------------------------------
 def detect_format(path: str | Path) -> str:
     """The format (one of :data:`FORMATS`) of the file at ``path``, from its content.
 
     Raises :class:`InputError` naming the file when it is missing, empty, unreadable or of
-    none of the known formats.
+    none of the known formats (saying what it looks like).
     """
-    path = Path(path)
-    head = _head(path, WIRE_HEADER_BYTES)
-    if head.startswith(AVRO_CONTAINER_MAGIC):
-        return _avro_container_format(path)
-    if len(head) == WIRE_HEADER_BYTES and head[0] == WIRE_MAGIC_BYTE:
-        return "rubin-wire"
-    if head.startswith(PARQUET_MAGIC):
-        try:
-            columns = pq.read_schema(path).names
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(path, f"cannot read the Parquet schema: {exc}") from exc
-    elif path.name.lower().endswith(CSV_SUFFIXES):
-        try:
-            columns = pacsv.open_csv(path).schema.names
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(path, f"cannot read the CSV header: {exc}") from exc
-    else:
-        raise _undetectable(path, "neither an Avro container, wire format, Parquet nor CSV")
-    return _table_format([name.strip() for name in columns], path)
+    probe = FileProbe(Path(path))
+    for fmt in REGISTRY.values():
+        if fmt.recognise(probe):
+            return fmt.name
+    raise InputError(
+        probe.path, f"cannot tell the input format ({_looks_like(probe)}); {supported()}"
+    )
 
 
+def supported() -> str:
+    """One sentence listing the supported formats, for errors."""
+    return "supported: " + "; ".join(f"{fmt.name}: {fmt.description}" for fmt in REGISTRY.values())
+
+
+def _looks_like(probe: FileProbe) -> str:
+    """What an unrecognised file looks like, in a phrase."""
+    if probe.is_avro_container:
+        schema = probe.avro_schema
+        name = schema.get("name", "?") if isinstance(schema, dict) else str(schema)
+        namespace = schema.get("namespace") if isinstance(schema, dict) else None
+        full = name if "." in name or not namespace else f"{namespace}.{name}"
+        fields = (
+            [f.get("name") for f in schema.get("fields", [])] if isinstance(schema, dict) else []
+        )
+        survey = FOREIGN_SURVEYS.get(full.split(".")[0].lower())
+        what = f"an Avro container with writer schema {full!r}, fields {fields[:8]}"
+        if survey:
+            what += f": alerts from {survey}, a survey astroclf does not read"
+        return what
+    if probe.is_parquet or probe.columns:
+        kind = "a Parquet table" if probe.is_parquet else "a CSV table"
+        return f"{kind} with columns {probe.columns[:10]}"
+    if probe.json_keys:
+        return f"a JSON object with keys {sorted(probe.json_keys)[:10]}"
+    return "neither an Avro container, wire format, Parquet, CSV nor JSON"
+
+
+# -- reading files and decoding messages ----------------------------------------------------
 def read_light_curves(
     paths: Sequence[str | Path] | str | Path,
     format: str | None = None,
     metadata: str | Path | None = None,
     schema_dir: str | Path | None = None,
+    label_column: str | None = None,
 ) -> LightCurveBatch:
     """Read light-curve files of any supported format into one batch.
 
     ``format`` (one of :data:`FORMATS`) applies to every path; when None each file's format
     is detected with :func:`detect_format`. Files are grouped by format (groups in order of
     first appearance, files in the given order within a group) and the batches concatenated.
-    ``metadata`` is an object table for a single ``plasticc`` or ``long`` file.
+    ``metadata`` is an object table for a single ``plasticc`` or ``long`` file, whose
+    ``label_column`` (default: ``target`` for PLAsTiCC, ``label`` for long) holds labels.
     ``schema_dir`` holds the Rubin alert schemas used to decode ``rubin-wire`` files.
-    Fluxes in nJy, time in MJD (EROS-1: EROS days). Raises :class:`InputError`.
+    Fluxes in nJy, time in MJD (EROS-1: EROS days); unusable points are dropped and counted
+    in ``dropped``. Raises :class:`InputError`.
     """
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not paths:
         raise InputError("input", "no input files given")
-    if format is not None and format not in FORMATS:
-        raise InputError("format", f"unknown format {format!r}; expected one of {list(FORMATS)}")
+    if format is not None:
+        get_format(format)
     groups: dict[str, list[Path]] = {}
     for path in paths:
         groups.setdefault(format or detect_format(path), []).append(path)
@@ -104,97 +466,61 @@ def read_light_curves(
             f"an object table goes with a single {' or '.join(OBJECT_TABLE_FORMATS)} light-curve "
             f"file; got {len(paths)} file(s) of format(s) {sorted(groups)}",
         )
-    batches = [_read_group(name, group, metadata, schema_dir) for name, group in groups.items()]
+    options = ReadOptions(
+        metadata=None if metadata is None else Path(metadata),
+        schema_dir=None if schema_dir is None else Path(schema_dir),
+        label_column=label_column,
+    )
+    batches = []
+    with np.errstate(all="ignore"):
+        for name, group in groups.items():
+            fmt = REGISTRY[name]
+            batches.append(clean_points(fmt.read(group, options), fmt.absolute_time))
     return LightCurveBatch.concat(batches)
 
 
-def _read_group(
-    format: str,
-    paths: list[Path],
-    metadata: str | Path | None,
-    schema_dir: str | Path | None,
+def decode_message(
+    value: bytes | None, input_format: str, schemas: Any, source: str
 ) -> LightCurveBatch:
-    if format == "plasticc":
-        return LightCurveBatch.concat([read_plasticc(path, metadata) for path in paths])
-    if format == "long":
-        return LightCurveBatch.concat([read_long(path, metadata) for path in paths])
-    if format == "ztf-avro":
-        return read_ztf_avro(paths)
-    if format == "eros1":
-        return LightCurveBatch.concat([read_eros1(path, _eros1_arrays(path)) for path in paths])
-    # Imported here: the Rubin reader is only needed (and loaded) for Rubin inputs.
-    from astro_classifier.alerts.rubin import (
-        read_rubin_avro,
-        read_rubin_parquet,
-        read_rubin_wire,
-    )
+    """One Kafka message value -> the light curves of the alerts it carries.
 
-    if format == "rubin-wire":
-        if schema_dir is None:
-            raise InputError(
-                paths[0],
-                "Rubin wire-format input needs schema_dir, the folder of Rubin alert schemas "
-                "(lsst/alert_packet schema/<major>/<minor>/) to decode the message bodies",
-            )
-        return read_rubin_wire(paths, schema_dir)
-    tables = [path for path in paths if _head(path, len(PARQUET_MAGIC)) == PARQUET_MAGIC]
-    containers = [path for path in paths if path not in tables]
-    batches = [read_rubin_avro(containers)] if containers else []
-    batches += [read_rubin_parquet(path) for path in tables]
-    return LightCurveBatch.concat(batches)
+    Raises :class:`InputError` (naming ``source``, e.g. ``topic[partition]@offset``) for
+    anything that is not a valid alert of ``input_format``; the worker dead-letters those.
+    A Schema Registry that cannot be reached raises :class:`TransientError` instead.
+    """
+    fmt = REGISTRY.get(input_format)
+    if fmt is None or fmt.decode is None:
+        raise ValueError(
+            f"{input_format!r} is not a message format; expected one of {list(MESSAGE_FORMATS)}"
+        )
+    if not value:
+        raise InputError(source, f"empty message; expected {fmt.description}")
+    with np.errstate(all="ignore"):
+        batch = clean_points(fmt.decode(value, schemas, source), fmt.absolute_time)
+    if len(batch) == 0:
+        raise InputError(source, "the message holds no alert")
+    return batch
 
 
-def _head(path: Path, size: int) -> bytes:
-    """The first ``size`` bytes of a file; InputError when missing or empty."""
-    try:
-        with path.open("rb") as stream:
-            head = stream.read(size)
-    except OSError as exc:
-        raise InputError(path, f"cannot read file ({exc})") from exc
-    if not head:
-        raise InputError(path, "file is empty")
-    return head
-
-
-def _avro_container_format(path: Path) -> str:
-    try:
-        with path.open("rb") as stream:
-            schema = fastavro.reader(stream).writer_schema
-    except Exception as exc:  # fastavro raises many types on a corrupt header
-        raise InputError(path, f"cannot read the Avro container header ({exc})") from exc
-    fields = (
-        {field["name"] for field in schema.get("fields", [])} if isinstance(schema, dict) else set()
-    )
-    if set(ZTF_ALERT_FIELDS) <= fields:
-        return "ztf-avro"
-    from astro_classifier.alerts.rubin import is_rubin_avro_schema
-
-    if is_rubin_avro_schema(schema):
-        return "rubin-avro"
-    raise _undetectable(
-        path, f"an Avro container with neither ZTF nor Rubin alert fields {sorted(fields)[:8]}"
-    )
-
-
-def _table_format(columns: list[str], path: Path) -> str:
-    if is_plasticc_light_curve_table(columns):
-        return "plasticc"
-    if set(POINT_COLUMNS) <= set(columns):
-        return "long"
-    if set(RUBIN_TABLE_COLUMNS) <= set(columns):
-        return "rubin-avro"
-    if set(EROS1_TABLE_COLUMNS) <= set(columns):
-        return "eros1"
-    raise _undetectable(path, f"a table with columns {columns[:10]}")
-
-
-def _undetectable(path: Path, what: str) -> InputError:
-    return InputError(
-        path,
-        f"cannot tell the input format ({what}); expected one of {list(FORMATS)}: plasticc "
-        f"{{object_id, mjd, passband, flux, flux_err}}, long {{{', '.join(POINT_COLUMNS)}}}, "
-        "ZTF or Rubin alert Avro, Rubin wire format, EROS-1 train.csv",
-    )
+def file_messages(path: Path, format: str | None = None) -> list[tuple[str | None, bytes]] | None:
+    """The Kafka messages (key, value) a file is replayed as, when its format is a message
+    format: the file's bytes for containers and wire format, one single-row Parquet file per
+    row for Parquet alert rows, one message per line for JSON alerts. None for the other
+    formats (the caller sends their light curves as JSON alerts)."""
+    fmt = REGISTRY[format or detect_format(path)]
+    if fmt.message_per_file:
+        return [(None, path.read_bytes())]
+    if fmt.name == "json":
+        return [(None, line) for line in path.read_bytes().splitlines() if line.strip()]
+    if fmt.decode is not None:  # Parquet rows: one row per message
+        table = pq.read_table(path)
+        messages = []
+        for row in range(table.num_rows):
+            sink = io.BytesIO()
+            pq.write_table(table.slice(row, 1), sink)
+            messages.append((None, sink.getvalue()))
+        return messages
+    return None
 
 
 def _eros1_arrays(table_path: Path) -> Path:

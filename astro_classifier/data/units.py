@@ -68,3 +68,43 @@ def eros_mag_to_njy(mag: np.ndarray, mag_err: np.ndarray) -> tuple[np.ndarray, n
 def mjd_from_jd(jd: np.ndarray) -> np.ndarray:
     """Julian date -> modified Julian date."""
     return np.asarray(jd, np.float64) - 2400000.5
+
+
+def jy_to_njy(flux_jy: np.ndarray, flux_err_jy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flux density and its error in Jy -> nJy (times 1e9); signs (negative fluxes) are kept."""
+    return np.asarray(flux_jy, np.float64) * 1e9, np.asarray(flux_err_jy, np.float64) * 1e9
+
+
+# m_AB - m_Vega per canonical band, for Vega magnitudes in u g r i z y filters
+# (SDSS u..z: Blanton & Roweis 2007, AJ 133, 734, table 1; y: Pan-STARRS1, Tonry et al. 2012).
+VEGA_TO_AB: dict[str, float] = {
+    "u": 0.91,
+    "g": -0.08,
+    "r": 0.16,
+    "i": 0.37,
+    "z": 0.54,
+    "y": 0.54,
+}
+
+
+def vega_mag_to_njy(
+    mag: np.ndarray, mag_err: np.ndarray, band: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vega magnitudes in canonical bands (letters ``u g r i z y``) -> nJy.
+
+    Adds ``m_AB - m_Vega`` (:data:`VEGA_TO_AB`) and converts with :func:`ab_mag_to_njy`.
+    Raises KeyError for a band without an offset.
+    """
+    band = np.asarray(band).astype(str)
+    offset = np.array([VEGA_TO_AB[b] for b in band.tolist()], dtype=np.float64)
+    return ab_mag_to_njy(np.asarray(mag, np.float64) + offset, mag_err)
+
+
+def limiting_mag_to_njy_err(limit_mag: np.ndarray, n_sigma: float = 5.0) -> np.ndarray:
+    """An ``n_sigma`` limiting AB magnitude -> the 1-sigma flux noise it implies (nJy).
+
+    A non-detection becomes a point with flux 0 and this error, as the ZTF alert reader does
+    for ``diffmaglim`` (flux of the limit / 5).
+    """
+    limit_flux, _ = ab_mag_to_njy(limit_mag, np.zeros_like(np.asarray(limit_mag, np.float64)))
+    return limit_flux / n_sigma

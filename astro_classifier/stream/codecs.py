@@ -1,19 +1,9 @@
 """Kafka message bytes <-> light curves and classifications.
 
-Input formats (one message value each):
-
-- ``ztf-avro``: an Avro container file holding ZTF alert records (as ZTF publishes them);
-- ``rubin-avro``: an Avro container file holding Rubin alert records (as Fink re-publishes them);
-- ``rubin-wire``: Confluent wire format (magic byte 0, 4-byte schema id, schemaless Avro),
-  schemas from a local schema folder or a Confluent Schema Registry;
-- ``json``: one object as UTF-8 JSON, astroclf's own format::
-
-      {"object_id": "ZTF21abc", "alert_id": "123",
-       "points": [{"mjd": 60000.1, "band": "g", "flux": 1234.5, "flux_err": 12.3,
-                   "detected": true}, ...],
-       "metadata": {"hostgal_photoz": 0.12}}
-
-  with fluxes in nJy and bands among ``u g r i z y``.
+Input: a message value is decoded by :func:`decode_message`, the format registry's
+(:mod:`astro_classifier.data.readers`: ``ztf-avro``, ``ztf-parquet``, ``rubin-avro``,
+``rubin-parquet``, ``rubin-wire``, ``json``); here live the schema lookups ``rubin-wire``
+needs (a local schema folder or a Confluent Schema Registry).
 
 Output: one classification per alert, keyed by object id, as schemaless Avro with the schema
 ``schemas/classification.avsc`` shipped in this package (fields modelled on the ELAsTiCC
@@ -34,17 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-import numpy as np
 import pyarrow as pa
 
-from astro_classifier.alerts.rubin import (
-    SchemaDirectory,
-    decode_rubin_avro_bytes,
-    decode_rubin_wire,
-    rubin_records_to_batch,
-)
-from astro_classifier.alerts.ztf import decode_ztf_avro_bytes, ztf_records_to_batch
-from astro_classifier.data.lightcurve import LightCurveBatch, band_indices
+from astro_classifier.alerts.rubin import SchemaDirectory
+from astro_classifier.data.readers import decode_message  # noqa: F401  (the one dispatcher)
 from astro_classifier.errors import InputError
 
 CLASSIFICATION_SCHEMA_NAME = "classification.avsc"
@@ -89,67 +72,6 @@ def schema_source(schema_dir: Path | None, registry_url: str | None) -> Any:
     if registry_url is not None:
         return SchemaRegistry(registry_url)
     raise ValueError("rubin-wire needs a schema directory or a schema registry URL")
-
-
-def decode_json_alert(data: bytes, source: str) -> LightCurveBatch:
-    """astroclf's JSON alert format (module docstring) -> a one-object batch."""
-    try:
-        doc = json.loads(data)
-        object_id = str(doc["object_id"])
-        points = doc["points"]
-        if not points:
-            raise InputError(source, "no points; expected at least one observation")
-        columns = {
-            name: np.array([float(p[name]) for p in points]) for name in ("mjd", "flux", "flux_err")
-        }
-        bands = [str(p["band"]) for p in points]
-        detected = np.array([bool(p.get("detected", True)) for p in points])
-        metadata = {k: np.array([float(v)]) for k, v in (doc.get("metadata") or {}).items()}
-        alert_id = doc.get("alert_id")
-    except InputError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(
-            source,
-            f"not an astroclf JSON alert ({type(exc).__name__}: {exc}); expected "
-            '{"object_id", "points": [{"mjd", "band", "flux", "flux_err"}]}',
-        ) from exc
-    return LightCurveBatch.from_points(
-        np.full(len(points), object_id),
-        columns["mjd"],
-        band_indices(bands, source),
-        columns["flux"],
-        columns["flux_err"],
-        detected,
-        objects=[object_id],
-        metadata=metadata,
-        alert_id=None if alert_id is None else [str(alert_id)],
-    )
-
-
-def decode_message(
-    value: bytes | None, input_format: str, schemas: Any, source: str
-) -> LightCurveBatch:
-    """One Kafka message value -> the light curves of the alerts it carries.
-
-    Raises :class:`InputError` (naming ``source``, e.g. ``topic[partition]@offset``) for
-    anything that is not a valid alert of ``input_format``; the worker dead-letters those.
-    """
-    if not value:
-        raise InputError(source, f"empty message; expected a {input_format} alert")
-    if input_format == "ztf-avro":
-        batch = ztf_records_to_batch(decode_ztf_avro_bytes(value, source), source)
-    elif input_format == "rubin-avro":
-        batch = rubin_records_to_batch(decode_rubin_avro_bytes(value, source), source)
-    elif input_format == "rubin-wire":
-        batch = rubin_records_to_batch([decode_rubin_wire(value, schemas, source)], source)
-    elif input_format == "json":
-        batch = decode_json_alert(value, source)
-    else:
-        raise ValueError(f"unknown input format {input_format!r}")
-    if len(batch) == 0:
-        raise InputError(source, "the message holds no alert")
-    return batch
 
 
 # -- output ---------------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""astroclf's own JSON alert format: one object per message (or per line of a file).
+
+::
+
+    {"object_id": "ZTF21abc", "alert_id": "123",
+     "points": [{"mjd": 60000.1, "band": "g", "flux": 1234.5, "flux_err": 12.3,
+                 "detected": true}, ...],
+     "metadata": {"hostgal_photoz": 0.12}}
+
+Fluxes in nJy, times in MJD, bands among ``u g r i z y``; ``detected`` defaults to true.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from astro_classifier.data.lightcurve import LightCurveBatch, band_indices
+from astro_classifier.errors import InputError
+
+
+def decode_json_alert(data: bytes, source: str) -> LightCurveBatch:
+    """astroclf's JSON alert format (module docstring) -> a one-object batch."""
+    try:
+        doc = json.loads(data)
+        object_id = str(doc["object_id"])
+        points = doc["points"]
+        if not points:
+            raise InputError(source, "no points; expected at least one observation")
+        columns = {
+            name: np.array([float(p[name]) for p in points]) for name in ("mjd", "flux", "flux_err")
+        }
+        bands = [str(p["band"]) for p in points]
+        detected = np.array([bool(p.get("detected", True)) for p in points])
+        metadata = {k: np.array([float(v)]) for k, v in (doc.get("metadata") or {}).items()}
+        alert_id = doc.get("alert_id")
+    except InputError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(
+            source,
+            f"not an astroclf JSON alert ({type(exc).__name__}: {exc}); expected "
+            '{"object_id", "points": [{"mjd", "band", "flux", "flux_err"}]}',
+        ) from exc
+    return LightCurveBatch.from_points(
+        np.full(len(points), object_id),
+        columns["mjd"],
+        band_indices(bands, source),
+        columns["flux"],
+        columns["flux_err"],
+        detected,
+        objects=[object_id],
+        metadata=metadata,
+        alert_id=None if alert_id is None else [str(alert_id)],
+    )
