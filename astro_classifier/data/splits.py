@@ -8,6 +8,8 @@ fold sizes are balanced overall as well as per class.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 
@@ -67,3 +69,32 @@ def stratified_split(
     train_idx = np.sort(np.concatenate(train)) if train else empty
     val_idx = np.sort(np.concatenate(val)) if val else empty
     return train_idx.astype(np.int64), val_idx.astype(np.int64)
+
+
+REAL_SKY_TEST_FRACTION = 0.3
+REAL_SKY_SALT = "astroclf-real-sky-v1"
+
+
+def real_sky_split(
+    object_ids: np.ndarray, test_fraction: float = REAL_SKY_TEST_FRACTION
+) -> np.ndarray:
+    """Object-level test split of the real-sky sets: (N,) bool, True for a test object.
+
+    Decided by the object id alone (SHA-256 of ``REAL_SKY_SALT:<id>``, first 8 bytes as a
+    fraction of 2**64, below ``test_fraction``), so it is the same in every run, on every
+    machine, whatever the order or subset of objects read: a training run can take the
+    objects where this is False and an evaluation the ones where it is True.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    ids = np.asarray(object_ids).astype(str).reshape(-1)
+    scale = float(2**64)
+    values = np.array(
+        [
+            int.from_bytes(hashlib.sha256(f"{REAL_SKY_SALT}:{o}".encode()).digest()[:8], "big")
+            / scale
+            for o in ids.tolist()
+        ],
+        dtype=np.float64,
+    )
+    return values < test_fraction
