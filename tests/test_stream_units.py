@@ -333,7 +333,7 @@ def _decode_output(value: bytes) -> dict:
 
 
 def test_a_batch_dead_letters_exactly_the_messages_that_cannot_be_classified(ztf_model) -> None:
-    from astro_classifier.stream.worker import UNCLASSIFIABLE, BatchProcessor
+    from astro_classifier.stream.batch import UNCLASSIFIABLE, BatchProcessor
 
     messages = [
         FakeMessage(_json_alert("A", "g", alert_id="a1"), 10, key=b"A"),
@@ -404,21 +404,22 @@ def test_a_container_with_several_alerts_gives_one_classification_each(
     assert got == [(0, str(r["candid"])) for r in records] + [(1, str(records[0]["candid"]))]
 
 
-def test_when_classify_fails_the_messages_are_retried_one_by_one(
+def test_when_classify_refuses_the_input_the_messages_are_classified_one_by_one(
     ztf_model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from astro_classifier.stream import worker
+    from astro_classifier.errors import InputError
+    from astro_classifier.stream import batch
 
-    real = worker.classify
+    real = batch.classify
     calls: list[int] = []  # objects per classify() call
 
-    def flaky(batch, model):
-        calls.append(len(batch))
-        if np.any(batch.flux > 1e8):
-            raise FloatingPointError("overflow in a feature")
-        return real(batch, model)
+    def refuses_huge(lcs, model):
+        calls.append(len(lcs))
+        if np.any(lcs.flux > 1e8):
+            raise InputError("flux", "absurd flux")
+        return real(lcs, model)
 
-    monkeypatch.setattr(worker, "classify", flaky)
+    monkeypatch.setattr(batch, "classify", refuses_huge)
     huge = json.loads(_json_alert("C", "g"))
     huge["points"][0]["flux"] = 1e9
     messages = [
@@ -426,31 +427,323 @@ def test_when_classify_fails_the_messages_are_retried_one_by_one(
         FakeMessage(json.dumps(huge).encode(), 1),
         FakeMessage(_json_alert("B", "r"), 2),
     ]
-    result = worker.BatchProcessor(ztf_model, "json", "json").process(messages)
+    result = batch.BatchProcessor(ztf_model, "json", "json").process(messages)
     assert calls == [3, 1, 1, 1]  # the batch, then each message alone
-    assert [(d.message.offset(), d.error_class) for d in result.dead_letters] == [
-        (1, "FloatingPointError")
-    ]
+    assert [(d.message.offset(), d.error_class) for d in result.dead_letters] == [(1, "InputError")]
     assert [json.loads(o.value)["objectId"] for o in result.outputs] == ["A", "B"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("bug"), FloatingPointError("onnx")])
+def test_a_failure_that_is_not_the_inputs_fault_is_never_dead_lettered(
+    ztf_model, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    from astro_classifier.stream import batch
+
+    def broken(lcs, model):
+        raise error
+
+    monkeypatch.setattr(batch, "classify", broken)
+    messages = [FakeMessage(_json_alert("A", "g"), 0), FakeMessage(b"junk", 1)]
+    with pytest.raises(type(error)):
+        batch.BatchProcessor(ztf_model, "json", "json").process(messages)
+
+
+def test_a_transient_decode_failure_propagates(ztf_model, monkeypatch) -> None:
+    from astro_classifier.errors import TransientError
+    from astro_classifier.stream import batch
+
+    def registry_down(value, input_format, schemas, source):
+        raise TransientError("Schema Registry", "connection refused")
+
+    monkeypatch.setattr(batch, "decode_message", registry_down)
+    with pytest.raises(TransientError):
+        batch.BatchProcessor(ztf_model, "json", "json").process([FakeMessage(b"x", 0)])
 
 
 def test_an_output_that_cannot_be_encoded_dead_letters_its_message(
     ztf_model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from astro_classifier.stream import worker
+    from astro_classifier.stream import batch
 
-    real = worker.encode_classification
+    real = batch.encode_classification
 
     def refuses_b(record: dict, output_format: str) -> bytes:
         if record["objectId"] == "B":
             raise ValueError("not encodable")
         return real(record, output_format)
 
-    monkeypatch.setattr(worker, "encode_classification", refuses_b)
+    monkeypatch.setattr(batch, "encode_classification", refuses_b)
     messages = [FakeMessage(_json_alert(o, "g"), k) for k, o in enumerate("ABC")]
-    result = worker.BatchProcessor(ztf_model, "json", "avro").process(messages)
+    result = batch.BatchProcessor(ztf_model, "json", "avro").process(messages)
     assert [(d.message.offset(), d.error_class) for d in result.dead_letters] == [(1, "ValueError")]
     assert [o.key for o in result.outputs] == [b"A", b"C"]
+
+
+def test_object_ids_keep_every_character(ztf_model) -> None:
+    from astro_classifier.stream.batch import BatchProcessor
+
+    odd = "Z\x00T\u00e9F/\t1"  # an embedded NUL, non-ASCII, a tab
+    result = BatchProcessor(ztf_model, "json", "avro").process(
+        [FakeMessage(_json_alert(odd, "g"), 0)]
+    )
+    assert not result.dead_letters
+    assert [o.key for o in result.outputs] == [odd.encode()]
+    assert _decode_output(result.outputs[0].value)["objectId"] == odd
+
+
+def test_dropped_points_are_counted_by_reason(ztf_model, monkeypatch) -> None:
+    from astro_classifier.stream import batch
+
+    real = batch.decode_message
+
+    def with_drops(value, input_format, schemas, source):
+        lcs = real(value, input_format, schemas, source)
+        lcs.dropped = {"non-finite flux": 2}
+        return lcs
+
+    monkeypatch.setattr(batch, "decode_message", with_drops)
+    messages = [FakeMessage(_json_alert(o, "g"), k) for k, o in enumerate("AB")]
+    result = batch.BatchProcessor(ztf_model, "json", "avro").process(messages)
+    assert result.dropped_points == {"non-finite flux": 4}
+
+
+class BadHeaderMessage(FakeMessage):
+    """confluent_kafka raises on a header key that is not UTF-8."""
+
+    def headers(self) -> list | None:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+
+def test_dead_letter_headers_survive_a_non_utf8_key_and_replace_astroclf_ones() -> None:
+    from astro_classifier.stream.batch import H_HEADERS_DROPPED, DeadLetter
+
+    dead = DeadLetter(BadHeaderMessage(b"v", 3), "InputError", "bad")
+    headers = dead.headers()
+    names = [k for k, _ in headers]
+    assert (
+        H_HEADERS_DROPPED in names
+        and "UnicodeDecodeError" in dict(headers)[H_HEADERS_DROPPED].decode()
+    )
+    assert dict(headers)["astroclf.source.offset"] == b"3"
+
+    spoofed = FakeMessage(
+        b"v",
+        4,
+        headers=[("astroclf.error.class", b"Forged"), ("trace", b"\xff\xfe"), ("nil", None)],
+    )
+    headers = DeadLetter(spoofed, "InputError", "bad \udcff surrogate").headers()
+    names = [k for k, _ in headers]
+    assert names.count("astroclf.error.class") == 1
+    assert dict(headers)["astroclf.error.class"] == b"InputError"
+    assert dict(headers)["trace"] == b"\xff\xfe" and dict(headers)["nil"] is None
+
+
+# -- delivery with a fake producer and consumer ---------------------------------------------
+class FakeProducer:
+    """Enough of confluent_kafka.Producer: ``fail(topic, value)`` picks a delivery error."""
+
+    def __init__(self, max_bytes: int = 1_000_000, fail=lambda topic, value, attempt: None):
+        from confluent_kafka import KafkaError, KafkaException
+
+        self._KafkaError, self._KafkaException = KafkaError, KafkaException
+        self.max_bytes = max_bytes
+        self.fail = fail
+        self.queue: list = []
+        self.log: list[tuple[str, bytes | None, list | None]] = []  # produced, acknowledged
+        self.txn: list[str] = []  # begin / commit / abort / offsets
+        self.attempts: dict = {}
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):
+        size = len(value or b"") + len(key or b"")
+        size += sum(len(k) + len(v or b"") for k, v in headers or [])
+        if size > self.max_bytes:
+            raise self._KafkaException(self._KafkaError(self._KafkaError.MSG_SIZE_TOO_LARGE))
+        self.queue.append((topic, key, value, headers, on_delivery))
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def poll(self, timeout=0):
+        return 0
+
+    def flush(self, timeout=None):
+        queue, self.queue = self.queue, []
+        for topic, _key, value, headers, on_delivery in queue:
+            n = self.attempts[(topic, value)] = self.attempts.get((topic, value), 0) + 1
+            error = self.fail(topic, value, n)
+            if error is None:
+                self.log.append((topic, value, headers))
+            on_delivery(error, None)
+        return 0
+
+    def begin_transaction(self):
+        self.txn.append("begin")
+
+    def commit_transaction(self, timeout=None):
+        self.txn.append("commit")
+
+    def abort_transaction(self, timeout=None):
+        self.txn.append("abort")
+
+    def send_offsets_to_transaction(self, offsets, metadata, timeout=None):
+        self.txn.append("offsets:" + ",".join(f"{o.partition}@{o.offset}" for o in offsets))
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.stored: list = []
+        self.commits = 0
+
+    def store_offsets(self, offsets):
+        self.stored += [(o.topic, o.partition, o.offset) for o in offsets]
+
+    def commit(self, asynchronous=True):
+        self.commits += 1
+
+    def consumer_group_metadata(self):
+        return object()
+
+
+def _result(outputs, dead=()):
+    from astro_classifier.stream.batch import BatchResult
+
+    return BatchResult(list(outputs), list(dead), 0.0, 0.0, 0.0)
+
+
+def _output(message, value: bytes):
+    from astro_classifier.stream.batch import Output, message_ref
+
+    return Output(key=b"obj", value=value, source=message_ref(message), message=message)
+
+
+def _delivery(kind, producer, consumer, **kw):
+    from astro_classifier.stream import delivery
+
+    cls = delivery.ExactlyOnceDelivery if kind == "exactly-once" else delivery.AtLeastOnceDelivery
+    return cls(
+        producer,
+        consumer,
+        output_topic="out",
+        dead_letter_topic="dlq",
+        max_message_bytes=producer.max_bytes,
+        sleep=lambda s: None,
+        **kw,
+    )
+
+
+def _kafka_error(name: str):
+    from confluent_kafka import KafkaError
+
+    return KafkaError(getattr(KafkaError, name))
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+def test_an_oversized_dead_letter_is_truncated_with_a_header(mode: str) -> None:
+    from astro_classifier.stream.batch import DeadLetter
+
+    producer, consumer = FakeProducer(max_bytes=2000), FakeConsumer()
+    big = FakeMessage(b"x" * 5000, 7, key=b"k")
+    good = FakeMessage(b"ok", 8)
+    result = _result([_output(good, b"classification")], [DeadLetter(big, "InputError", "bad")])
+    done = _delivery(mode, producer, consumer).deliver([big, good], result)
+    assert done.outputs == 1 and len(done.dead_letters) == 1
+    ((topic, value, headers),) = [e for e in producer.log if e[0] == "dlq"]
+    assert 0 < len(value) < 2000 and b"x" * len(value) == value
+    assert dict(headers)["astroclf.truncated"] == b"5000"
+    if mode == "exactly-once":
+        assert producer.txn == ["begin", "offsets:0@9", "commit"]
+    else:
+        assert consumer.stored == [("alerts", 0, 9)] and consumer.commits == 1
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+def test_an_output_the_broker_refuses_as_too_large_becomes_a_dead_letter(mode: str) -> None:
+    """Broker-side refusal (its message.max.bytes is smaller): the output is replaced by a
+    dead letter of its input; at-least-once produces again only that one."""
+    producer = FakeProducer(
+        fail=lambda topic, value, n: (
+            _kafka_error("MSG_SIZE_TOO_LARGE") if value == b"huge output" else None
+        )
+    )
+    consumer = FakeConsumer()
+    a, b = FakeMessage(b"alert-a", 0), FakeMessage(b"alert-b", 1)
+    result = _result([_output(a, b"fine"), _output(b, b"huge output")])
+    done = _delivery(mode, producer, consumer).deliver([a, b], result)
+    assert done.outputs == 1
+    assert [d.error_class for d in done.dead_letters] == ["MessageTooLarge"]
+    delivered = [(t, v) for t, v, _ in producer.log]
+    if mode == "at-least-once":
+        assert delivered == [("out", b"fine"), ("dlq", b"alert-b")]  # "fine" once: no duplicate
+        assert consumer.commits == 1
+    else:
+        # The first transaction is aborted; the second holds the output and the dead letter.
+        assert producer.txn == ["begin", "abort", "begin", "offsets:0@2", "commit"]
+        assert delivered[-2:] == [("out", b"fine"), ("dlq", b"alert-b")]
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+def test_a_transient_failure_is_retried_and_never_dead_lettered(mode: str) -> None:
+    producer = FakeProducer(
+        fail=lambda topic, value, n: (
+            _kafka_error("_MSG_TIMED_OUT") if value == b"slow" and n < 3 else None
+        )
+    )
+    consumer = FakeConsumer()
+    retries: list = []
+    a, b = FakeMessage(b"a", 0), FakeMessage(b"b", 1)
+    done = _delivery(mode, producer, consumer, on_retry=lambda w, n: retries.append(w)).deliver(
+        [a, b], _result([_output(a, b"fast"), _output(b, b"slow")])
+    )
+    assert done.outputs == 2 and not done.dead_letters and len(retries) == 2
+    delivered = [v for t, v, _ in producer.log]
+    if mode == "at-least-once":
+        assert delivered == [b"fast", b"slow"]  # the good output is not produced again
+    else:
+        assert producer.txn[-2:] == ["offsets:0@2", "commit"]
+        assert producer.txn.count("abort") == 2
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+def test_a_permanent_failure_commits_nothing(mode: str) -> None:
+    from astro_classifier.stream.delivery import Undeliverable
+
+    producer = FakeProducer(fail=lambda *a: _kafka_error("TOPIC_AUTHORIZATION_FAILED"))
+    consumer = FakeConsumer()
+    a = FakeMessage(b"a", 0)
+    with pytest.raises(Undeliverable):
+        _delivery(mode, producer, consumer).deliver([a], _result([_output(a, b"x")]))
+    assert consumer.commits == 0 and not consumer.stored
+    assert "commit" not in producer.txn
+
+
+def test_a_dead_letter_that_never_fits_stops_without_commit() -> None:
+    from astro_classifier.stream.batch import DeadLetter
+    from astro_classifier.stream.delivery import Undeliverable
+
+    producer = FakeProducer(fail=lambda topic, *a: _kafka_error("MSG_SIZE_TOO_LARGE"))
+    consumer = FakeConsumer()
+    m = FakeMessage(b"y" * 100, 0)
+    with pytest.raises(Undeliverable):
+        _delivery("at-least-once", producer, consumer).deliver(
+            [m], _result([], [DeadLetter(m, "InputError", "bad")])
+        )
+    assert consumer.commits == 0
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+def test_a_stuck_flush_ends_at_the_stop_deadline_without_commit(mode: str) -> None:
+    from astro_classifier.stream.delivery import StopTimeout
+
+    class Stuck(FakeProducer):
+        def flush(self, timeout=None):
+            return len(self.queue)  # never any report
+
+    producer, consumer = Stuck(), FakeConsumer()
+    a = FakeMessage(b"a", 0)
+    delivery = _delivery(mode, producer, consumer, stop_deadline=lambda: 0.0)
+    with pytest.raises(StopTimeout):
+        delivery.deliver([a], _result([_output(a, b"x")]))
+    assert consumer.commits == 0 and "commit" not in producer.txn
 
 
 def test_log_lines_are_json_objects_with_ts_level_event() -> None:
@@ -477,3 +770,82 @@ def test_log_lines_are_json_objects_with_ts_level_event() -> None:
         "4 points",
     )
     assert "RuntimeError: boom" in doc["exception"]
+
+
+# -- environment and the Schema Registry ----------------------------------------------------
+def test_an_unknown_astroclf_variable_is_refused_with_the_closest_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from astro_classifier.cli.app import app
+
+    path = _write(tmp_path, MINIMAL)
+    monkeypatch.setenv("ASTROCLF_BATCH_SIZ", "10")
+    monkeypatch.setenv("ASTROCLF_SHARED_DATA", "/data")  # not a setting, allowed
+    monkeypatch.setenv("ASTROCLF_KAFKA__LINGER_MS", "5")  # a map key: anything goes
+    with pytest.raises(ValueError, match="did you mean ASTROCLF_BATCH_SIZE"):
+        StreamSettings.load(path)
+    result = CliRunner().invoke(app, ["stream", "--config", str(path)])
+    assert result.exit_code == 1
+    assert "did you mean ASTROCLF_BATCH_SIZE" in " ".join(result.output.split())
+    monkeypatch.delenv("ASTROCLF_BATCH_SIZ")
+    assert StreamSettings.load(path).max_message_bytes() == 1_000_000
+
+
+class _Registry:
+    """A loopback stand-in for a Schema Registry: ``mode`` is ok, 500 or 404."""
+
+    def __init__(self, schema: dict) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        owner = self
+        self.mode = "ok"
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                if owner.mode == "ok":
+                    body, status = json.dumps({"schema": json.dumps(schema)}).encode(), 200
+                else:
+                    body, status = b'{"error_code": 1}', int(owner.mode)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_schema_registry_outages_are_transient_and_unknown_ids_are_bad_input() -> None:
+    from astro_classifier.errors import InputError, TransientError
+    from astro_classifier.stream.codecs import SchemaRegistry
+    from tests.kafka_broker import free_port
+
+    refused = SchemaRegistry(f"http://127.0.0.1:{free_port()}", timeout_s=2)
+    with pytest.raises(TransientError, match="Schema Registry"):
+        refused.get(1, "t[0]@1")
+    schema = {"type": "record", "name": "r", "fields": [{"name": "a", "type": "int"}]}
+    stand_in = _Registry(schema)
+    try:
+        registry = SchemaRegistry(stand_in.url, timeout_s=2)
+        stand_in.mode = "500"
+        with pytest.raises(TransientError, match="HTTP 500"):
+            registry.get(1, "t[0]@1")
+        stand_in.mode = "404"
+        with pytest.raises(InputError, match="unknown"):
+            registry.get(1, "t[0]@1")
+        stand_in.mode = "ok"
+        assert registry.get(1, "t[0]@1")["name"] == "r"
+    finally:
+        stand_in.close()

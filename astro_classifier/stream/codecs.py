@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from astro_classifier.alerts.rubin import SchemaDirectory
 from astro_classifier.data.readers import decode_message  # noqa: F401  (the one dispatcher)
-from astro_classifier.errors import InputError
+from astro_classifier.errors import InputError, TransientError
 
 CLASSIFICATION_SCHEMA_NAME = "classification.avsc"
 
@@ -38,8 +38,12 @@ class SchemaRegistry:
     """Rubin alert schemas from a Confluent Schema Registry (``GET /schemas/ids/<id>``), cached.
 
     Has the same ``get(schema_id, source)`` as :class:`SchemaDirectory`, so
-    :func:`decode_rubin_wire` takes either.
+    :func:`decode_rubin_wire` takes either. An unknown schema id (HTTP 404) is the message's
+    fault (:class:`InputError`); a registry that cannot be reached, times out or answers
+    5xx (or anything but a schema) is a :class:`TransientError`: the worker retries.
     """
+
+    DEPENDENCY = "Schema Registry"
 
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
         self.url = url.rstrip("/")
@@ -61,8 +65,19 @@ class SchemaRegistry:
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 raise InputError(source, f"schema id {schema_id} is unknown to {self.url}") from exc
-            raise
-        return fastavro.parse_schema(json.loads(body["schema"]))
+            raise TransientError(
+                self.DEPENDENCY, f"GET {address}: HTTP {exc.code} {exc.reason}"
+            ) from exc
+        except (OSError, ValueError) as exc:  # refused, timed out, reset, not JSON
+            raise TransientError(
+                self.DEPENDENCY, f"GET {address}: {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            return fastavro.parse_schema(json.loads(body["schema"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TransientError(
+                self.DEPENDENCY, f"GET {address}: not a schema ({type(exc).__name__}: {exc})"
+            ) from exc
 
 
 def schema_source(schema_dir: Path | None, registry_url: str | None) -> Any:

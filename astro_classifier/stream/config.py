@@ -4,11 +4,18 @@ Environment variables win over the file: ``ASTROCLF_BOOTSTRAP_SERVERS``,
 ``ASTROCLF_INPUT_TOPICS='["ztf"]'`` (JSON for lists and maps), ``ASTROCLF_KAFKA__SASL_MECHANISM``
 (``__`` descends into maps). Secrets (``kafka_secrets``, e.g. ``sasl.password``) are
 ``SecretStr``: they reach librdkafka but never a log line or ``repr``.
+
+An ``ASTROCLF_*`` variable that names no setting (a typo such as ``ASTROCLF_BATCH_SIZ``) is
+refused with the closest valid name, except the few that are not settings
+(:data:`NON_SETTING_VARIABLES`).
 """
 
 from __future__ import annotations
 
+import difflib
+import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +27,13 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-InputFormat = Literal["ztf-avro", "rubin-avro", "rubin-wire", "json"]
+# The message formats of the format registry (data/readers.py).
+InputFormat = Literal[
+    "ztf-avro", "ztf-parquet", "rubin-avro", "rubin-parquet", "rubin-wire", "json"
+]
+ENV_PREFIX = "ASTROCLF_"
+# ASTROCLF_* variables that are not worker settings (read by other parts of the project).
+NON_SETTING_VARIABLES = frozenset({"ASTROCLF_SHARED_DATA"})
 
 
 class StreamSettings(BaseSettings):
@@ -65,6 +78,30 @@ class StreamSettings(BaseSettings):
         None, description="exactly-once producer id (default: astroclf-<group>-<host>)"
     )
     # -- operations -----------------------------------------------------------------------
+    max_consecutive_failures: int = Field(
+        3,
+        ge=1,
+        description="batches in a row that fail for a reason other than bad input or a "
+        "transient outage (a bug, a model runtime error) before the worker exits non-zero",
+    )
+    retry_backoff_max_s: float = Field(
+        30.0, gt=0, description="longest wait between retries of a transient failure"
+    )
+    delivery_retry_s: float = Field(
+        120.0,
+        gt=0,
+        description="how long a batch's failed deliveries are retried in place before the "
+        "batch is read again (keep it under max.poll.interval.ms)",
+    )
+    startup_timeout_s: float = Field(
+        30.0, gt=0, description="give up starting when Kafka cannot be reached in this time"
+    )
+    stop_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="SIGTERM: exit within this time even if deliveries are stuck "
+        "(what is not delivered is not committed)",
+    )
     metrics_host: str = "0.0.0.0"
     metrics_port: int | None = Field(9108, description="Prometheus /metrics, /healthz, /ready")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -96,7 +133,14 @@ class StreamSettings(BaseSettings):
         """Settings from a YAML file (optional), the environment, and keyword overrides."""
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{path}: stream config not found")
+        check_environment(os.environ)
         return cls(_yaml_file=path, **overrides)  # type: ignore[call-arg]
+
+    def max_message_bytes(self) -> int:
+        """The producer's ``message.max.bytes`` (librdkafka's default unless set)."""
+        return int(
+            self.kafka.get("message.max.bytes", self.kafka.get("message_max_bytes", 1_000_000))
+        )
 
     def effective_transactional_id(self) -> str:
         return self.transactional_id or f"astroclf-{self.group_id}-{socket.gethostname()}"
@@ -119,3 +163,31 @@ class StreamSettings(BaseSettings):
 def _librdkafka_value(value: str | int | float | bool) -> str:
     """YAML gives numbers and booleans; librdkafka wants strings ('true', not 'True')."""
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def setting_variables() -> list[str]:
+    """Every ``ASTROCLF_*`` name that sets a field (maps also take ``NAME__KEY``)."""
+    return [ENV_PREFIX + name.upper() for name in StreamSettings.model_fields]
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``ASTROCLF_*`` variables that name no setting, suggesting the closest name."""
+    valid = setting_variables()
+    maps = tuple(
+        ENV_PREFIX + name.upper() + "__"
+        for name, field in StreamSettings.model_fields.items()
+        if getattr(field.annotation, "__origin__", None) is dict
+    )
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in NON_SETTING_VARIABLES:
+            continue
+        if upper in valid or upper.startswith(maps):
+            continue
+        stem = upper.split("__", 1)[0]
+        close = difflib.get_close_matches(stem, [*valid, *NON_SETTING_VARIABLES], n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "it names no setting"
+        problems.append(f"unknown environment variable {name}: {hint}")
+    if problems:
+        raise ValueError("; ".join(problems))

@@ -8,7 +8,8 @@ Endpoints of :class:`MetricsServer`:
 - ``/metrics``: Prometheus text format;
 - ``/healthz``: 200 while the worker's loop is alive (it has started, has not ended, and
   has gone round within ``stall_after_s``), else 503;
-- ``/ready``: 200 once the model is warmed up and the consumer subscribed, else 503.
+- ``/ready``: 200 while the worker can do its job (model warmed up, partitions assigned,
+  brokers reachable, authenticated, no retry under way), else 503.
 """
 
 from __future__ import annotations
@@ -48,6 +49,31 @@ class StreamMetrics:
             "astroclf_dead_lettered_messages",
             "Input messages copied to the dead-letter topic, by error class",
             ["reason"],
+            registry=r,
+        )
+        self.points_dropped = Counter(
+            "astroclf_points_dropped",
+            "Points of decoded alerts the readers could not use, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.truncated = Counter(
+            "astroclf_dead_letters_truncated",
+            "Dead letters whose value was cut to fit message.max.bytes",
+            registry=r,
+        )
+        self.retries = Counter(
+            "astroclf_retries",
+            "Retries after a transient failure, by dependency or cause "
+            "(Schema Registry, Kafka, delivery, transaction)",
+            ["reason"],
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "astroclf_batch_failures",
+            "Batches that failed for a reason other than input or a transient outage "
+            "(a bug, a model runtime error), by exception class",
+            ["error_class"],
             registry=r,
         )
         self.batches = Counter("astroclf_batches", "Micro-batches finished", registry=r)
@@ -97,7 +123,8 @@ class StreamMetrics:
         )
         self.ready = Gauge(
             "astroclf_ready",
-            "1 once the model is warmed up and the consumer subscribed",
+            "1 while /ready says 200: model warmed up, partitions assigned, brokers "
+            "reachable and authenticated, no retry under way",
             registry=r,
         )
 

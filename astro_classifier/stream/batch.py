@@ -1,0 +1,288 @@
+"""One micro-batch of the Kafka worker, without any Kafka I/O: messages in, outputs and
+dead letters out.
+
+:class:`BatchProcessor` applies the worker's error policy to the input:
+
+- a message :func:`decode_message` refuses (:class:`InputError`) becomes a dead letter;
+- the alerts of all decoded messages go through one :func:`classify` call; objects it skips
+  (no usable point, no point in the model's bands) dead-letter their message as
+  ``Unclassifiable``; if classify() raises :class:`InputError` the messages are classified
+  one by one and those that still raise it are dead-lettered;
+- a classification the output format cannot encode (e.g. an id that is not valid Unicode)
+  dead-letters its message;
+- :class:`TransientError` (the Schema Registry is down) and every other exception (a bug,
+  :class:`ModelError`, an ONNX Runtime fault) propagate: the batch is not the messages'
+  fault, so none of them may be dead-lettered. The worker retries the batch (transient) or
+  stops after a bounded number of consecutive failures (anything else).
+
+A :class:`DeadLetter` is the input message (key, value, its own headers except ``astroclf.*``
+ones, which are replaced) plus the headers of :data:`DEAD_LETTER_HEADERS`. Input headers
+that cannot be read (a key that is not UTF-8) are left out and ``astroclf.headers.dropped``
+says why; a value cut to fit the producer's ``message.max.bytes`` carries
+``astroclf.truncated`` = its original size in bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from astro_classifier.data.lightcurve import LightCurveBatch, merge_counts
+from astro_classifier.errors import InputError
+from astro_classifier.inference.classify import classify
+from astro_classifier.inference.model import LoadedModel
+from astro_classifier.stream.codecs import (
+    MessageRef,
+    classification_records,
+    decode_message,
+    encode_classification,
+)
+from astro_classifier.stream.logs import log_event
+
+UNCLASSIFIABLE = "Unclassifiable"
+MESSAGE_TOO_LARGE = "MessageTooLarge"
+HEADER_PREFIX = "astroclf."
+H_ERROR_CLASS = "astroclf.error.class"
+H_ERROR_MESSAGE = "astroclf.error.message"
+H_SOURCE_TOPIC = "astroclf.source.topic"
+H_SOURCE_PARTITION = "astroclf.source.partition"
+H_SOURCE_OFFSET = "astroclf.source.offset"
+H_ERROR_TIME = "astroclf.error.time"
+H_TRUNCATED = "astroclf.truncated"  # original value size in bytes
+H_HEADERS_DROPPED = "astroclf.headers.dropped"  # why the input's own headers are missing
+DEAD_LETTER_HEADERS = (
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_SOURCE_TOPIC,
+    H_SOURCE_PARTITION,
+    H_SOURCE_OFFSET,
+    H_ERROR_TIME,
+)
+MAX_ERROR_MESSAGE_CHARS = 2000
+
+
+def message_ref(message: Any) -> MessageRef:
+    kind, timestamp = message.timestamp()
+    # Kafka's TIMESTAMP_NOT_AVAILABLE is type 0; -1 then says "unknown" in the output.
+    return MessageRef(
+        message.topic(), message.partition(), message.offset(), timestamp if kind else -1
+    )
+
+
+def input_headers(message: Any) -> tuple[list[tuple[str, bytes | None]], str | None]:
+    """The message's own headers without ``astroclf.*`` ones, and why they were dropped.
+
+    confluent_kafka's ``Message.headers()`` raises on a key that is not UTF-8: then no input
+    header is kept and the second item says so.
+    """
+    try:
+        own = list(message.headers() or [])
+    except Exception as exc:  # UnicodeDecodeError on a non-UTF-8 key, or anything odd
+        return [], f"the input's headers could not be read ({type(exc).__name__}: {exc})"
+    kept = [(k, v) for k, v in own if not str(k).startswith(HEADER_PREFIX)]
+    return kept, None
+
+
+@dataclasses.dataclass
+class Output:
+    """One classification message for the output topic."""
+
+    key: bytes
+    value: bytes
+    source: MessageRef
+    message: Any = None  # the input message it classifies (dead-lettered if undeliverable)
+
+
+@dataclasses.dataclass
+class DeadLetter:
+    """An input message that goes to the dead-letter topic, and why."""
+
+    message: Any  # confluent_kafka.Message (or anything with its accessors)
+    error_class: str
+    error_message: str
+    max_value_bytes: int | None = None  # cut the value to this many bytes (see H_TRUNCATED)
+
+    @property
+    def source(self) -> MessageRef:
+        return message_ref(self.message)
+
+    def key(self) -> bytes | None:
+        return self.message.key()
+
+    def value(self) -> bytes | None:
+        value = self.message.value()
+        if value is not None and self.max_value_bytes is not None:
+            return value[: self.max_value_bytes]
+        return value
+
+    @property
+    def truncated(self) -> bool:
+        value = self.message.value()
+        return (
+            value is not None
+            and self.max_value_bytes is not None
+            and len(value) > self.max_value_bytes
+        )
+
+    def headers(self, now: datetime | None = None) -> list[tuple[str, bytes | None]]:
+        """The input's own headers (``astroclf.*`` ones replaced) followed by astroclf's."""
+        now = now or datetime.now(timezone.utc)
+        own, dropped = input_headers(self.message)
+        ours: list[tuple[str, bytes | None]] = [
+            (H_ERROR_CLASS, self.error_class.encode()),
+            (
+                H_ERROR_MESSAGE,
+                self.error_message[:MAX_ERROR_MESSAGE_CHARS].encode("utf-8", "backslashreplace"),
+            ),
+            (H_SOURCE_TOPIC, self.message.topic().encode()),
+            (H_SOURCE_PARTITION, str(self.message.partition()).encode()),
+            (H_SOURCE_OFFSET, str(self.message.offset()).encode()),
+            (H_ERROR_TIME, now.isoformat(timespec="milliseconds").encode()),
+        ]
+        if dropped is not None:
+            ours.append((H_HEADERS_DROPPED, dropped.encode("utf-8", "backslashreplace")))
+        if self.truncated:
+            ours.append((H_TRUNCATED, str(len(self.message.value())).encode()))
+        return [*own, *ours]
+
+
+@dataclasses.dataclass
+class BatchResult:
+    outputs: list[Output]
+    dead_letters: list[DeadLetter]
+    decode_seconds: float
+    inference_seconds: float  # classify(): features and model
+    features_seconds: float  # the light-curve feature part of inference_seconds
+    dropped_points: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> n
+
+
+class BatchProcessor:
+    """Messages of one micro-batch -> output messages and dead letters (no Kafka I/O)."""
+
+    def __init__(
+        self, model: LoadedModel, input_format: str, output_format: str, schemas: Any = None
+    ) -> None:
+        self.model = model
+        self.input_format = input_format
+        self.output_format = output_format
+        self.schemas = schemas
+        self._features_seconds = 0.0
+
+    def process(self, messages: Sequence[Any]) -> BatchResult:
+        """Raises :class:`TransientError` or any non-input failure: see the module docstring."""
+        dead: dict[int, DeadLetter] = {}
+        decoded: list[tuple[int, LightCurveBatch]] = []
+        started = time.perf_counter()
+        for i, message in enumerate(messages):
+            source = str(message_ref(message))
+            try:
+                batch = decode_message(message.value(), self.input_format, self.schemas, source)
+            except InputError as exc:  # the message's fault; anything else is not
+                dead[i] = DeadLetter(message, type(exc).__name__, str(exc))
+                continue
+            decoded.append((i, batch))
+        decode_seconds = time.perf_counter() - started
+        dropped = merge_counts(batch.dropped for _, batch in decoded)
+
+        started = time.perf_counter()
+        self._features_seconds = 0.0
+        rows: list[tuple[int, pa.Table]] = []  # (message index, its classified alerts)
+        if decoded:
+            self._classify(decoded, messages, rows, dead)
+        inference_seconds = time.perf_counter() - started
+
+        timings = {
+            "classifiedTimestampMs": int(time.time() * 1000),
+            "decodeMs": decode_seconds * 1000,
+            "inferenceMs": inference_seconds * 1000,
+            "batchSize": len(messages),
+        }
+        outputs: list[Output] = []
+        for i, table in sorted(rows, key=lambda item: item[0]):
+            ref = message_ref(messages[i])
+            try:
+                outputs += [
+                    Output(
+                        key=record["objectId"].encode(),
+                        value=encode_classification(record, self.output_format),
+                        source=ref,
+                        message=messages[i],
+                    )
+                    for record in classification_records(table, [ref] * table.num_rows, timings)
+                ]
+            except (ValueError, TypeError) as exc:  # e.g. an id that is not valid Unicode
+                dead[i] = DeadLetter(messages[i], type(exc).__name__, str(exc))
+        return BatchResult(
+            outputs=outputs,
+            dead_letters=[dead[i] for i in sorted(dead)],
+            decode_seconds=decode_seconds,
+            inference_seconds=inference_seconds,
+            features_seconds=self._features_seconds,
+            dropped_points=dropped,
+        )
+
+    def _classify(
+        self,
+        decoded: list[tuple[int, LightCurveBatch]],
+        messages: Sequence[Any],
+        rows: list[tuple[int, pa.Table]],
+        dead: dict[int, DeadLetter],
+    ) -> None:
+        """One classify() call for all ``decoded`` messages; one per message if it refuses
+        the input (InputError). Any other exception propagates."""
+        try:
+            per_message = self._classify_together(decoded, dead, messages)
+        except InputError as exc:
+            if len(decoded) == 1:
+                i = decoded[0][0]
+                dead[i] = DeadLetter(messages[i], type(exc).__name__, str(exc))
+                return
+            log_event(
+                logging.WARNING,
+                "classify_batch_refused",
+                messages=len(decoded),
+                error=str(exc),
+                retry="one message at a time",
+            )
+            for item in decoded:
+                self._classify([item], messages, rows, dead)
+            return
+        rows.extend(per_message)
+
+    def _classify_together(
+        self,
+        decoded: list[tuple[int, LightCurveBatch]],
+        dead: dict[int, DeadLetter],
+        messages: Sequence[Any],
+    ) -> list[tuple[int, pa.Table]]:
+        combined = LightCurveBatch.concat([batch for _, batch in decoded])
+        owner = np.concatenate(
+            [np.full(len(batch), i, dtype=np.int64) for i, batch in decoded]
+        )  # (N,) message index of each object
+        result = classify(combined, self.model)
+        self._features_seconds += result.timings.features
+
+        skipped: dict[int, list[str]] = defaultdict(list)
+        for reason, positions in result.skipped_rows.items():
+            for k in positions:
+                skipped[int(owner[k])].append(f"object {combined.object_id[k]}: {reason}")
+        table = result.table
+        if table.num_rows:
+            # Object ids verbatim: pyarrow cuts a NumPy string at its first NUL character.
+            ids = pa.array(combined.object_id[result.rows].tolist(), pa.string())
+            table = table.set_column(table.schema.get_field_index("object_id"), "object_id", ids)
+        per_message: list[tuple[int, pa.Table]] = []
+        row_owner = owner[result.rows]
+        for i in np.unique(row_owner):
+            per_message.append((int(i), table.filter(pa.array(row_owner == i))))
+        for i, reasons in skipped.items():
+            dead[i] = DeadLetter(messages[i], UNCLASSIFIABLE, "; ".join(reasons))
+        return per_message
