@@ -42,8 +42,7 @@ def _scored(
     result = classify(batch, model)
     for reason, count in result.skipped.items():
         excluded[f"{tag}: {reason}"] += count
-    truth = dict(zip(batch.object_id.tolist(), batch.label.tolist(), strict=True))
-    y = np.searchsorted(labels, [truth[o] for o in result.table.column("object_id").to_pylist()])
+    y = np.searchsorted(labels, batch.label[result.rows])
     proba = np.stack([result.table.column(f"prob_{c}").to_numpy() for c in labels], axis=1)
     return classification_report(y, proba, labels)
 
@@ -61,7 +60,12 @@ def evaluate(
     excluded: Counter[str] = Counter()
     if not known.all():
         for label, count in Counter(batch.label[~known].tolist()).items():
-            excluded[f"label {label!r} is not a class of {model.metadata.name}"] = count
+            reason = (
+                f"label {label!r} is not a class of {model.metadata.name}"
+                if label
+                else "no label (placeholder or unknown class id)"
+            )
+            excluded[reason] = count
         batch = batch.select(np.flatnonzero(known))
     if len(batch) == 0:
         raise InputError("evaluation data", f"no object carries one of the model's labels {labels}")

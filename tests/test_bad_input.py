@@ -200,7 +200,7 @@ def test_bit_flipped_sync_marker(shared_data: Path, in_dir: Path, out_dir: Path)
     path = in_dir / "bad_sync.avro"
     path.write_bytes(bytes(data))
     result = classify(out_dir, path, "--model", "atat-ztf")
-    assert_clean_failure(result, out_dir, str(path), "sync marker", "expected a ZTF alert")
+    assert_clean_failure(result, out_dir, str(path), "sync marker", "expected ZTF alerts")
 
 
 def test_non_avro_file_named_avro(in_dir: Path, out_dir: Path) -> None:
@@ -215,7 +215,7 @@ def test_non_avro_file_with_explicit_avro_format(in_dir: Path, out_dir: Path) ->
     path = in_dir / "not_really.avro"
     path.write_text("objectId,candid\nZTF18abc,123\n")
     result = classify(out_dir, path, "--format", "ztf-avro", "--model", "atat-ztf")
-    assert_clean_failure(result, out_dir, str(path), "Avro magic", "expected a ZTF alert")
+    assert_clean_failure(result, out_dir, str(path), "Avro magic", "expected ZTF alerts")
 
 
 def test_truncated_wire_format_message(shared_data: Path, in_dir: Path, out_dir: Path) -> None:

@@ -126,3 +126,12 @@ def test_eros1_needs_its_arrays_file_beside_it(tmp_path, shared_data):
     with pytest.raises(InputError, match="train_varlength_features.csv.gz not found") as info:
         read_light_curves([static])
     assert info.value.source == str(static)
+
+
+def test_stream_settings_accept_every_message_format_of_the_registry():
+    from typing import get_args
+
+    from astro_classifier.data.readers import MESSAGE_FORMATS
+    from astro_classifier.stream.config import InputFormat
+
+    assert set(get_args(InputFormat)) == set(MESSAGE_FORMATS)

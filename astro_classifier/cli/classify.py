@@ -12,6 +12,7 @@ from rich.table import Table
 
 from astro_classifier.cli.common import atomic_output, console, user_errors
 from astro_classifier.data.readers import FORMATS
+from astro_classifier.errors import InputError
 from astro_classifier.inference.classify import ClassifyResult, classify
 from astro_classifier.inference.model import LoadedModel
 from astro_classifier.progress import progress_bar
@@ -22,7 +23,9 @@ DEFAULT_MODEL = "atat-lsst"
 def classify_command(
     inputs: list[Path] = typer.Argument(
         ...,
-        help="Light-curve or alert files (PLAsTiCC CSV/Parquet, long Parquet, ZTF/Rubin Avro, EROS-1).",
+        help="Light-curve or alert files: ZTF/Rubin alert Avro containers or Parquet rows, "
+        "Rubin wire-format messages, astroclf JSON alerts, PLAsTiCC CSV/Parquet, long "
+        "Parquet, EROS-1 (format detected from each file's content).",
     ),
     output: Path = typer.Option(
         ..., "-o", "--output", help="Parquet file to write (one row per object)."
@@ -70,6 +73,13 @@ def classify_command(
                 batch_size=batch_size,
                 progress=lambda done: bar.update(task, completed=done),
             )
+        if result.table.num_rows == 0:
+            print_summary(result, loaded, batch.object_id, read_seconds, output=None)
+            raise InputError(
+                ", ".join(map(str, inputs)),
+                f"none of the {len(batch)} object(s) read could be classified by "
+                f"{loaded.metadata.name} (reasons above); no output written",
+            )
         with atomic_output(output) as tmp:
             pq.write_table(result.table, tmp)
     print_summary(result, loaded, object_ids=batch.object_id, read_seconds=read_seconds, output=output)
@@ -80,7 +90,7 @@ def print_summary(
     model: LoadedModel,
     object_ids: np.ndarray,
     read_seconds: float,
-    output: Path,
+    output: Path | None,
 ) -> None:
     n_input = len(object_ids)
     meta = model.metadata
@@ -97,6 +107,12 @@ def print_summary(
         ids = object_ids[result.skipped_rows[reason]].tolist()
         shown = ", ".join(ids[:5]) + (" …" if len(ids) > 5 else "")
         console.print(f"[yellow]skipped {count} object(s): {reason}[/yellow] ({shown})")
+    if result.dropped_points:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(result.dropped_points.items()))
+        console.print(
+            f"[yellow]dropped {sum(result.dropped_points.values())} point(s) that cannot be "
+            f"used[/yellow] ({reasons})"
+        )
     if result.points_outside_bands:
         console.print(
             f"[dim]{result.points_outside_bands} points in bands {meta.name} does not use "
@@ -107,5 +123,6 @@ def print_summary(
     console.print(
         f"read {read_seconds:.2f} s, features {t.features:.2f} s, inference {t.inference:.2f} s "
         f"({rate:,.0f} objects/s, padding efficiency {result.padding_efficiency:.2f}, "
-        f"{', '.join(p.replace('ExecutionProvider', '') for p in model.providers)}) -> {output}"
+        f"{', '.join(p.replace('ExecutionProvider', '') for p in model.providers)})"
+        + (f" -> {output}" if output is not None else "")
     )

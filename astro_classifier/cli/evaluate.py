@@ -42,10 +42,16 @@ def evaluate_command(
         None, "-o", "--output-dir", help="Write metrics.json and PNG plots here."
     ),
     provider: str = typer.Option("auto", help="ONNX Runtime provider: auto, cpu or cuda."),
+    label_column: str | None = typer.Option(
+        None,
+        "--label-column",
+        help="Object-table column holding the true classes (default: `target` for PLAsTiCC, "
+        "`label` for long format; PLAsTiCC test files carry the truth in `true_target`).",
+    ),
 ) -> None:
     """Accuracy, macro F1, per-class recall and class-balanced log loss (PLAsTiCC style)
     of MODEL on labelled DATA, with a confusion matrix; optionally for young light curves."""
-    from astro_classifier.data.readers import read_light_curves
+    from astro_classifier.data.readers import REGISTRY, detect_format, read_light_curves
     from astro_classifier.data.splits import stratified_folds
     from astro_classifier.evaluation import evaluate
     from astro_classifier.inference.model import LoadedModel
@@ -54,14 +60,25 @@ def evaluate_command(
     days = parse_days(truncate_days)
     with user_errors():
         loaded = LoadedModel.load(model, provider=provider)  # type: ignore[arg-type]
-        batch = read_light_curves(data, format=format, metadata=metadata)
+        batch = read_light_curves(
+            data, format=format, metadata=metadata, label_column=label_column
+        )
+        source = metadata or ", ".join(map(str, data))
         if batch.label is None:
-            source = metadata or ", ".join(map(str, data))
             raise InputError(
                 source,
-                "no labels found; expected an object table with labels "
-                "(PLAsTiCC `target` or long-format `label`), given with --metadata",
+                f"no labels found in column {label_column or 'target/label'}; expected an "
+                "object table with labels (PLAsTiCC `target`, long-format `label`, or the "
+                "column named by --label-column), given with --metadata",
             )
+        formats = {format or detect_format(path) for path in data}
+        column = label_column or ", ".join(
+            sorted({str(REGISTRY[name].label_column) for name in formats})
+        )
+        console.print(
+            f"labels: column {column} of {source}; "
+            f"{int((batch.label != '').sum())} of {len(batch)} objects labelled"
+        )
         if holdout_fold is not None:
             fold = stratified_folds(batch.label, folds, seed=seed)
             batch = batch.select(np.flatnonzero(fold == holdout_fold))

@@ -92,6 +92,7 @@ class InputFormat:
     absolute_time: bool = True  # times are MJD (EROS-1: days from an arbitrary zero)
     object_table: bool = False  # takes an object table (``--metadata``)
     message_per_file: bool = False  # replay sends a file's bytes as one message
+    label_column: str | None = None  # where labels come from by default (object table column)
 
 
 class FileProbe:
@@ -311,6 +312,7 @@ REGISTRY: dict[str, InputFormat] = {
             lambda probe: is_plasticc_light_curve_table(probe.columns),
             _read_plasticc,
             object_table=True,
+            label_column="target",
         ),
         InputFormat(
             "long",
@@ -318,6 +320,7 @@ REGISTRY: dict[str, InputFormat] = {
             lambda probe: set(POINT_COLUMNS) <= set(probe.columns),
             _read_long,
             object_table=True,
+            label_column="label",
         ),
         InputFormat(
             "eros1",
@@ -325,6 +328,7 @@ REGISTRY: dict[str, InputFormat] = {
             lambda probe: set(EROS1_TABLE_COLUMNS) <= set(probe.columns),
             _read_each(_read_eros1),
             absolute_time=False,
+            label_column="type",
         ),
         InputFormat(
             "ztf-avro",
@@ -407,7 +411,7 @@ def detect_format(path: str | Path) -> str:
 
 def supported() -> str:
     """One sentence listing the supported formats, for errors."""
-    return "supported: " + "; ".join(f"{fmt.name}: {fmt.description}" for fmt in REGISTRY.values())
+    return "expected one of the supported formats: " + "; ".join(f"{fmt.name}: {fmt.description}" for fmt in REGISTRY.values())
 
 
 def _looks_like(probe: FileProbe) -> str:

@@ -14,10 +14,15 @@ _LN10_OVER_2_5 = np.log(10.0) / 2.5
 
 
 def ab_mag_to_njy(mag: np.ndarray, mag_err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AB magnitude and its error -> flux and flux error in nJy (first-order error propagation)."""
+    """AB magnitude and its error -> flux and flux error in nJy (first-order error propagation).
+
+    The error keeps the sign of ``mag_err``: a negative magnitude error is corrupt data, and
+    a negative flux error lets :mod:`astro_classifier.data.quality` drop and count it.
+    """
     mag = np.asarray(mag, dtype=np.float64)
-    flux = 10.0 ** ((AB_ZERO_POINT_NJY - mag) / 2.5)
-    return flux, np.abs(flux * _LN10_OVER_2_5 * np.asarray(mag_err, dtype=np.float64))
+    with np.errstate(over="ignore"):
+        flux = 10.0 ** ((AB_ZERO_POINT_NJY - mag) / 2.5)
+    return flux, flux * _LN10_OVER_2_5 * np.asarray(mag_err, dtype=np.float64)
 
 
 def plasticc_fluxcal_to_njy(

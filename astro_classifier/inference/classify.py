@@ -25,6 +25,7 @@ from astro_classifier.features.preprocess import (
 )
 from astro_classifier.inference.model import LoadedModel
 
+SKIP_NO_USABLE_POINT = "no usable point (every point dropped, or none given)"
 SKIP_NO_POINTS = "no points in the model's bands"
 SKIP_NON_FINITE = "NaN or infinite time, flux or flux error"
 
@@ -116,12 +117,14 @@ def classify(
     result = ClassifyResult(
         table=output_schema(meta.labels).empty_table(), dropped_points=dict(batch.dropped)
     )
+    had_points = batch.lengths > 0
     batch, result.points_outside_bands = keep_model_bands(batch, spec)
     finite = np.isfinite(batch.time) & np.isfinite(batch.flux) & np.isfinite(batch.flux_err)
     object_ok = np.bincount(batch.point_object_index()[~finite], minlength=len(batch)) == 0
     for reason, bad in (
         (SKIP_NON_FINITE, ~object_ok),
-        (SKIP_NO_POINTS, object_ok & (batch.lengths == 0)),
+        (SKIP_NO_USABLE_POINT, object_ok & ~had_points),
+        (SKIP_NO_POINTS, object_ok & had_points & (batch.lengths == 0)),
     ):
         if bad.any():
             result.skipped[reason] = int(bad.sum())

@@ -4,8 +4,12 @@ What each file becomes:
 
 - an Avro container file (ZTF or Rubin alerts): one message, the file's bytes unchanged;
 - a Confluent wire-format message file: one message, its bytes unchanged;
-- any other light-curve file astroclf reads (Parquet alert rows, PLAsTiCC, long format):
-  one JSON message per object, in the ``json`` input format of ``codecs.py``.
+- Parquet alert rows (``ztf-parquet``, ``rubin-parquet``): one single-row Parquet file per row;
+- a file of astroclf JSON alerts: one message per line;
+- any other light-curve file astroclf reads (PLAsTiCC, long format, EROS-1): one message
+  per object in the ``json`` input format (:mod:`astro_classifier.data.jsonalert`).
+
+What a file becomes is decided by the format registry (``data/readers.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from astro_classifier.alerts.avro import AVRO_CONTAINER_MAGIC
 from astro_classifier.data.lightcurve import BANDS, LightCurveBatch
 from astro_classifier.errors import InputError
 
@@ -58,11 +61,12 @@ def file_messages(path: Path, metadata: Path | None = None) -> list[tuple[str | 
     """The messages one file turns into (module docstring)."""
     if not path.is_file():
         raise InputError(path, "file not found")
-    head = path.open("rb").read(5)
-    if head.startswith(AVRO_CONTAINER_MAGIC) or (len(head) == 5 and head[0] == 0):
-        return [(None, path.read_bytes())]
+    from astro_classifier.data.readers import file_messages as message_values
     from astro_classifier.data.readers import read_light_curves
 
+    messages = message_values(path) if metadata is None else None
+    if messages is not None:
+        return messages
     return list(batch_to_json_messages(read_light_curves([path], metadata=metadata)))
 
 
