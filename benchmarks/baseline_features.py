@@ -141,6 +141,17 @@ def predict_proba_all_classes(model: Any, x: np.ndarray, n_classes: int) -> np.n
     return proba
 
 
+def fit_feature_baseline(x: np.ndarray, labels: np.ndarray, classes: list[str]) -> Any:
+    """The histogram-gradient-boosting baseline (:data:`HGB_PARAMS`) fitted on features ``x``
+    (N, F) and string ``labels``; predict with :func:`predict_proba_all_classes` and
+    ``len(classes)``: probability columns follow ``classes``. Non-finite features -> NaN."""
+    index = {label: k for k, label in enumerate(classes)}
+    y = np.array([index[label] for label in labels], dtype=np.int64)
+    model = HistGradientBoostingClassifier(**HGB_PARAMS)
+    model.fit(np.where(np.isfinite(x), x, np.nan), y)
+    return model
+
+
 def summarise(values: list[float]) -> dict[str, Any]:
     """Mean, sample standard deviation (ddof=1) and the per-fold values."""
     arr = np.asarray(values, float)

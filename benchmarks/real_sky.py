@@ -1,0 +1,442 @@
+"""Real-sky evaluation: the shipped models and the feature baseline on labelled real data.
+
+Every labelled real set of the shared data folder is read through the project's readers and
+classified with ``astro_classifier.inference.classify.classify`` (the serving path):
+
+| set | reader | models |
+|---|---|---|
+| ``ztf-bts-snia`` | ``read_ztf_bts`` (ZTF g/R magnitudes) | atat-ztf |
+| ``manytde`` | ``read_manytde`` (ZTF g/r forced photometry) | atat-ztf |
+| ``alerce-examples`` | ``read_alerce_examples`` (ZTF detections + limits) | atat-ztf |
+| ``slsne`` | ``read_slsne`` (u..y from many telescopes) | atat-ztf, atat-lsst |
+| ``osc-sne`` | ``read_osc`` (u..y) | atat-ztf, atat-lsst |
+| ``eros1`` | ``read_eros1`` (EROS b/r as g/r) | atat-ztf, atat-lsst |
+| ``plasticc-fold0`` | ``read_plasticc``, stratified fold 0 (the models' hold-out) | atat-lsst, atat-ztf |
+
+Scoring, per set and model:
+
+- a true label is mapped to a model class by :func:`model_class_of` (itself, ``SLSN`` ->
+  ``SLSN-I``, ``SNIIn``/``SNIIb`` -> ``SNII``: PLAsTiCC's SNII class simulates II-P/L, IIn and
+  IIb); objects whose class the model lacks (``SN`` of ambiguous type, ``Cepheid``,
+  ``SLSN-II``) count for the broad class only;
+- ``accuracy`` and per-class ``recall`` (and their mean, ``macro_recall``) on the objects
+  with a model class; ``broad_accuracy``: model broad class = argmax of the fine
+  probabilities summed per :func:`taxonomy.broad_class_of`, truth = broad class of the label;
+- ``ece``: expected calibration error of the top label (15 equal-width bins of the top
+  probability, on the objects with a model class); ``broad_ece`` likewise for the broad kind;
+- ``predicted``: histogram of the predicted fine classes over all classified objects.
+
+The feature baseline (histogram gradient boosting, ``baseline_features.HGB_PARAMS``) uses the
+model's own tabular inputs (``tabular_features`` with the model's preprocessing spec: its
+bands, its metadata columns) and is trained on PLAsTiCC folds 1-4 (the shipped models'
+training folds), then scored on exactly the objects the model classified.
+
+For ``atat-lsst``, whose tabular inputs include PLAsTiCC metadata, real objects get
+``mwebv`` = E(B-V) and ``hostgal_photoz`` = the catalogue redshift where the reader has them,
+``distmod`` from that redshift (flat LCDM, H0 70, Om 0.3), ``ddf`` 0, and NaN otherwise.
+
+Usage::
+
+    python benchmarks/real_sky.py [--split test] [--model NAME_OR_PATH ...] \
+        [--sets slsne manytde ...] [--max-objects N] [--out benchmarks/results/real_sky.json]
+
+``--split test`` keeps only the objects of ``real_sky_split`` (object-level, by id hash;
+PLAsTiCC fold 0 is a hold-out already). ``--model`` replaces the default models of every set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline_features import (  # noqa: E402
+    fit_feature_baseline,
+    load_plasticc_training_set,
+    machine_info,
+    predict_proba_all_classes,
+    shared_data_dir,
+)
+
+from astro_classifier.data.alerce_examples import read_alerce_examples  # noqa: E402
+from astro_classifier.data.eros1 import read_eros1  # noqa: E402
+from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
+from astro_classifier.data.manytde import read_manytde  # noqa: E402
+from astro_classifier.data.osc import read_osc  # noqa: E402
+from astro_classifier.data.slsne import read_slsne  # noqa: E402
+from astro_classifier.data.splits import real_sky_split, stratified_folds  # noqa: E402
+from astro_classifier.data.ztf_bts import read_ztf_bts  # noqa: E402
+from astro_classifier.features.preprocess import keep_model_bands, tabular_features  # noqa: E402
+from astro_classifier.inference.classify import classify  # noqa: E402
+from astro_classifier.inference.model import LoadedModel  # noqa: E402
+from astro_classifier.taxonomy import BROAD_CLASSES, broad_class_of  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = PROJECT_ROOT / "benchmarks" / "results" / "real_sky.json"
+ECE_BINS = 15
+HOLDOUT_FOLD = 0
+N_FOLDS = 5
+SEED = 0
+# True labels of other catalogues -> the class of a PLAsTiCC-trained model that covers them.
+MODEL_CLASS_ALIASES: dict[str, str] = {"SLSN": "SLSN-I", "SNIIn": "SNII", "SNIIb": "SNII"}
+
+
+@dataclass(frozen=True)
+class RealSet:
+    name: str
+    what: str
+    read: Callable[[Path], LightCurveBatch]
+    models: tuple[str, ...]
+
+
+def _plasticc_fold0(data: Path) -> LightCurveBatch:
+    batch = load_plasticc_training_set(data)
+    folds = stratified_folds(batch.label, N_FOLDS, seed=SEED)
+    return batch.select(np.flatnonzero(folds == HOLDOUT_FOLD))
+
+
+SETS: tuple[RealSet, ...] = (
+    RealSet(
+        "ztf-bts-snia",
+        "ZTF BTS SN Ia, g/R magnitudes",
+        lambda d: read_ztf_bts(d / "lightcurves" / "ztf-bts-snia"),
+        ("atat-ztf",),
+    ),
+    RealSet(
+        "manytde",
+        "manyTDE, ZTF g/r forced photometry",
+        lambda d: read_manytde(d / "lightcurves" / "manytde"),
+        ("atat-ztf",),
+    ),
+    RealSet(
+        "alerce-examples",
+        "ALeRCE SNe, ZTF detections + limits",
+        lambda d: read_alerce_examples(d / "lightcurves" / "alerce-examples"),
+        ("atat-ztf",),
+    ),
+    RealSet(
+        "slsne",
+        "SLSN-I catalogue, u..y",
+        lambda d: read_slsne(d / "lightcurves" / "slsne"),
+        ("atat-ztf", "atat-lsst"),
+    ),
+    RealSet(
+        "osc-sne",
+        "Open Supernova Catalog, u..y",
+        lambda d: read_osc(d / "multimodal" / "osc-sne"),
+        ("atat-ztf", "atat-lsst"),
+    ),
+    RealSet(
+        "eros1",
+        "EROS-1 LMC variables, b/r as g/r",
+        lambda d: read_eros1(
+            d / "lightcurves" / "eros1" / "train.csv",
+            d / "lightcurves" / "eros1" / "train_varlength_features.csv.gz",
+        ),
+        ("atat-ztf", "atat-lsst"),
+    ),
+    RealSet(
+        "plasticc-fold0",
+        "PLAsTiCC training set, hold-out fold 0 (simulation, reference)",
+        _plasticc_fold0,
+        ("atat-lsst", "atat-ztf"),
+    ),
+)
+
+
+# -- scoring -------------------------------------------------------------------------------
+def model_class_of(label: str, model_labels: list[str]) -> str | None:
+    """The model class a true label is scored against, or None when the model lacks it."""
+    label = MODEL_CLASS_ALIASES.get(label, label)
+    return label if label in model_labels else None
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> float | None:
+    """Top-label ECE: sum over 15 equal-width confidence bins of |accuracy - confidence| x share."""
+    if len(confidence) == 0:
+        return None
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, ECE_BINS - 1)
+    ece = 0.0
+    for b in range(ECE_BINS):
+        members = which == b
+        if members.any():
+            gap = abs(correct[members].mean() - confidence[members].mean())
+            ece += members.mean() * gap
+    return float(ece)
+
+
+def score(labels: np.ndarray, proba: np.ndarray, model_labels: list[str]) -> dict[str, Any]:
+    """Metrics of one model (or baseline) on one set; see the module docstring."""
+    model_labels = list(model_labels)
+    top = proba.argmax(axis=1)
+    confidence = proba.max(axis=1)
+    predicted = np.asarray(model_labels)[top]
+    mapped = [model_class_of(str(lab), model_labels) for lab in labels]
+    fine = np.array([m is not None for m in mapped], dtype=bool)
+    truth = np.array([m if m is not None else "" for m in mapped], dtype=object)
+    correct = fine & (predicted == truth)
+    recall = {
+        c: {"n": int((truth == c).sum()), "recall": float(correct[truth == c].mean())}
+        for c in sorted(set(truth[fine].tolist()))
+    }
+
+    broad_names = list(BROAD_CLASSES)
+    broad_of_model = np.array([broad_names.index(broad_class_of(c)) for c in model_labels])
+    broad_proba = np.stack(
+        [proba[:, broad_of_model == k].sum(axis=1) for k in range(len(broad_names))], axis=1
+    )
+    broad_true = [broad_class_of(str(lab)) for lab in labels]
+    has_broad = np.array([b is not None for b in broad_true], dtype=bool)
+    broad_pred = np.asarray(broad_names)[broad_proba.argmax(axis=1)]
+    broad_correct = has_broad & (broad_pred == np.array([b or "" for b in broad_true]))
+    return {
+        "n": int(len(labels)),
+        "n_fine": int(fine.sum()),
+        "accuracy": float(correct[fine].mean()) if fine.any() else None,
+        "macro_recall": float(np.mean([r["recall"] for r in recall.values()])) if recall else None,
+        "recall": recall,
+        "n_broad": int(has_broad.sum()),
+        "broad_accuracy": float(broad_correct[has_broad].mean()) if has_broad.any() else None,
+        "broad_recall": {
+            b: float(broad_correct[np.array([t == b for t in broad_true])].mean())
+            for b in broad_names
+            if any(t == b for t in broad_true)
+        },
+        "ece": expected_calibration_error(confidence[fine], correct[fine]),
+        "broad_ece": expected_calibration_error(
+            broad_proba.max(axis=1)[has_broad], broad_correct[has_broad]
+        ),
+        "mean_top_probability": float(confidence.mean()) if len(confidence) else None,
+        "predicted": dict(Counter(predicted.tolist()).most_common()),
+        "predicted_broad": dict(Counter(broad_pred.tolist()).most_common()),
+    }
+
+
+# -- metadata for models with PLAsTiCC metadata inputs --------------------------------------
+def distance_modulus(z: np.ndarray, h0: float = 70.0, omega_m: float = 0.3) -> np.ndarray:
+    """Flat LCDM distance modulus (mag) of redshift ``z``; NaN where z is not positive."""
+    z = np.asarray(z, np.float64)
+    out = np.full(z.shape, np.nan)
+    ok = np.isfinite(z) & (z > 0)
+    if ok.any():
+        grid = np.linspace(0.0, float(z[ok].max()), 4001)
+        inv_e = 1.0 / np.sqrt(omega_m * (1 + grid) ** 3 + (1 - omega_m))
+        comoving = np.concatenate([[0.0], np.cumsum(np.diff(grid) * (inv_e[1:] + inv_e[:-1]) / 2)])
+        d_c = np.interp(z[ok], grid, comoving) * 299792.458 / h0  # Mpc
+        out[ok] = 5 * np.log10((1 + z[ok]) * d_c * 1e6 / 10)
+    return out
+
+
+def with_plasticc_metadata(batch: LightCurveBatch, names: tuple[str, ...]) -> LightCurveBatch:
+    """Fill the PLAsTiCC metadata columns a model reads from what a real reader provides."""
+    meta = dict(batch.metadata)
+    n = len(batch)
+    z = np.asarray(meta.get("redshift", np.full(n, np.nan)), np.float64)
+    derived = {
+        "mwebv": np.asarray(meta.get("ebv", np.full(n, np.nan)), np.float64),
+        "hostgal_photoz": z,
+        "hostgal_photoz_err": np.full(n, np.nan),
+        "distmod": distance_modulus(z),
+        "ddf": np.zeros(n),
+    }
+    for name in names:
+        if name not in meta and name in derived:
+            meta[name] = derived[name]
+    batch.metadata = meta
+    return batch
+
+
+# -- running -------------------------------------------------------------------------------
+class Baselines:
+    """One feature baseline per model (its tabular inputs), fitted on PLAsTiCC folds 1-4."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self._plasticc: LightCurveBatch | None = None
+        self._fitted: dict[str, tuple[Any, float]] = {}
+
+    def get(self, model: LoadedModel) -> tuple[Any, float]:
+        key = str(model.path)
+        if key not in self._fitted:
+            if self._plasticc is None:
+                batch = load_plasticc_training_set(self.data)
+                folds = stratified_folds(batch.label, N_FOLDS, seed=SEED)
+                self._plasticc = batch.select(np.flatnonzero(folds != HOLDOUT_FOLD))
+            t0 = time.perf_counter()
+            spec = model.metadata.preprocessing
+            x = tabular_features(self._plasticc, spec, n_jobs=2)
+            fitted = fit_feature_baseline(x, self._plasticc.label, list(model.metadata.labels))
+            self._fitted[key] = (fitted, time.perf_counter() - t0)
+        return self._fitted[key]
+
+
+def evaluate_set(
+    real: RealSet,
+    batch: LightCurveBatch,
+    model: LoadedModel,
+    baselines: Baselines,
+) -> dict[str, Any]:
+    labels = list(model.metadata.labels)
+    spec = model.metadata.preprocessing
+    batch = with_plasticc_metadata(batch, tuple(spec.metadata_features))
+    t0 = time.perf_counter()
+    result = classify(batch, model, n_jobs=2)
+    seconds = time.perf_counter() - t0
+    proba = np.stack([result.table.column(f"prob_{c}").to_numpy() for c in labels], axis=1)
+    truth = batch.label[result.rows]
+    out: dict[str, Any] = {
+        "n_classified": int(len(result.rows)),
+        "skipped": dict(result.skipped),
+        "points_outside_bands": int(result.points_outside_bands),
+        "classify_seconds": seconds,
+        "model": score(truth, proba, labels) if len(result.rows) else None,
+    }
+    if len(result.rows):
+        fitted, fit_seconds = baselines.get(model)
+        kept, _ = keep_model_bands(batch.select(result.rows), spec)
+        x = tabular_features(kept, spec, n_jobs=2)
+        x = np.where(np.isfinite(x), x, np.nan)
+        base = predict_proba_all_classes(fitted, x, len(labels))
+        out["baseline"] = score(truth, base, labels)
+        out["baseline_fit_seconds"] = fit_seconds
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    data = args.data or shared_data_dir()
+    started = time.perf_counter()
+    baselines = Baselines(data)
+    loaded: dict[str, LoadedModel] = {}
+    sets: dict[str, Any] = {}
+    for real in SETS:
+        if args.sets and real.name not in args.sets:
+            continue
+        t0 = time.perf_counter()
+        batch = real.read(data)
+        read_seconds = time.perf_counter() - t0
+        n_read = len(batch)
+        entry: dict[str, Any] = {
+            "what": real.what,
+            "n_read": n_read,
+            "read_seconds": read_seconds,
+            "dropped_points": dict(batch.dropped),
+            "labels_read": dict(Counter(batch.label.tolist()).most_common()),
+        }
+        if args.split == "test" and not real.name.startswith("plasticc"):
+            batch = batch.select(np.flatnonzero(real_sky_split(batch.object_id)))
+        if args.max_objects and len(batch) > args.max_objects:
+            pick = np.sort(np.random.default_rng(SEED).permutation(len(batch))[: args.max_objects])
+            batch = batch.select(pick)
+        entry["n_evaluated"] = len(batch)
+        entry["labels_evaluated"] = dict(Counter(batch.label.tolist()).most_common())
+        entry["models"] = {}
+        for name in args.model or real.models:
+            if name not in loaded:
+                loaded[name] = LoadedModel.load(name, provider="cpu", threads=2)
+            print(f"{real.name}: {len(batch)} objects, {name} ...", file=sys.stderr, flush=True)
+            entry["models"][loaded[name].metadata.name] = evaluate_set(
+                real, batch, loaded[name], baselines
+            )
+        sets[real.name] = entry
+    return {
+        "benchmark": "real_sky",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "args": {
+            "split": args.split,
+            "models": args.model,
+            "sets": args.sets,
+            "max_objects": args.max_objects,
+        },
+        "protocol": {
+            "split": "astro_classifier.data.splits.real_sky_split (test fraction 0.3, id hash)"
+            if args.split == "test"
+            else "all objects",
+            "label_to_model_class": MODEL_CLASS_ALIASES,
+            "ece_bins": ECE_BINS,
+            "baseline": "HistGradientBoosting (baseline_features.HGB_PARAMS) on the model's "
+            "tabular inputs, trained on PLAsTiCC folds 1-4",
+        },
+        "sets": sets,
+        "machine": machine_info(),
+        "runtime_seconds": time.perf_counter() - started,
+    }
+
+
+# -- reporting -----------------------------------------------------------------------------
+def _f(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _pair(m: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> str:
+    return f"{_f(m.get(key) if m else None)} / {_f(b.get(key) if b else None)}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    split = result["args"]["split"]
+    lines = [
+        f"Real-sky evaluation ({'test split only' if split == 'test' else 'all objects'}; "
+        "each cell: model / feature baseline). n: objects classified; fine n: objects whose "
+        "class the model has; ECE: top-label, 15 bins.",
+        "",
+        "| set | model | n | fine n | accuracy | macro recall | broad accuracy | ECE | "
+        "mean top p | most predicted (model) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, entry in result["sets"].items():
+        for model, res in entry["models"].items():
+            m, b = res.get("model"), res.get("baseline")
+            top = ", ".join(f"{c} {k}" for c, k in list((m or {}).get("predicted", {}).items())[:3])
+            lines.append(
+                f"| {name} | {model} | {res['n_classified']} | {(m or {}).get('n_fine', 0)} | "
+                f"{_pair(m, b, 'accuracy')} | {_pair(m, b, 'macro_recall')} | "
+                f"{_pair(m, b, 'broad_accuracy')} | {_pair(m, b, 'ece')} | "
+                f"{_f((m or {}).get('mean_top_probability'))} | {top} |"
+            )
+    lines += ["", "Per-class recall (model / baseline; n true objects):", ""]
+    for name, entry in result["sets"].items():
+        for model, res in entry["models"].items():
+            m, b = res.get("model"), res.get("baseline")
+            if not m:
+                continue
+            parts = [
+                f"{c} {r['recall']:.2f} / {b['recall'][c]['recall']:.2f} (n {r['n']})"
+                for c, r in m["recall"].items()
+            ]
+            lines.append(f"- {name}, {model}: " + ("; ".join(parts) or "no class of the model"))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", action="append", help="model name or path (repeatable)")
+    parser.add_argument("--split", choices=["all", "test"], default="all")
+    parser.add_argument("--sets", nargs="+", choices=[s.name for s in SETS], default=None)
+    parser.add_argument(
+        "--max-objects", type=int, default=None, help="evaluate a random subset per set"
+    )
+    parser.add_argument("--data", type=Path, default=None, help="shared data folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
+    args = parser.parse_args(argv)
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')} ({result['runtime_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
