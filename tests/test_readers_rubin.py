@@ -83,7 +83,14 @@ def test_folder_counts(
     assert len(set(batch.alert_id)) == alerts  # ELAsTiCC's alertId is a constant placeholder
     assert batch.offsets[-1] == points
     assert (~batch.detected).sum() == forced
-    assert set(batch.metadata) == {"ra", "dec", "hostgal_photoz", "hostgal_photoz_err", "mwebv"}
+    assert set(batch.metadata) == {
+        "ra",
+        "dec",
+        "hostgal_photoz",
+        "hostgal_photoz_err",
+        "mwebv",
+        "solar_system",
+    }
     assert np.isfinite(batch.metadata["ra"]).all() and np.isfinite(batch.metadata["dec"]).all()
     assert np.isfinite(batch.flux).all() and (batch.flux_err > 0).all()
 

@@ -244,3 +244,16 @@ def test_empty_container_is_an_input_error(shared_data):
     fastavro.writer(buffer, schema, [])
     with pytest.raises(InputError, match="holds no record"):
         decode_ztf_avro_bytes(buffer.getvalue(), "message")
+
+
+def test_solar_system_flag_from_ssdistnr(shared_data):
+    files = sorted((shared_data / "alerts/ztf/fink-v4.02").glob("*.avro"))
+    batch = read_ztf_avro(files)
+    flags = batch.metadata["solar_system"]
+    expected = []
+    for path in files:
+        (record,) = _raw_records(path)
+        distance = record["candidate"].get("ssdistnr")
+        expected.append(float(distance is not None and 0 <= distance < 5))
+    assert flags.tolist() == expected
+    assert 0 < flags.sum() < len(files)  # both kinds are in the real data

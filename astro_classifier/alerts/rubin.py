@@ -15,7 +15,9 @@ several alerts appears several times, once per alert):
   ``prvDiaForcedSources`` (``detected`` False), de-duplicated on (time, band) with
   detections winning (forced photometry is also measured at the visits of detections).
   Time is MJD (TAI), flux and flux error are nJy, as Rubin publishes them.
-- metadata: ``ra``, ``dec`` (degrees) from the ``diaObject`` (else the ``diaSource``), and
+- metadata: ``solar_system`` (1.0 for an alert of a known solar-system object: its
+  ``diaSource`` has an ``ssObjectId``), ``ra``, ``dec`` (degrees) from the ``diaObject``
+  (else the ``diaSource``), and
   ``hostgal_photoz``, ``hostgal_photoz_err``, ``mwebv`` (mag) where the alert carries host
   information (ELAsTiCC), NaN elsewhere.
 
@@ -52,7 +54,7 @@ import pyarrow.parquet as pq
 from fastavro.schema import load_schema
 
 from astro_classifier.alerts.avro import decode_avro_container
-from astro_classifier.data.lightcurve import LightCurveBatch, band_indices
+from astro_classifier.data.lightcurve import SOLAR_SYSTEM, LightCurveBatch, band_indices
 from astro_classifier.data.units import rubin_flux_to_njy
 from astro_classifier.errors import InputError
 
@@ -72,7 +74,7 @@ HOST_FIELDS: dict[str, tuple[str, ...]] = {
     "hostgal_photoz_err": ("hostgal_zphot_err", "hostgal_z_err"),
     "mwebv": ("mwebv",),
 }
-METADATA_NAMES = ("ra", "dec", *HOST_FIELDS)
+METADATA_NAMES = ("ra", "dec", *HOST_FIELDS, SOLAR_SYSTEM)
 
 WIRE_HEADER = struct.Struct(">bI")  # Confluent wire format: magic byte 0, schema id
 WIRE_EXPECTED = (
@@ -236,6 +238,7 @@ def rubin_records_to_batch(records: list[dict], source: str) -> LightCurveBatch:
         meta["dec"].append(_float_or_nan(position.get(dec_key)) if dec_key else np.nan)
         for name, fields in HOST_FIELDS.items():
             meta[name].append(_host_value(dia_object, fields))
+        meta[SOLAR_SYSTEM].append(float(bool(record["diaSource"].get("ssObjectId"))))
         t, b, f, e, d, s = _alert_points(record, source)
         time += t
         band += b

@@ -2,8 +2,10 @@
 
 One alert becomes one object: ``object_id`` is the alert's ``objectId``, ``alert_id`` its
 ``candid`` (as a string; the top-level ``candid`` where present, else ``candidate.candid``:
-brokers re-publishing alerts drop the top-level copy), and the per-object metadata are ``ra`` and ``dec`` of the alert's
-``candidate`` (degrees, J2000, float64). The points are the ``candidate`` plus the
+brokers re-publishing alerts drop the top-level copy), and the per-object metadata are
+``ra`` and ``dec`` of the alert's ``candidate`` (degrees, J2000, float64) and
+``solar_system`` (1.0 when ``ssdistnr``, the distance to the nearest known solar-system
+object, is below 5 arcsec). The points are the ``candidate`` plus the
 ``prv_candidates`` plus the forced photometry ``fp_hists`` where the alert carries it:
 
 - **detection** (``magpsf`` not null): flux from ``magpsf``/``sigmapsf`` with the sign of
@@ -56,7 +58,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from astro_classifier.alerts.avro import decode_avro_container
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.data.lightcurve import BAND_INDEX, SOLAR_SYSTEM, LightCurveBatch
 from astro_classifier.data.units import (
     ab_mag_to_njy,
     mjd_from_jd,
@@ -75,6 +77,7 @@ ZTF_ALERT_FIELDS = ("objectId", "candidate")  # candid is optional (inside candi
 ZTF_CANDIDATE_FIELDS = ("fid", "magpsf")  # what tells a ZTF candidate from ATLAS', say
 # Top-level columns of ZTF alerts stored as Parquet rows; broker columns are not read.
 PARQUET_COLUMNS = ("objectId", "candid", "candidate", "prv_candidates", "fp_hists")
+SOLAR_SYSTEM_RADIUS_ARCSEC = 5.0  # ssdistnr below this: the alert is a known asteroid
 DROP_NO_MAGNITUDE = "history entry without magnitude or limit"
 DROP_FORCED_NO_MEASUREMENT = "forced photometry without a measurement"
 DROP_SAME_EPOCH = "repeat of a point at the same epoch (kept once)"
@@ -170,7 +173,7 @@ def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[Light
     columns: dict[str, list[Any]] = {name: [] for name in POINT_FIELDS}
     point_alert: list[int] = []
     point_kind: list[int] = []
-    object_ids, alert_ids, ra, dec = [], [], [], []
+    object_ids, alert_ids, ra, dec, solar_system = [], [], [], [], []
     no_flux_info = 0
     for alert_index, record in enumerate(records):
         _check_alert(record, source)
@@ -181,6 +184,7 @@ def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[Light
         alert_ids.append(None if candid is None else str(candid))
         ra.append(_float(candidate.get("ra")))
         dec.append(_float(candidate.get("dec")))
+        solar_system.append(_solar_system(candidate))
         history = [candidate, *(record.get("prv_candidates") or [])]
         forced = record.get("fp_hists") or []
         points = [(point, _point_kind(point)) for point in history]
@@ -223,7 +227,9 @@ def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[Light
     forced_flux = _floats(columns["forcediffimflux"], is_forced)
     forced_err = _floats(columns["forcediffimfluxunc"], is_forced)
     forced_zp = _floats(columns["magzpsci"], is_forced)
-    flux[is_forced], flux_err[is_forced] = ztf_forced_flux_to_njy(forced_flux, forced_err, forced_zp)
+    flux[is_forced], flux_err[is_forced] = ztf_forced_flux_to_njy(
+        forced_flux, forced_err, forced_zp
+    )
     sentinel = np.zeros(len(kind), dtype=bool)
     sentinel[is_forced] = (
         (forced_flux == FORCED_PHOT_SENTINEL)
@@ -258,7 +264,11 @@ def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[Light
         flux=flux[order],
         flux_err=flux_err[order],
         detected=kind[order] == _DETECTION,
-        metadata={"ra": np.asarray(ra, np.float64), "dec": np.asarray(dec, np.float64)},
+        metadata={
+            "ra": np.asarray(ra, np.float64),
+            "dec": np.asarray(dec, np.float64),
+            SOLAR_SYSTEM: np.asarray(solar_system, np.float64),
+        },
         alert_id=np.asarray(alert_ids, dtype=object),
         dropped={reason: n for reason, n in dropped.items() if n},
     )
@@ -344,6 +354,15 @@ def decode_ztf_parquet_bytes(data: bytes, source: str) -> list[dict[str, Any]]:
         return ztf_parquet_records(pq.ParquetFile(pa.BufferReader(data)), source)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(source, f"cannot read Parquet ({exc}); {EXPECTED}") from exc
+
+
+def _solar_system(candidate: dict[str, Any]) -> float:
+    """1.0 when a known solar-system object lies within SOLAR_SYSTEM_RADIUS_ARCSEC of the
+    candidate (``ssdistnr``; ZTF writes -999 or null when there is none), else 0.0."""
+    distance = candidate.get("ssdistnr")
+    if distance is None or not np.isfinite(distance) or distance < 0:
+        return 0.0
+    return float(distance < SOLAR_SYSTEM_RADIUS_ARCSEC)
 
 
 def _point_kind(point: dict[str, Any]) -> int | None:

@@ -25,6 +25,9 @@ from astro_classifier.errors import InputError
 
 BANDS: tuple[str, ...] = ("u", "g", "r", "i", "z", "y")
 BAND_INDEX: dict[str, int] = {b: i for i, b in enumerate(BANDS)}
+# Metadata column set by alert readers: 1.0 when the alert is a known solar-system object
+# (ZTF ``ssdistnr`` < 5", Rubin ``ssObjectId``), 0.0 when not, NaN when unknown.
+SOLAR_SYSTEM = "solar_system"
 
 
 def band_indices(names: Iterable[str], source: str) -> np.ndarray:
