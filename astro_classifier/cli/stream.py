@@ -106,8 +106,11 @@ def stream_command(
       ASTROCLF_KAFKA_SECRETS__SASL_PASSWORD=...   secrets: never logged
 
     Logs: one JSON object per line on stderr. SIGTERM or Ctrl-C finishes the
-    batch in hand, commits and exits 0. Messages that cannot be decoded or
-    classified go to the dead-letter topic; they never stop the worker.
+    batch in hand, commits and exits 0 (1 if deliveries are stuck past
+    stop_timeout_s). Messages that cannot be decoded or classified go to the
+    dead-letter topic; outages of Kafka or the Schema Registry are retried;
+    other failures (a bug, a model error) stop the worker with exit 1 after
+    max_consecutive_failures batches. Unknown ASTROCLF_* variables are refused.
     """
     _require_kafka()
     import yaml
