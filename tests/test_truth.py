@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from astro_classifier.cli.app import app
-from astro_classifier.data.lightcurve import BAND_INDEX
+from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.data.plasticc import read_plasticc
 from astro_classifier.data.readers import read_light_curves
 from astro_classifier.features.preprocess import light_curves_to_inputs, tabular_features
@@ -159,7 +159,12 @@ def _reference_inputs(batch, spec, k: int, width: int) -> dict[str, np.ndarray]:
     points.sort(key=lambda p: p[0])
     detected_times = [p[0] for p in points if p[4]]
     t0 = min(detected_times) if detected_times else points[0][0]  # first detection, else first
-    kept = points[-spec.max_length :]  # the most recent points
+    kept = points
+    if len(points) > spec.max_length:  # a window of max_length around the brightest point
+        snr = [f / e for _, _, f, e, _ in points]
+        peak = snr.index(max(snr))
+        end = min(max(peak + spec.max_length // 2 + 1, spec.max_length), len(points))
+        kept = points[end - spec.max_length : end]
     row = {name: np.zeros(width, np.float64) for name in ("flux", "flux_err", "time", "band")}
     row["mask"] = np.zeros(width, bool)
     for j, (t, b, f, e, _) in enumerate(kept):
@@ -175,7 +180,20 @@ def test_preprocessing_matches_an_independent_reference(shared_data):
     model = LoadedModel.load("atat-ztf", provider="cpu")
     spec = model.metadata.preprocessing
     alerts = sorted((shared_data / "alerts/ztf/ztf-avro-alert").glob("*.avro"))
-    batch = read_light_curves([alerts[0], alerts[1], alerts[-1]])  # short, medium, forced phot
+    alerts_batch = read_light_curves([alerts[0], alerts[1], alerts[-1]])  # short, medium, forced
+    # and a multi-year light curve longer than the model's window, peaking early
+    n = 3 * spec.max_length
+    time = 58000.0 + np.arange(n) * 3.0
+    flux = 200.0 + 5000.0 * np.exp(-0.5 * ((np.arange(n) - 40) / 6.0) ** 2)
+    long = LightCurveBatch.from_points(
+        np.full(n, "long"),
+        time,
+        np.where(np.arange(n) % 2, 1, 2),
+        flux,
+        np.full(n, 50.0),
+        flux > 400,
+    )
+    batch = LightCurveBatch.concat([alerts_batch, long])
     inputs = light_curves_to_inputs(batch, spec, tabular=tabular_features(batch, spec))
     width = inputs.flux.shape[1]
     for k in range(len(batch)):

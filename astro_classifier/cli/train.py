@@ -39,10 +39,12 @@ def train_command(
     from pydantic import ValidationError
 
     from astro_classifier.training.config import TrainConfig
+    from astro_classifier.training.registry import check_model_args
     from astro_classifier.training.train import train
 
     try:
         cfg = TrainConfig.from_yaml(config, overrides)
+        check_model_args(cfg.model.name, cfg.model.args)
     except (ValidationError, ValueError) as exc:
         print_error(f"{config}: invalid config\n{exc}")
         raise typer.Exit(1) from exc

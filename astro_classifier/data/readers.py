@@ -100,6 +100,10 @@ class FileProbe:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.is_dir = path.is_dir()  # catalogue formats are folders of files
+        if self.is_dir:
+            self.head = b""
+            return
         try:
             with path.open("rb") as stream:
                 self.head = stream.read(64)
@@ -303,6 +307,21 @@ def _is_rubin_parquet(probe: FileProbe) -> bool:
     return probe.is_parquet and set(RUBIN_TABLE_COLUMNS) <= set(probe.columns)
 
 
+def _catalogue(module: str, name: str) -> tuple[Callable, Callable]:
+    """(recognise, read) of a labelled real-sky catalogue reader ``data/<module>.py``, which
+    takes a folder (or one of its files) and defines ``looks_like_<name>``/``read_<name>``."""
+
+    def load(prefix: str) -> Callable:
+        import importlib
+
+        return getattr(importlib.import_module(f"astro_classifier.data.{module}"), prefix + name)
+
+    def read(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
+        return LightCurveBatch.concat([load("read_")(path) for path in paths])
+
+    return (lambda probe: load("looks_like_")(probe.path)), read
+
+
 REGISTRY: dict[str, InputFormat] = {
     fmt.name: fmt
     for fmt in (
@@ -367,6 +386,31 @@ REGISTRY: dict[str, InputFormat] = {
             _read_rubin_wire,
             _decode_rubin_wire,
             message_per_file=True,
+        ),
+        InputFormat(
+            "ztf-bts",
+            "ZTF Bright Transient Survey light curves: a folder with bts.csv and light-curves/",
+            *_catalogue("ztf_bts", "ztf_bts"),
+        ),
+        InputFormat(
+            "manytde",
+            "manyTDE source JSONs (a file or a folder of them)",
+            *_catalogue("manytde", "manytde"),
+        ),
+        InputFormat(
+            "slsne",
+            "SLSN-I catalogue of the slsne package (sne_data.txt with supernovae/)",
+            *_catalogue("slsne", "slsne"),
+        ),
+        InputFormat(
+            "osc",
+            "Open Supernova Catalog objects.parquet + photometry.parquet (a folder)",
+            *_catalogue("osc", "osc"),
+        ),
+        InputFormat(
+            "alerce-examples",
+            "ALeRCE example detections, non-detections and labels (a folder)",
+            *_catalogue("alerce_examples", "alerce_examples"),
         ),
         InputFormat(
             "json",

@@ -139,6 +139,31 @@ def tabular_features(
     return np.concatenate(columns, axis=1).astype(np.float32)
 
 
+def window_start(batch: LightCurveBatch, max_length: int) -> np.ndarray:
+    """Index (within each object) of the first point the model sees, (N,) int64.
+
+    A light curve of at most ``max_length`` points is seen whole. A longer one (years of
+    forced photometry, a long-lived variable) is seen through a window of ``max_length``
+    points around its brightest point (highest flux / flux error): the window ends
+    ``max_length // 2`` points after that point, or at the last point if that comes first.
+    For an alert whose brightest point is recent this is the most recent points; for a
+    multi-year file it is the event, not only the latest quiet epochs.
+    """
+    n = batch.lengths
+    start = np.zeros(len(batch), np.int64)
+    long = np.flatnonzero(n > max_length)
+    if len(long) == 0:
+        return start
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.nan_to_num(batch.flux / batch.flux_err, nan=-np.inf)
+    for k in long:  # few objects are longer than the window; their peaks are found one by one
+        a, b = batch.offsets[k], batch.offsets[k + 1]
+        peak = int(np.argmax(snr[a:b]))
+        end = min(max(peak + max_length // 2 + 1, max_length), int(n[k]))
+        start[k] = end - max_length
+    return start
+
+
 def light_curves_to_inputs(
     batch: LightCurveBatch,
     spec: PreprocessingSpec,
@@ -148,8 +173,8 @@ def light_curves_to_inputs(
 ) -> ModelInputs:
     """Build model inputs for every object of ``batch`` (padded to the longest kept curve).
 
-    Points in bands outside ``spec.bands`` are ignored; each light curve keeps its most
-    recent ``spec.max_length`` points. Time is counted from the first detection of the
+    Points in bands outside ``spec.bands`` are ignored; a light curve longer than
+    ``spec.max_length`` points is seen through the window of :func:`window_start`. Time is counted from the first detection of the
     whole light curve (before cutting), so it means the same thing however long the
     history is. ``tabular`` may be given precomputed (training does, for truncated curves);
     otherwise it is computed from ``batch`` here. ``width`` pads the point axis to a fixed
@@ -165,11 +190,11 @@ def light_curves_to_inputs(
         width = longest
     elif width < longest:
         raise ValueError(f"width {width} is shorter than the longest kept light curve ({longest})")
-    # Position of each kept point: the last `lengths[k]` points of object k.
     obj = batch.point_object_index()
-    rank_from_end = batch.offsets[1:][obj] - 1 - np.arange(len(obj))
-    kept = rank_from_end < lengths[obj]
-    position = lengths[obj] - 1 - rank_from_end
+    start = window_start(batch, spec.max_length)
+    index_in_object = np.arange(len(obj)) - batch.offsets[:-1][obj]
+    position = index_in_object - start[obj]
+    kept = (position >= 0) & (position < lengths[obj])
     rows, cols = obj[kept], position[kept]
 
     t0 = batch.first_detection_time()

@@ -39,10 +39,59 @@ class ModelSection(_Strict):
     args: dict[str, Any] = Field(default_factory=dict, description="architecture overrides")
 
 
+class AugmentSection(_Strict):
+    """Augmented copies of a source's objects (see training/augment.py)."""
+
+    target: Literal["ztf", "fainter", "difference"] = Field(
+        ...,
+        description="ztf: ZTF distances, depth and noise; fainter: higher redshift at the "
+        "same depth; difference: band medians subtracted (total -> difference flux)",
+    )
+    copies: int = Field(3, ge=1, le=20)
+    keep_original: bool = True
+    peak_mag: tuple[float, float] = (14.5, 20.0)
+    limit_mag: tuple[float, float] = (19.8, 20.8)
+    alert_like_fraction: float = Field(0.5, ge=0, le=1)
+    max_redshift_factor: float = Field(2.5, ge=1)
+    max_dimming: float = Field(1.5, ge=0)
+    seed: int = 0
+
+
+class SourceSection(_Strict):
+    """One more labelled data set, read through the format registry."""
+
+    path: str
+    format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]
+        None, description="input format (detected when omitted)"
+    )
+    metadata: str | None = None
+    split: Literal["all", "real-sky-train"] = Field(
+        "all",
+        description="real-sky-train: only the objects outside the real-sky test split "
+        "(data/splits.py real_sky_split), so that benchmarks/real_sky.py reports unseen objects",
+    )
+    augment: AugmentSection | None = None
+
+    @field_validator("path", "metadata")
+    @classmethod
+    def _expand(cls, value: str | None) -> str | None:
+        return None if value is None else expand_path(value)
+
+
 class DataSection(_Strict):
     format: Literal[FORMATS] = "plasticc"  # type: ignore[valid-type]
     light_curves: str
     metadata: str | None = None
+    augment: AugmentSection | None = Field(None, description="augmented copies of the main set")
+    extra_sources: list[SourceSection] = Field(
+        default_factory=list, description="more labelled sets, e.g. real-sky train splits"
+    )
+    label_map: dict[str, str] = Field(
+        default_factory=dict, description="label renames applied to every source, e.g. Mira: LPV"
+    )
+    classes: list[str] | None = Field(
+        None, description="keep only objects of these classes (after label_map); all when null"
+    )
     max_objects: int | None = Field(None, ge=10, description="stratified subsample, for quick runs")
     n_folds: int = Field(5, ge=2, description="stratified folds over the labelled objects")
     holdout_fold: int | None = Field(
@@ -54,6 +103,18 @@ class DataSection(_Strict):
         [8, 16, 32, 64, 128, 256, 512, math.inf],
         description="days after first detection at which features are precomputed; inf = whole curve",
     )
+
+    @field_validator("truncation_days")
+    @classmethod
+    def _whole_curve_last(cls, days: list[float]) -> list[float]:
+        if any(not d > 0 for d in days):
+            raise ValueError(f"truncation days must be positive, got {days}")
+        if math.inf not in days:
+            raise ValueError(
+                f"truncation_days {days} must include .inf (the whole light curve, used for "
+                "validation and export)"
+            )
+        return days
 
     @field_validator("light_curves", "metadata")
     @classmethod

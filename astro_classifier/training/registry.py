@@ -6,6 +6,8 @@ the architecture; tiny variants exist so tests train in seconds.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +33,28 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+# Architecture arguments a config may set, per registered model (sizes come from the data).
+_ARGUMENTS: dict[str, type] = {}
+_DATA_SIZES = ("n_classes", "n_bands", "n_features")
+
+
+def check_model_args(name: str, args: dict[str, Any]) -> None:
+    """Refuse an unknown model name or argument (with the closest valid name) before any
+    data is read; ValueError says what is allowed."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list_models(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"model.name: unknown model {name!r}{hint}; registered: {list_models()}")
+    allowed = [f.name for f in dataclasses.fields(_ARGUMENTS[name]) if f.name not in _DATA_SIZES]
+    for key in args:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"model.args: unknown argument {key!r} for model {name!r}{hint}; allowed: {allowed}"
+            )
+
+
 def create_model(
     name: str, *, n_classes: int, n_bands: int, n_features: int, **overrides: Any
 ) -> nn.Module:
@@ -38,6 +62,9 @@ def create_model(
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered: {list_models()}")
     return _REGISTRY[name](n_classes=n_classes, n_bands=n_bands, n_features=n_features, **overrides)
+
+
+_ARGUMENTS.update(atat=ATATConfig, atat_tiny=ATATConfig)
 
 
 @register_model("atat")

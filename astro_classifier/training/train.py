@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,17 +29,21 @@ from rich.console import Console
 from rich.progress import TextColumn
 
 from astro_classifier.data.dataset import TrainingDataset
+from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.data.readers import read_light_curves
-from astro_classifier.data.splits import stratified_folds, stratified_split
+from astro_classifier.data.splits import real_sky_split, stratified_folds, stratified_split
+from astro_classifier.errors import InputError
 from astro_classifier.features.preprocess import ModelInputs, light_curves_to_inputs
 from astro_classifier.metrics import classification_report
 from astro_classifier.plots import plot_confusion_matrix, plot_learning_curves
 from astro_classifier.progress import progress_bar
-from astro_classifier.training.config import TrainConfig
+from astro_classifier.training.augment import AugmentSpec, augment
+from astro_classifier.training.config import SourceSection, TrainConfig
 from astro_classifier.training.registry import create_model
 
 log = logging.getLogger(__name__)
 HEADS = ("lc", "tab", "mix")
+GROUP_STRIDE = 1e7  # split_group = source index * GROUP_STRIDE + row of the object in its source
 
 
 def seed_everything(seed: int) -> None:
@@ -87,15 +92,13 @@ def load_or_build_dataset(cfg: TrainConfig, run_dir: Path, console: Console) -> 
         ):
             console.print(f"[dim]reusing {path} ({len(ds)} objects)[/dim]")
             return ds
-    batch = read_light_curves(
-        [cfg.data.light_curves], format=cfg.data.format, metadata=cfg.data.metadata
+    batch = read_training_objects(cfg, console)
+    source = " + ".join(
+        f"{cfg.data.format}:{Path(cfg.data.light_curves).name}"
+        if k == 0
+        else f"{s.format or 'detected'}:{Path(s.path).name}"
+        for k, s in enumerate([None, *cfg.data.extra_sources])
     )
-    if batch.label is None:
-        raise ValueError(f"{cfg.data.light_curves}: no labels found; training needs labelled data")
-    if cfg.data.max_objects is not None and cfg.data.max_objects < len(batch):
-        _, keep = stratified_split(batch.label, cfg.data.max_objects / len(batch), cfg.data.seed)
-        batch = batch.select(keep)
-    source = f"{cfg.data.format}:{Path(cfg.data.light_curves).name}"
     with progress_bar("features per truncation", console) as bar:
         task = bar.add_task("", total=len(cfg.data.truncation_days))
         ds = TrainingDataset.build(
@@ -107,6 +110,83 @@ def load_or_build_dataset(cfg: TrainConfig, run_dir: Path, console: Console) -> 
         )
     ds.save(path)
     return ds
+
+
+def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch:
+    """Every labelled object the config names, labels mapped and filtered, copies added.
+
+    Each object carries metadata ``split_group`` (objects of one group, an original and its
+    augmented copies, always land on the same side of every split) and ``augment_copy``
+    (0 for an object as read).
+    """
+    data = cfg.data
+    main = SourceSection(
+        path=data.light_curves, format=data.format, metadata=data.metadata, augment=data.augment
+    )
+    batches = []
+    for index, src in enumerate([main, *data.extra_sources]):
+        batch = read_light_curves([src.path], format=src.format, metadata=src.metadata)
+        if batch.label is None:
+            raise InputError(src.path, "no labels found; training needs labelled data")
+        if src.split == "real-sky-train":
+            batch = batch.select(np.flatnonzero(~real_sky_split(batch.object_id)))
+        batch.label = np.asarray([data.label_map.get(lab, lab) for lab in batch.label])
+        if data.classes is not None:
+            keep = np.isin(batch.label, data.classes)
+            if not keep.all():
+                dropped = Counter(batch.label[~keep].tolist())
+                console.print(
+                    f"[dim]{src.path}: not trained on (class not in data.classes): {dict(dropped)}[/dim]"
+                )
+            batch = batch.select(np.flatnonzero(keep))
+        if index == 0 and data.max_objects is not None and data.max_objects < len(batch):
+            _, keep = stratified_split(batch.label, data.max_objects / len(batch), data.seed)
+            batch = batch.select(keep)
+        groups = index * GROUP_STRIDE + np.arange(len(batch), dtype=np.float64)
+        if src.augment is not None:
+            spec = AugmentSpec(**src.augment.model_dump())
+            batch = augment(batch, spec)
+            groups = index * GROUP_STRIDE + batch.metadata.pop("augment_parent")
+        else:
+            batch.metadata["augment_copy"] = np.zeros(len(batch))
+        batch.metadata["split_group"] = groups
+        console.print(f"{src.path}: {len(batch)} objects ({dict(Counter(batch.label.tolist()))})")
+        batches.append(batch)
+    return LightCurveBatch.concat(batches)
+
+
+def grouped_splits(
+    ds: TrainingDataset, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, hold-out) rows of ``ds``, split by object group.
+
+    Folds and the validation split are stratified over groups (an object and its augmented
+    copies), so no copy of a validation or hold-out object is trained on. Validation and
+    hold-out rows are the objects as read (``augment_copy`` 0) where the group has one, else
+    all its copies (a source whose originals are not kept).
+    """
+    meta = ds.batch.metadata
+    groups = meta.get("split_group", np.arange(len(ds), dtype=np.float64))
+    copy = meta.get("augment_copy", np.zeros(len(ds)))
+    unique, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    group_label = ds.batch.label[first]
+    folds = stratified_folds(group_label, cfg.data.n_folds, seed=cfg.data.seed)
+    holdout_groups = (
+        np.flatnonzero(folds == cfg.data.holdout_fold)
+        if cfg.data.holdout_fold is not None
+        else np.zeros(0, np.int64)
+    )
+    rest = np.setdiff1d(np.arange(len(unique)), holdout_groups)
+    tr, va = stratified_split(group_label[rest], cfg.data.val_fraction, cfg.data.seed)
+    has_original = np.zeros(len(unique), bool)
+    has_original[inverse[copy == 0]] = True
+
+    def evaluation_rows(chosen: np.ndarray) -> np.ndarray:
+        member = np.isin(inverse, chosen)
+        return np.flatnonzero(member & ((copy == 0) | ~has_original[inverse]))
+
+    train_rows = np.flatnonzero(np.isin(inverse, rest[tr]))
+    return train_rows, evaluation_rows(rest[va]), evaluation_rows(holdout_groups)
 
 
 @torch.no_grad()
@@ -144,15 +224,7 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
     ds = load_or_build_dataset(cfg, run_dir, console)
     labels = sorted(set(ds.batch.label.tolist()))
     y = np.searchsorted(labels, ds.batch.label)
-    folds = stratified_folds(ds.batch.label, cfg.data.n_folds, seed=cfg.data.seed)
-    holdout = (
-        np.flatnonzero(folds == cfg.data.holdout_fold)
-        if cfg.data.holdout_fold is not None
-        else np.zeros(0, np.int64)
-    )
-    rest = np.setdiff1d(np.arange(len(ds)), holdout)
-    tr, va = stratified_split(ds.batch.label[rest], cfg.data.val_fraction, cfg.data.seed)
-    train_idx, val_idx = rest[tr], rest[va]
+    train_idx, val_idx, holdout = grouped_splits(ds, cfg)
     console.print(
         f"{len(ds)} objects, {len(labels)} classes, {len(ds.spec.feature_names)} tabular features; "
         f"train {len(train_idx)}, validation {len(val_idx)}, hold-out {len(holdout)}; device {device}"
@@ -207,8 +279,11 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
             losses = []
             for pos in batches:
                 index = train_idx[pos]
-                cut = rng.random(len(index)) < tc.truncation_probability
-                level = np.where(cut, rng.integers(0, n_levels - 1, len(index)), n_levels - 1)
+                # with one level (the whole curve) there is nothing to cut
+                cut = rng.random(len(index)) < (tc.truncation_probability if n_levels > 1 else 0)
+                level = np.where(
+                    cut, rng.integers(0, max(n_levels - 1, 1), len(index)), n_levels - 1
+                )
                 sub, feats = ds.truncated(index, level)
                 inputs = to_tensors(light_curves_to_inputs(sub, ds.spec, tabular=feats), device)
                 target = torch.from_numpy(y[index]).to(device)
