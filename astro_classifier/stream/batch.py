@@ -24,10 +24,12 @@ says why; a value cut to fit the producer's ``message.max.bytes`` carries
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
+import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -77,18 +79,54 @@ def message_ref(message: Any) -> MessageRef:
     )
 
 
+# confluent_kafka's Message.headers() raises on a key that is not UTF-8 and, called again on
+# the same message, returns a broken list that crashes the interpreter: read each message's
+# headers once and remember the answer (message kept alive, so its id is not reused).
+_HEADERS_READ: OrderedDict[int, tuple[Any, list, str | None]] = OrderedDict()
+_HEADERS_READ_MAX = 20_000
+_HEADERS_LOCK = threading.Lock()
+
+
+def _raise_pending_error() -> None:
+    """Raise an exception a C extension left set without raising it (confluent_kafka does,
+    after a header key that is not UTF-8): ctypes raises what is pending after a call."""
+    _PYERR_OCCURRED()
+
+
+_PYERR_OCCURRED = ctypes.pythonapi.PyErr_Occurred
+_PYERR_OCCURRED.restype = ctypes.c_void_p
+_PYERR_OCCURRED.argtypes = []
+
+
+def _read_headers_once(message: Any) -> tuple[list, str | None]:
+    with _HEADERS_LOCK:
+        known = _HEADERS_READ.get(id(message))
+        if known is not None and known[0] is message:
+            return known[1], known[2]
+        try:
+            own, problem = list(message.headers() or []), None
+            _raise_pending_error()
+            for name, value in own:  # what produce() will accept again
+                if not isinstance(name, str) or not isinstance(value, (bytes, type(None))):
+                    raise TypeError(f"header {name!r}: not (str, bytes)")
+        except Exception as exc:  # SystemError/UnicodeDecodeError on a non-UTF-8 key
+            own = []
+            problem = f"the input's headers could not be read ({type(exc).__name__}: {exc})"
+        _HEADERS_READ[id(message)] = (message, own, problem)
+        while len(_HEADERS_READ) > _HEADERS_READ_MAX:
+            _HEADERS_READ.popitem(last=False)
+        return own, problem
+
+
 def input_headers(message: Any) -> tuple[list[tuple[str, bytes | None]], str | None]:
     """The message's own headers without ``astroclf.*`` ones, and why they were dropped.
 
     confluent_kafka's ``Message.headers()`` raises on a key that is not UTF-8: then no input
     header is kept and the second item says so.
     """
-    try:
-        own = list(message.headers() or [])
-    except Exception as exc:  # UnicodeDecodeError on a non-UTF-8 key, or anything odd
-        return [], f"the input's headers could not be read ({type(exc).__name__}: {exc})"
+    own, problem = _read_headers_once(message)
     kept = [(k, v) for k, v in own if not str(k).startswith(HEADER_PREFIX)]
-    return kept, None
+    return kept, problem
 
 
 @dataclasses.dataclass
