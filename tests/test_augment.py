@@ -27,7 +27,7 @@ from astro_classifier.training.config import TrainConfig
 
 pytest.importorskip("torch")  # the training package's other modules import torch
 
-from astro_classifier.training.train import grouped_splits  # noqa: E402
+from astro_classifier.training.sources import grouped_splits  # noqa: E402
 
 
 def _plasticc_sample(shared_data, n: int = 200) -> LightCurveBatch:
@@ -136,7 +136,7 @@ def test_grouped_splits_keep_copies_with_their_original(shared_data, tmp_path):
 
 
 def test_training_objects_from_several_sources_with_label_map(shared_data):
-    from astro_classifier.training.train import read_training_objects
+    from astro_classifier.training.sources import read_training_objects
 
     cfg = TrainConfig.model_validate(
         {

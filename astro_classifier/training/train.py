@@ -17,7 +17,6 @@ import logging
 import math
 import random
 import time
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,21 +28,16 @@ from rich.console import Console
 from rich.progress import TextColumn
 
 from astro_classifier.data.dataset import TrainingDataset
-from astro_classifier.data.lightcurve import LightCurveBatch
-from astro_classifier.data.readers import read_light_curves
-from astro_classifier.data.splits import real_sky_split, stratified_folds, stratified_split
-from astro_classifier.errors import InputError
 from astro_classifier.features.preprocess import ModelInputs, light_curves_to_inputs
 from astro_classifier.metrics import classification_report
 from astro_classifier.plots import plot_confusion_matrix, plot_learning_curves
 from astro_classifier.progress import progress_bar
-from astro_classifier.training.augment import AugmentSpec, augment
-from astro_classifier.training.config import SourceSection, TrainConfig
+from astro_classifier.training.config import TrainConfig
 from astro_classifier.training.registry import create_model
+from astro_classifier.training.sources import grouped_splits, read_training_objects
 
 log = logging.getLogger(__name__)
 HEADS = ("lc", "tab", "mix")
-GROUP_STRIDE = 1e7  # split_group = source index * GROUP_STRIDE + row of the object in its source
 
 
 def seed_everything(seed: int) -> None:
@@ -110,83 +104,6 @@ def load_or_build_dataset(cfg: TrainConfig, run_dir: Path, console: Console) -> 
         )
     ds.save(path)
     return ds
-
-
-def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch:
-    """Every labelled object the config names, labels mapped and filtered, copies added.
-
-    Each object carries metadata ``split_group`` (objects of one group, an original and its
-    augmented copies, always land on the same side of every split) and ``augment_copy``
-    (0 for an object as read).
-    """
-    data = cfg.data
-    main = SourceSection(
-        path=data.light_curves, format=data.format, metadata=data.metadata, augment=data.augment
-    )
-    batches = []
-    for index, src in enumerate([main, *data.extra_sources]):
-        batch = read_light_curves([src.path], format=src.format, metadata=src.metadata)
-        if batch.label is None:
-            raise InputError(src.path, "no labels found; training needs labelled data")
-        if src.split == "real-sky-train":
-            batch = batch.select(np.flatnonzero(~real_sky_split(batch.object_id)))
-        batch.label = np.asarray([data.label_map.get(lab, lab) for lab in batch.label])
-        if data.classes is not None:
-            keep = np.isin(batch.label, data.classes)
-            if not keep.all():
-                dropped = Counter(batch.label[~keep].tolist())
-                console.print(
-                    f"[dim]{src.path}: not trained on (class not in data.classes): {dict(dropped)}[/dim]"
-                )
-            batch = batch.select(np.flatnonzero(keep))
-        if index == 0 and data.max_objects is not None and data.max_objects < len(batch):
-            _, keep = stratified_split(batch.label, data.max_objects / len(batch), data.seed)
-            batch = batch.select(keep)
-        groups = index * GROUP_STRIDE + np.arange(len(batch), dtype=np.float64)
-        if src.augment is not None:
-            spec = AugmentSpec(**src.augment.model_dump())
-            batch = augment(batch, spec)
-            groups = index * GROUP_STRIDE + batch.metadata.pop("augment_parent")
-        else:
-            batch.metadata["augment_copy"] = np.zeros(len(batch))
-        batch.metadata["split_group"] = groups
-        console.print(f"{src.path}: {len(batch)} objects ({dict(Counter(batch.label.tolist()))})")
-        batches.append(batch)
-    return LightCurveBatch.concat(batches)
-
-
-def grouped_splits(
-    ds: TrainingDataset, cfg: TrainConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, validation, hold-out) rows of ``ds``, split by object group.
-
-    Folds and the validation split are stratified over groups (an object and its augmented
-    copies), so no copy of a validation or hold-out object is trained on. Validation and
-    hold-out rows are the objects as read (``augment_copy`` 0) where the group has one, else
-    all its copies (a source whose originals are not kept).
-    """
-    meta = ds.batch.metadata
-    groups = meta.get("split_group", np.arange(len(ds), dtype=np.float64))
-    copy = meta.get("augment_copy", np.zeros(len(ds)))
-    unique, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    group_label = ds.batch.label[first]
-    folds = stratified_folds(group_label, cfg.data.n_folds, seed=cfg.data.seed)
-    holdout_groups = (
-        np.flatnonzero(folds == cfg.data.holdout_fold)
-        if cfg.data.holdout_fold is not None
-        else np.zeros(0, np.int64)
-    )
-    rest = np.setdiff1d(np.arange(len(unique)), holdout_groups)
-    tr, va = stratified_split(group_label[rest], cfg.data.val_fraction, cfg.data.seed)
-    has_original = np.zeros(len(unique), bool)
-    has_original[inverse[copy == 0]] = True
-
-    def evaluation_rows(chosen: np.ndarray) -> np.ndarray:
-        member = np.isin(inverse, chosen)
-        return np.flatnonzero(member & ((copy == 0) | ~has_original[inverse]))
-
-    train_rows = np.flatnonzero(np.isin(inverse, rest[tr]))
-    return train_rows, evaluation_rows(rest[va]), evaluation_rows(holdout_groups)
 
 
 @torch.no_grad()

@@ -1,0 +1,107 @@
+"""The labelled objects a training config names, and the object-group splits (no torch).
+
+:func:`read_training_objects` reads the main set and every ``extra_sources`` entry through
+the format registry, keeps the real-sky train split where asked, renames labels
+(``label_map``), keeps ``classes``, adds augmented copies, and tags every object with its
+split group. :func:`grouped_splits` then splits by group, so that an object and its copies
+never fall on both sides. Benchmarks use the same two functions to fit their baselines on
+exactly what a model was trained on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from rich.console import Console
+
+from astro_classifier.data.dataset import TrainingDataset
+from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.data.readers import read_light_curves
+from astro_classifier.data.splits import real_sky_split, stratified_folds, stratified_split
+from astro_classifier.errors import InputError
+from astro_classifier.training.augment import AugmentSpec, augment
+from astro_classifier.training.config import SourceSection, TrainConfig
+
+GROUP_STRIDE = 1e7  # split_group = source index * GROUP_STRIDE + row of the object in its source
+
+
+def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch:
+    """Every labelled object the config names, labels mapped and filtered, copies added.
+
+    Each object carries metadata ``split_group`` (objects of one group, an original and its
+    augmented copies, always land on the same side of every split) and ``augment_copy``
+    (0 for an object as read).
+    """
+    data = cfg.data
+    main = SourceSection(
+        path=data.light_curves, format=data.format, metadata=data.metadata, augment=data.augment
+    )
+    batches = []
+    for index, src in enumerate([main, *data.extra_sources]):
+        batch = read_light_curves([src.path], format=src.format, metadata=src.metadata)
+        if batch.label is None:
+            raise InputError(src.path, "no labels found; training needs labelled data")
+        if src.split == "real-sky-train":
+            batch = batch.select(np.flatnonzero(~real_sky_split(batch.object_id)))
+        batch.label = np.asarray([data.label_map.get(lab, lab) for lab in batch.label])
+        if data.classes is not None:
+            keep = np.isin(batch.label, data.classes)
+            if not keep.all():
+                dropped = Counter(batch.label[~keep].tolist())
+                console.print(
+                    f"[dim]{src.path}: not trained on (class not in data.classes): {dict(dropped)}[/dim]"
+                )
+            batch = batch.select(np.flatnonzero(keep))
+        if index == 0 and data.max_objects is not None and data.max_objects < len(batch):
+            _, keep = stratified_split(batch.label, data.max_objects / len(batch), data.seed)
+            batch = batch.select(keep)
+        groups = index * GROUP_STRIDE + np.arange(len(batch), dtype=np.float64)
+        if src.augment is not None:
+            spec = AugmentSpec(**src.augment.model_dump())
+            batch = augment(batch, spec)
+            groups = index * GROUP_STRIDE + batch.metadata.pop("augment_parent")
+        else:
+            batch.metadata["augment_copy"] = np.zeros(len(batch))
+        batch.metadata["split_group"] = groups
+        # numeric metadata only: string columns (a catalogue's type text) are not model inputs
+        batch.metadata = {
+            k: v for k, v in batch.metadata.items() if np.asarray(v).dtype.kind in "fiub"
+        }
+        console.print(f"{src.path}: {len(batch)} objects ({dict(Counter(batch.label.tolist()))})")
+        batches.append(batch)
+    return LightCurveBatch.concat(batches)
+
+
+def grouped_splits(
+    ds: TrainingDataset, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, hold-out) rows of ``ds``, split by object group.
+
+    Folds and the validation split are stratified over groups (an object and its augmented
+    copies), so no copy of a validation or hold-out object is trained on. Validation and
+    hold-out rows are the objects as read (``augment_copy`` 0) where the group has one, else
+    all its copies (a source whose originals are not kept).
+    """
+    meta = ds.batch.metadata
+    groups = meta.get("split_group", np.arange(len(ds), dtype=np.float64))
+    copy = meta.get("augment_copy", np.zeros(len(ds)))
+    unique, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    group_label = ds.batch.label[first]
+    folds = stratified_folds(group_label, cfg.data.n_folds, seed=cfg.data.seed)
+    holdout_groups = (
+        np.flatnonzero(folds == cfg.data.holdout_fold)
+        if cfg.data.holdout_fold is not None
+        else np.zeros(0, np.int64)
+    )
+    rest = np.setdiff1d(np.arange(len(unique)), holdout_groups)
+    tr, va = stratified_split(group_label[rest], cfg.data.val_fraction, cfg.data.seed)
+    has_original = np.zeros(len(unique), bool)
+    has_original[inverse[copy == 0]] = True
+
+    def evaluation_rows(chosen: np.ndarray) -> np.ndarray:
+        member = np.isin(inverse, chosen)
+        return np.flatnonzero(member & ((copy == 0) | ~has_original[inverse]))
+
+    train_rows = np.flatnonzero(np.isin(inverse, rest[tr]))
+    return train_rows, evaluation_rows(rest[va]), evaluation_rows(holdout_groups)
