@@ -115,18 +115,13 @@ def test_difference_flux_removes_each_band_median():
 
 
 def test_grouped_splits_keep_copies_with_their_original(shared_data, tmp_path):
-    from astro_classifier.data.dataset import TrainingDataset
-
     batch = _plasticc_sample(shared_data, 300)
     batch = augment(batch, AugmentSpec(target="fainter", copies=2, keep_original=True))
     batch.metadata["split_group"] = batch.metadata.pop("augment_parent")
-    ds = TrainingDataset(
-        batch, np.zeros((1, len(batch), 0), np.float32), np.array([np.inf]), None, "h", "s"
-    )
     cfg = TrainConfig.model_validate(
         {"data": {"light_curves": "x", "val_fraction": 0.2}, "export": {"name": "m"}}
     )
-    train, val, holdout = grouped_splits(ds, cfg)
+    train, val, holdout = grouped_splits(batch, cfg)
     group = batch.metadata["split_group"]
     assert not set(group[train]) & set(group[val])
     assert not set(group[train]) & set(group[holdout])

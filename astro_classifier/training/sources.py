@@ -15,7 +15,6 @@ from collections import Counter
 import numpy as np
 from rich.console import Console
 
-from astro_classifier.data.dataset import TrainingDataset
 from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.data.readers import read_light_curves
 from astro_classifier.data.splits import real_sky_split, stratified_folds, stratified_split
@@ -74,20 +73,20 @@ def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch
 
 
 def grouped_splits(
-    ds: TrainingDataset, cfg: TrainConfig
+    batch: LightCurveBatch, cfg: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, validation, hold-out) rows of ``ds``, split by object group.
+    """(train, validation, hold-out) rows of ``batch``, split by object group.
 
     Folds and the validation split are stratified over groups (an object and its augmented
     copies), so no copy of a validation or hold-out object is trained on. Validation and
     hold-out rows are the objects as read (``augment_copy`` 0) where the group has one, else
     all its copies (a source whose originals are not kept).
     """
-    meta = ds.batch.metadata
-    groups = meta.get("split_group", np.arange(len(ds), dtype=np.float64))
-    copy = meta.get("augment_copy", np.zeros(len(ds)))
+    meta = batch.metadata
+    groups = meta.get("split_group", np.arange(len(batch), dtype=np.float64))
+    copy = meta.get("augment_copy", np.zeros(len(batch)))
     unique, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    group_label = ds.batch.label[first]
+    group_label = batch.label[first]
     folds = stratified_folds(group_label, cfg.data.n_folds, seed=cfg.data.seed)
     holdout_groups = (
         np.flatnonzero(folds == cfg.data.holdout_fold)

@@ -141,7 +141,7 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
     ds = load_or_build_dataset(cfg, run_dir, console)
     labels = sorted(set(ds.batch.label.tolist()))
     y = np.searchsorted(labels, ds.batch.label)
-    train_idx, val_idx, holdout = grouped_splits(ds, cfg)
+    train_idx, val_idx, holdout = grouped_splits(ds.batch, cfg)
     console.print(
         f"{len(ds)} objects, {len(labels)} classes, {len(ds.spec.feature_names)} tabular features; "
         f"train {len(train_idx)}, validation {len(val_idx)}, hold-out {len(holdout)}; device {device}"
