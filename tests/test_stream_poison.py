@@ -349,15 +349,25 @@ def test_a_bug_stops_the_worker_without_dead_letters_or_commits(
 
 
 # -- start-up fails fast ---------------------------------------------------------------------
-def test_start_up_fails_fast_on_an_unreachable_bootstrap_or_a_missing_topic(
+def test_start_up_fails_fast_when_kafka_is_unreachable_refuses_login_or_lacks_the_topic(
     kafka_bootstrap: str, tmp_path: Path, workers
 ) -> None:
     topics = new_topics(kafka_bootstrap, input_partitions=1)
-    cases = {
-        "unreachable": (f"127.0.0.1:{free_port()}", topics, "not reachable within 3.0 s"),
-        "missing topic": (kafka_bootstrap, None, "do not exist"),
+    sasl = {
+        "kafka": {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": "astroclf",
+        },
+        "kafka_secrets": {"sasl.password": "wrong"},
     }
-    for name, (bootstrap, topics_, text) in cases.items():
+    cases = {
+        "unreachable": (f"127.0.0.1:{free_port()}", topics, "not reachable within 3.0 s", {}),
+        "missing topic": (kafka_bootstrap, None, "do not exist", {}),
+        # tansu refuses the SASL handshake: librdkafka reports _AUTHENTICATION
+        "authentication": (kafka_bootstrap, topics, "authentication with", sasl),
+    }
+    for name, (bootstrap, topics_, text, extra) in cases.items():
         if topics_ is None:
             topics_ = new_topics(kafka_bootstrap, input_partitions=1)
             topics_.input = "no-such-topic-" + name.replace(" ", "-")
@@ -368,6 +378,7 @@ def test_start_up_fails_fast_on_an_unreachable_bootstrap_or_a_missing_topic(
             input_format="json",
             model="atat-ztf",
             startup_timeout_s=3.0,
+            **extra,
         )
         worker = workers(config, tmp_path / f"{name}.log")
         code = worker.process.wait(90)

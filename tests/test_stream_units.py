@@ -849,3 +849,34 @@ def test_schema_registry_outages_are_transient_and_unknown_ids_are_bad_input() -
         assert registry.get(1, "t[0]@1")["name"] == "r"
     finally:
         stand_in.close()
+
+
+def test_readiness_follows_assignment_broker_and_authentication_errors() -> None:
+    from confluent_kafka import KafkaError, TopicPartition
+
+    from astro_classifier.stream.worker import StreamWorker
+
+    worker = StreamWorker(StreamSettings.load(None, **MINIMAL))
+    worker._set_not_ready("starting", None)
+    assert worker.ready
+    worker._on_assign(None, [])
+    worker._forget([TopicPartition("alerts", 0)])
+    assert not worker.ready and "assignment" in worker._not_ready
+    worker._on_assign(None, [TopicPartition("alerts", 0)])
+    assert worker.ready and worker.metrics.ready._value.get() == 1
+    for code, reason in [
+        (KafkaError._ALL_BROKERS_DOWN, "broker"),
+        (KafkaError._TRANSPORT, "broker"),
+        (KafkaError._AUTHENTICATION, "authentication"),
+    ]:
+        worker._on_kafka_error(KafkaError(code, "down"))
+        assert not worker.ready and reason in worker._not_ready
+        assert worker.metrics.ready._value.get() == 0
+
+        class Answers:
+            def list_topics(self, *args, **kwargs):
+                return None
+
+        worker._consumer, worker._next_probe = Answers(), 0.0
+        worker._probe_broker()  # a metadata answer: reachable and authenticated again
+        assert worker.ready

@@ -47,6 +47,7 @@ from astro_classifier.stream.codecs import MessageRef
 from astro_classifier.stream.logs import log_event
 
 KAFKA_TIMEOUT_S = 30.0
+MAX_TRANSACTION_ATTEMPTS = 3  # aborted by the transaction API itself (not a failed produce)
 # Bytes kept free under message.max.bytes for the record and batch framing (~80 bytes)
 # and librdkafka's own accounting.
 FRAMING_BYTES = 512
@@ -480,6 +481,11 @@ class ExactlyOnceDelivery(Delivery):
                     action="aborting; the batch goes again in a new transaction",
                 )
                 self._abort()
+                if attempt >= MAX_TRANSACTION_ATTEMPTS:
+                    # e.g. a rebalance fenced this generation: read the batch again
+                    raise DeliveryFailed(
+                        f"transaction aborted {attempt} times: {error.str()}"
+                    ) from exc
                 backoff = True
             if backoff:
                 if self.clock() - started > self.retry_for_s:
