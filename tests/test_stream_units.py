@@ -880,3 +880,28 @@ def test_readiness_follows_assignment_broker_and_authentication_errors() -> None
         worker._consumer, worker._next_probe = Answers(), 0.0
         worker._probe_broker()  # a metadata answer: reachable and authenticated again
         assert worker.ready
+
+
+def test_exactly_once_never_commits_a_local_produce_failure() -> None:
+    """The producer refuses a message locally (its limit is lower than the worker
+    believes): the transaction is aborted, the message replaced, then committed."""
+    from astro_classifier.stream import delivery as d
+    from astro_classifier.stream.batch import DeadLetter
+
+    producer, consumer = FakeProducer(max_bytes=3000), FakeConsumer()
+    a, b = FakeMessage(b"a" * 10, 0), FakeMessage(b"b" * 9000, 1)
+    result = _result([_output(a, b"o" * 5000)], [DeadLetter(b, "InputError", "bad")])
+    exactly_once = d.ExactlyOnceDelivery(
+        producer,
+        consumer,
+        output_topic="out",
+        dead_letter_topic="dlq",
+        max_message_bytes=1_000_000,  # what the worker thinks
+        sleep=lambda s: None,
+    )
+    done = exactly_once.deliver([a, b], result)
+    assert producer.txn[:2] == ["begin", "abort"] and producer.txn[-1] == "commit"
+    assert done.outputs == 0
+    assert sorted(x.error_class for x in done.dead_letters) == ["InputError", "MessageTooLarge"]
+    committed = [(t, len(v)) for t, v, _ in producer.log[-2:]]
+    assert all(t == "dlq" and n < 3000 for t, n in committed)
