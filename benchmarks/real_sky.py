@@ -11,7 +11,9 @@ classified with ``astro_classifier.inference.classify.classify`` (the serving pa
 | ``slsne`` | ``read_slsne`` (u..y from many telescopes) | atat-ztf, atat-lsst |
 | ``osc-sne`` | ``read_osc`` (u..y) | atat-ztf, atat-lsst |
 | ``eros1`` | ``read_eros1`` (EROS b/r as g/r) | atat-ztf, atat-lsst |
-| ``plasticc-fold0`` | ``read_plasticc``, stratified fold 0 (the models' hold-out) | atat-lsst, atat-ztf |
+| ``plasticc-holdout`` | atat-lsst's held-out PLAsTiCC objects (its config's grouped split) | atat-lsst |
+| ``plasticc-holdout-fainter`` | the same objects moved to higher redshift (fresh seed) | atat-lsst |
+| ``plasticc-holdout-ztf`` | atat-ztf's held-out PLAsTiCC objects at ZTF distance and depth | atat-ztf |
 
 Scoring, per set and model:
 
@@ -28,8 +30,9 @@ Scoring, per set and model:
 
 The feature baseline (histogram gradient boosting, ``baseline_features.HGB_PARAMS``) uses the
 model's own tabular inputs (``tabular_features`` with the model's preprocessing spec: its
-bands, its metadata columns) and is trained on PLAsTiCC folds 1-4 (the shipped models'
-training folds), then scored on exactly the objects the model classified.
+bands, its metadata columns) and is trained on exactly the objects the model was trained on
+(its ``configs/<name>.yaml``: every source, the real-sky train splits, the augmented copies,
+``grouped_splits``' training rows), then scored on exactly the objects the model classified.
 
 For ``atat-lsst``, whose tabular inputs include PLAsTiCC metadata, real objects get
 ``mwebv`` = E(B-V) and ``hostgal_photoz`` = the catalogue redshift where the reader has them,
@@ -49,6 +52,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -62,11 +66,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_features import (  # noqa: E402
     fit_feature_baseline,
-    load_plasticc_training_set,
     machine_info,
     predict_proba_all_classes,
     shared_data_dir,
 )
+from rich.console import Console  # noqa: E402
 
 from astro_classifier.data.alerce_examples import read_alerce_examples  # noqa: E402
 from astro_classifier.data.eros1 import read_eros1  # noqa: E402
@@ -74,21 +78,38 @@ from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
 from astro_classifier.data.manytde import read_manytde  # noqa: E402
 from astro_classifier.data.osc import read_osc  # noqa: E402
 from astro_classifier.data.slsne import read_slsne  # noqa: E402
-from astro_classifier.data.splits import real_sky_split, stratified_folds  # noqa: E402
+from astro_classifier.data.splits import real_sky_split  # noqa: E402
 from astro_classifier.data.ztf_bts import read_ztf_bts  # noqa: E402
 from astro_classifier.features.preprocess import keep_model_bands, tabular_features  # noqa: E402
 from astro_classifier.inference.classify import classify  # noqa: E402
 from astro_classifier.inference.model import LoadedModel  # noqa: E402
 from astro_classifier.taxonomy import BROAD_CLASSES, broad_class_of  # noqa: E402
+from astro_classifier.training.augment import AugmentSpec, augment  # noqa: E402
+from astro_classifier.training.config import TrainConfig  # noqa: E402
+from astro_classifier.training.sources import grouped_splits, read_training_objects  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = PROJECT_ROOT / "benchmarks" / "results" / "real_sky.json"
 ECE_BINS = 15
-HOLDOUT_FOLD = 0
-N_FOLDS = 5
 SEED = 0
-# True labels of other catalogues -> the class of a PLAsTiCC-trained model that covers them.
-MODEL_CLASS_ALIASES: dict[str, str] = {"SLSN": "SLSN-I", "SNIIn": "SNII", "SNIIb": "SNII"}
+# True labels of other catalogues -> the class of a model that covers them (first alias the
+# model has wins): PLAsTiCC-style models say SLSN-I and Mira, the ZTF model SLSN and LPV.
+MODEL_CLASS_ALIASES: dict[str, tuple[str, ...]] = {
+    "SLSN": ("SLSN-I",),
+    "SLSN-I": ("SLSN",),
+    "SLSN-II": ("SLSN",),
+    "SNIIn": ("SNII",),
+    "SNIIb": ("SNII",),
+    "SNIa-91bg": ("SNIa",),
+    "SNIax": ("SNIa",),
+    "Mira": ("LPV",),
+    "LPV": ("Mira",),
+}
+CONFIGS = {
+    "atat-ztf": PROJECT_ROOT / "configs" / "atat_ztf.yaml",
+    "atat-lsst": PROJECT_ROOT / "configs" / "atat_lsst.yaml",
+}
+FAINTER_SEED = 2026
 
 
 @dataclass(frozen=True)
@@ -99,10 +120,29 @@ class RealSet:
     models: tuple[str, ...]
 
 
-def _plasticc_fold0(data: Path) -> LightCurveBatch:
-    batch = load_plasticc_training_set(data)
-    folds = stratified_folds(batch.label, N_FOLDS, seed=SEED)
-    return batch.select(np.flatnonzero(folds == HOLDOUT_FOLD))
+def training_config(model_name: str, data: Path) -> TrainConfig:
+    """The config a shipped model was trained with (its ``configs/<name>.yaml``)."""
+    os.environ["ASTROCLF_SHARED_DATA"] = str(data)
+    return TrainConfig.from_yaml(CONFIGS[model_name])
+
+
+def _holdout(model_name: str, data: Path, originals_only: bool) -> LightCurveBatch:
+    """The PLAsTiCC objects a model's training run held out (grouped_splits' hold-out)."""
+    cfg = training_config(model_name, data)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"extra_sources": []})})
+    objects = read_training_objects(cfg, Console(quiet=True))
+    _, _, holdout = grouped_splits(objects, cfg)
+    if originals_only:
+        holdout = holdout[objects.metadata["augment_copy"][holdout] == 0]
+    return objects.select(holdout)
+
+
+def _plasticc_holdout_fainter(data: Path) -> LightCurveBatch:
+    """atat-lsst's hold-out objects moved to higher redshift once more (a fresh seed): the
+    PLAsTiCC training -> test shift, on objects the model never saw."""
+    originals = _holdout("atat-lsst", data, originals_only=True)
+    spec = AugmentSpec(target="fainter", copies=1, keep_original=False, seed=FAINTER_SEED)
+    return augment(originals, spec)
 
 
 SETS: tuple[RealSet, ...] = (
@@ -146,10 +186,22 @@ SETS: tuple[RealSet, ...] = (
         ("atat-ztf", "atat-lsst"),
     ),
     RealSet(
-        "plasticc-fold0",
-        "PLAsTiCC training set, hold-out fold 0 (simulation, reference)",
-        _plasticc_fold0,
-        ("atat-lsst", "atat-ztf"),
+        "plasticc-holdout",
+        "PLAsTiCC training set, atat-lsst's hold-out (simulation, reference)",
+        lambda d: _holdout("atat-lsst", d, originals_only=True),
+        ("atat-lsst",),
+    ),
+    RealSet(
+        "plasticc-holdout-fainter",
+        "the same objects at higher redshift, same depth (test-set-like shift)",
+        _plasticc_holdout_fainter,
+        ("atat-lsst",),
+    ),
+    RealSet(
+        "plasticc-holdout-ztf",
+        "PLAsTiCC objects atat-ztf held out, at ZTF distances and depth",
+        lambda d: _holdout("atat-ztf", d, originals_only=False),
+        ("atat-ztf",),
     ),
 )
 
@@ -157,8 +209,10 @@ SETS: tuple[RealSet, ...] = (
 # -- scoring -------------------------------------------------------------------------------
 def model_class_of(label: str, model_labels: list[str]) -> str | None:
     """The model class a true label is scored against, or None when the model lacks it."""
-    label = MODEL_CLASS_ALIASES.get(label, label)
-    return label if label in model_labels else None
+    for candidate in (label, *MODEL_CLASS_ALIASES.get(label, ())):
+        if candidate in model_labels:
+            return candidate
+    return None
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> float | None:
@@ -259,25 +313,26 @@ def with_plasticc_metadata(batch: LightCurveBatch, names: tuple[str, ...]) -> Li
 
 # -- running -------------------------------------------------------------------------------
 class Baselines:
-    """One feature baseline per model (its tabular inputs), fitted on PLAsTiCC folds 1-4."""
+    """One feature baseline per model, fitted on exactly the objects the model was trained on
+    (its config's sources, labels and augmented copies; grouped_splits' training rows), with
+    the model's own tabular inputs: the classifier a broker would otherwise run."""
 
     def __init__(self, data: Path) -> None:
         self.data = data
-        self._plasticc: LightCurveBatch | None = None
-        self._fitted: dict[str, tuple[Any, float]] = {}
+        self._fitted: dict[str, tuple[Any, float, int]] = {}
 
-    def get(self, model: LoadedModel) -> tuple[Any, float]:
+    def get(self, model: LoadedModel) -> tuple[Any, float, int]:
         key = str(model.path)
         if key not in self._fitted:
-            if self._plasticc is None:
-                batch = load_plasticc_training_set(self.data)
-                folds = stratified_folds(batch.label, N_FOLDS, seed=SEED)
-                self._plasticc = batch.select(np.flatnonzero(folds != HOLDOUT_FOLD))
             t0 = time.perf_counter()
+            cfg = training_config(model.metadata.name, self.data)
+            objects = read_training_objects(cfg, Console(quiet=True))
+            train_rows, _, _ = grouped_splits(objects, cfg)
+            objects = objects.select(train_rows)
             spec = model.metadata.preprocessing
-            x = tabular_features(self._plasticc, spec, n_jobs=2)
-            fitted = fit_feature_baseline(x, self._plasticc.label, list(model.metadata.labels))
-            self._fitted[key] = (fitted, time.perf_counter() - t0)
+            x = tabular_features(keep_model_bands(objects, spec)[0], spec, n_jobs=2)
+            fitted = fit_feature_baseline(x, objects.label, list(model.metadata.labels))
+            self._fitted[key] = (fitted, time.perf_counter() - t0, len(objects))
         return self._fitted[key]
 
 
@@ -303,13 +358,14 @@ def evaluate_set(
         "model": score(truth, proba, labels) if len(result.rows) else None,
     }
     if len(result.rows):
-        fitted, fit_seconds = baselines.get(model)
+        fitted, fit_seconds, n_fit = baselines.get(model)
         kept, _ = keep_model_bands(batch.select(result.rows), spec)
         x = tabular_features(kept, spec, n_jobs=2)
         x = np.where(np.isfinite(x), x, np.nan)
         base = predict_proba_all_classes(fitted, x, len(labels))
         out["baseline"] = score(truth, base, labels)
         out["baseline_fit_seconds"] = fit_seconds
+        out["baseline_trained_on"] = n_fit
     return out
 
 
@@ -365,7 +421,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "label_to_model_class": MODEL_CLASS_ALIASES,
             "ece_bins": ECE_BINS,
             "baseline": "HistGradientBoosting (baseline_features.HGB_PARAMS) on the model's "
-            "tabular inputs, trained on PLAsTiCC folds 1-4",
+            "tabular inputs, trained on the model's own training objects (its config)",
         },
         "sets": sets,
         "machine": machine_info(),
