@@ -42,7 +42,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastavro.schema import load_schema
 
-from astro_classifier.alerts.avro import decode_avro_container
+from astro_classifier.alerts.avro import WIRE_HEADER, WIRE_MAGIC_BYTE, decode_avro_container
 from astro_classifier.data.lightcurve import SOLAR_SYSTEM, LightCurveBatch, band_indices
 from astro_classifier.data.units import rubin_flux_to_njy
 from astro_classifier.errors import InputError
@@ -76,7 +75,6 @@ HOST_FIELDS: dict[str, tuple[str, ...]] = {
 }
 METADATA_NAMES = ("ra", "dec", *HOST_FIELDS, SOLAR_SYSTEM)
 
-WIRE_HEADER = struct.Struct(">bI")  # Confluent wire format: magic byte 0, schema id
 WIRE_EXPECTED = (
     "expected a Confluent wire-format message (magic byte 0, 4-byte big-endian schema id, "
     "schemaless Avro body of a Rubin alert)"
@@ -364,7 +362,7 @@ def decode_rubin_wire(data: bytes, schemas: SchemaDirectory, source: str) -> dic
     if len(data) <= WIRE_HEADER.size:
         raise InputError(source, f"message is {len(data)} bytes long; {WIRE_EXPECTED}")
     magic, schema_id = WIRE_HEADER.unpack_from(data)
-    if magic != 0:
+    if magic != WIRE_MAGIC_BYTE:
         hint = " (it looks like JSON text)" if data[:1] in (b"{", b"[") else ""
         raise InputError(source, f"magic byte is {data[0]:#04x}{hint}; {WIRE_EXPECTED}")
     schema = schemas.get(schema_id, source)

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from astro_classifier.alerts.avro import AVRO_CONTAINER_MAGIC
+from astro_classifier.alerts.avro import AVRO_CONTAINER_MAGIC, WIRE_HEADER, WIRE_MAGIC_BYTE
 from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.data.longformat import POINT_COLUMNS
 from astro_classifier.data.plasticc import is_plasticc_light_curve_table
@@ -57,8 +57,6 @@ from astro_classifier.data.tables import CSV_SUFFIXES
 from astro_classifier.errors import InputError
 
 PARQUET_MAGIC = b"PAR1"
-WIRE_MAGIC_BYTE = 0
-WIRE_HEADER_BYTES = 5  # magic byte + 4-byte schema id
 RUBIN_TABLE_COLUMNS = ("diaSource",)  # Rubin alert rows (Fink Parquet)
 EROS1_TABLE_COLUMNS = ("star_id_b", "star_id_r", "magnitude_b", "magnitude_r")
 EROS1_ARRAYS_SUFFIX = "_varlength_features.csv.gz"
@@ -382,7 +380,7 @@ REGISTRY: dict[str, InputFormat] = {
         InputFormat(
             "rubin-wire",
             "Rubin alerts in Confluent wire format (magic byte 0, schema id, Avro body)",
-            lambda probe: len(probe.head) >= WIRE_HEADER_BYTES and probe.head[0] == WIRE_MAGIC_BYTE,
+            lambda probe: len(probe.head) >= WIRE_HEADER.size and probe.head[0] == WIRE_MAGIC_BYTE,
             _read_rubin_wire,
             _decode_rubin_wire,
             message_per_file=True,
@@ -455,7 +453,9 @@ def detect_format(path: str | Path) -> str:
 
 def supported() -> str:
     """One sentence listing the supported formats, for errors."""
-    return "expected one of the supported formats: " + "; ".join(f"{fmt.name}: {fmt.description}" for fmt in REGISTRY.values())
+    return "expected one of the supported formats: " + "; ".join(
+        f"{fmt.name}: {fmt.description}" for fmt in REGISTRY.values()
+    )
 
 
 def _looks_like(probe: FileProbe) -> str:
