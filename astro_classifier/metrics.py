@@ -149,3 +149,76 @@ def classification_report(
         support={lab: int(v) for lab, v in zip(labels, support, strict=True)},
         confusion_matrix=cm.tolist(),
     )
+
+
+# -- calibration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReliabilityCurve:
+    """Top-label reliability over ``n_bins`` equal-width confidence bins of [0, 1].
+
+    Bin ``b`` holds the objects whose confidence (top probability) lies in
+    ``(edges[b], edges[b + 1]]`` (the first bin also holds a confidence of exactly 0).
+    ``confidence[b]`` and ``accuracy[b]`` are the mean top probability and the fraction of
+    correct top labels of its objects (NaN for an empty bin), ``counts[b]`` their number.
+    """
+
+    edges: np.ndarray  # (n_bins + 1,)
+    confidence: np.ndarray  # (n_bins,)
+    accuracy: np.ndarray  # (n_bins,)
+    counts: np.ndarray  # (n_bins,) int64
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: sum over bins of (count / N) |accuracy - confidence|."""
+        n = int(self.counts.sum())
+        if n == 0:
+            raise ValueError("calibration error of zero objects is undefined")
+        used = self.counts > 0
+        gap = np.abs(self.accuracy[used] - self.confidence[used])
+        return float(np.sum(self.counts[used] * gap) / n)
+
+    def to_dict(self) -> dict[str, Any]:
+        nan_to_none = lambda a: [None if not np.isfinite(v) else float(v) for v in a]  # noqa: E731
+        return {
+            "edges": [float(v) for v in self.edges],
+            "confidence": nan_to_none(self.confidence),
+            "accuracy": nan_to_none(self.accuracy),
+            "counts": [int(v) for v in self.counts],
+        }
+
+
+def reliability_curve(proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> ReliabilityCurve:
+    """Top-label reliability curve of ``proba`` (N, C) against true class indices ``y`` (N,)."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    y, proba = _check_proba(y, proba)
+    confidence = proba.max(axis=1) if len(y) else np.zeros(0)
+    correct = (proba.argmax(axis=1) == y).astype(np.float64) if len(y) else np.zeros(0)
+    which = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    counts = np.bincount(which, minlength=n_bins).astype(np.int64)
+    conf_sum = np.bincount(which, weights=confidence, minlength=n_bins)
+    acc_sum = np.bincount(which, weights=correct, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.where(counts > 0, conf_sum / counts, np.nan)
+        mean_acc = np.where(counts > 0, acc_sum / counts, np.nan)
+    return ReliabilityCurve(np.linspace(0.0, 1.0, n_bins + 1), mean_conf, mean_acc, counts)
+
+
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label expected calibration error (ECE) with ``n_bins`` equal-width bins.
+
+    ECE = sum_b (n_b / N) |acc_b - conf_b|, where bin b holds the objects whose top probability
+    lies in ((b - 1) / n_bins, b / n_bins] (Guo et al. 2017; 15 bins is their default).
+    ``proba`` (N, C), ``y`` (N,) true class indices. 0 = perfectly calibrated.
+    """
+    return reliability_curve(proba, y, n_bins).ece
+
+
+def negative_log_likelihood(proba: np.ndarray, y: np.ndarray, eps: float = 1e-15) -> float:
+    """Mean of ``-log p(true class)`` over objects (nats; every object weighs the same)."""
+    y, proba = _check_proba(y, proba)
+    if len(y) == 0:
+        raise ValueError("log likelihood of zero objects is undefined")
+    return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], eps, 1.0))))

@@ -1,4 +1,5 @@
-"""PNG pictures written next to the numbers: confusion matrix, learning curves, truncation.
+"""PNG pictures written next to the numbers: confusion matrix, learning curves, truncation,
+reliability diagram.
 
 matplotlib is imported inside each function and drives an Agg canvas directly (no pyplot,
 no global backend switch), so importing this module costs nothing and works headless.
@@ -174,4 +175,73 @@ def plot_metrics_vs_truncation(rows: Sequence[dict[str, Any]], path: str | Path)
     return _save(fig, path)
 
 
-__all__ = ["plot_confusion_matrix", "plot_learning_curves", "plot_metrics_vs_truncation"]
+def plot_reliability_diagram(
+    edges: np.ndarray | Sequence[float],
+    confidence: np.ndarray | Sequence[float],
+    accuracy: np.ndarray | Sequence[float],
+    counts: np.ndarray | Sequence[int],
+    path: str | Path,
+    title: str = "Reliability",
+) -> Path:
+    """Write a top-label reliability diagram as PNG; returns ``path``.
+
+    Per confidence bin (``edges``, n_bins + 1 values): the accuracy of its objects as a bar
+    spanning the bin, a hatched bar from there to their mean confidence, the object count
+    at the top of the bar; the
+    diagonal is perfect calibration. The title carries the expected calibration error
+    (sum of count-weighted |accuracy - confidence|). Empty bins (NaN) are left blank.
+    Arguments are the fields of :class:`astro_classifier.metrics.ReliabilityCurve`.
+    """
+    edges = np.asarray(edges, float)
+    confidence = np.asarray(confidence, float)
+    accuracy = np.asarray(accuracy, float)
+    counts = np.asarray(counts, np.int64)
+    n = int(counts.sum())
+    used = counts > 0
+    ece = float(np.sum(counts[used] * np.abs(accuracy[used] - confidence[used])) / n) if n else 0.0
+    fig = _new_figure(5.5, 5.5)
+    ax = fig.add_subplot()
+    width = np.diff(edges)
+    ax.bar(
+        edges[:-1][used],
+        accuracy[used],
+        width=width[used],
+        align="edge",
+        color="tab:blue",
+        alpha=0.7,
+        edgecolor="white",
+        label="accuracy",
+    )
+    ax.bar(
+        edges[:-1][used],
+        confidence[used] - accuracy[used],
+        bottom=accuracy[used],
+        width=width[used],
+        align="edge",
+        color="tab:red",
+        alpha=0.25,
+        edgecolor="tab:red",
+        hatch="//",
+        label="gap to mean confidence",
+    )
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
+    for left, w, acc, c in zip(
+        edges[:-1][used], width[used], accuracy[used], counts[used], strict=True
+    ):
+        ax.text(left + w / 2, min(acc + 0.02, 0.97), str(c), ha="center", fontsize=6)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy (top label correct)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{title}\n{n} objects, ECE {ece:.4f} ({len(counts)} bins)")
+    return _save(fig, path)
+
+
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_learning_curves",
+    "plot_metrics_vs_truncation",
+    "plot_reliability_diagram",
+]

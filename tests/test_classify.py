@@ -20,6 +20,16 @@ from tests.conftest import PROJECT_ROOT
 EXAMPLE = PROJECT_ROOT / "examples" / "plasticc"
 
 
+def contract_columns(labels: list[str]) -> list[str]:
+    """DESIGN.md's classification contract, in order."""
+    return [
+        "object_id", "alert_id", "model", "model_version", "class", "probability",
+        *[f"prob_{label}" for label in labels],
+        "broad_class", "prob_transient", "prob_stochastic", "prob_periodic",
+        "ood_score", "abstain",
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def ztf_model() -> LoadedModel:
     return LoadedModel.load("atat-ztf", provider="cpu")
@@ -65,8 +75,7 @@ def test_objects_that_cannot_be_classified_are_counted_and_named(ztf_model: Load
 def test_empty_batch_gives_empty_table_with_contract_columns(ztf_model: LoadedModel) -> None:
     result = classify(_batch(_curve("u-only", 3, band=0)), ztf_model)
     assert result.table.num_rows == 0
-    labels = ztf_model.metadata.labels
-    assert result.table.column_names[6:] == [f"prob_{label}" for label in labels]
+    assert result.table.column_names == contract_columns(ztf_model.metadata.labels)
 
 
 def test_buckets_bound_padding_and_keep_input_order(example: LightCurveBatch) -> None:
@@ -76,7 +85,7 @@ def test_buckets_bound_padding_and_keep_input_order(example: LightCurveBatch) ->
     assert result.padding_efficiency > 0.6
     # Same probabilities as one unbucketed call padded to the longest light curve.
     inputs = light_curves_to_inputs(example, model.metadata.preprocessing)
-    expected = model.predict(inputs)
+    expected = model.predict(inputs).probabilities
     got = np.stack([result.table.column(f"prob_{c}").to_numpy() for c in model.metadata.labels], 1)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 

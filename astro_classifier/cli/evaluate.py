@@ -50,19 +50,24 @@ def evaluate_command(
     ),
 ) -> None:
     """Accuracy, macro F1, per-class recall and class-balanced log loss (PLAsTiCC style)
-    of MODEL on labelled DATA, with a confusion matrix; optionally for young light curves."""
+    of MODEL on labelled DATA, with a confusion matrix; optionally for young light curves.
+    Also the calibration error (ECE, 15 bins, top label) with a reliability diagram, the
+    broad-class accuracy (transient/stochastic/periodic), the abstain rate and the accuracy
+    on the objects the model does not abstain on."""
     from astro_classifier.data.readers import REGISTRY, detect_format, read_light_curves
     from astro_classifier.data.splits import stratified_folds
     from astro_classifier.evaluation import evaluate
     from astro_classifier.inference.model import LoadedModel
-    from astro_classifier.plots import plot_confusion_matrix, plot_metrics_vs_truncation
+    from astro_classifier.plots import (
+        plot_confusion_matrix,
+        plot_metrics_vs_truncation,
+        plot_reliability_diagram,
+    )
 
     days = parse_days(truncate_days)
     with user_errors():
         loaded = LoadedModel.load(model, provider=provider)  # type: ignore[arg-type]
-        batch = read_light_curves(
-            data, format=format, metadata=metadata, label_column=label_column
-        )
+        batch = read_light_curves(data, format=format, metadata=metadata, label_column=label_column)
         source = metadata or ", ".join(map(str, data))
         if batch.label is None:
             raise InputError(
@@ -108,6 +113,27 @@ def evaluate_command(
                 f"{w.f1[label]:.3f}",
             )
     console.print(recall)
+    trust = Table(title="calibration, broad kind and abstention")
+    for column in ("light curves", "ECE", "broad acc.", "broad objects", "abstain", "acc. kept"):
+        trust.add_column(column, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    trust_rows = [("whole", result.trust)] + [
+        (f"{d:g} days", result.trust_by_truncation.get(d)) for d in result.by_truncation
+    ]
+    for name, t in trust_rows:
+        if t is not None:
+            trust.add_row(
+                name,
+                f"{t.ece:.4f}",
+                fmt(t.broad_accuracy),
+                str(t.n_broad),
+                f"{100 * t.abstain_rate:.1f}%",
+                fmt(t.accuracy_kept),
+            )
+    console.print(trust)
+    if result.trust is not None and result.trust.abstained:
+        reasons = ", ".join(f"{r}: {c}" for r, c in result.trust.abstained.items())
+        console.print(f"abstained (whole light curves): {reasons}")
     for reason, count in result.excluded.items():
         console.print(f"[yellow]not evaluated: {count} object(s): {reason}[/yellow]")
     if output_dir is not None:
@@ -119,6 +145,16 @@ def evaluate_command(
             output_dir / "confusion_matrix.png",
             title=f"{loaded.metadata.name}: whole light curves",
         )
+        if result.trust is not None:
+            curve = result.trust.reliability
+            plot_reliability_diagram(
+                curve.edges,
+                curve.confidence,
+                curve.accuracy,
+                curve.counts,
+                output_dir / "reliability.png",
+                title=f"{loaded.metadata.name}: whole light curves",
+            )
         if result.by_truncation:
             plot_metrics_vs_truncation(
                 [

@@ -3,6 +3,15 @@
 Steps: keep the model's bands; skip (and count) objects with no usable point; compute the
 tabular features once for all objects; group objects into length buckets; one session call
 per bucket chunk; assemble the output table of DESIGN.md's classification contract.
+
+Output columns, in order: ``object_id``, ``alert_id``, ``model``, ``model_version``, ``class``,
+``probability``, ``prob_<label>`` per class (calibrated), ``broad_class``, ``prob_transient``,
+``prob_stochastic``, ``prob_periodic`` (sums of the fine probabilities by the model's
+``broad_classes``), ``ood_score`` (see :mod:`astro_classifier.inference.model`) and
+``abstain``: True when the ood score is above the model's threshold, when the object has fewer
+than ``ood.min_points`` points in the model's bands, or when it is a known solar-system object
+(metadata ``solar_system`` == 1). Abstaining objects keep their row and probabilities: a broker
+decides what to do with them; ``ClassifyResult.abstained`` counts them per reason.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.data.lightcurve import SOLAR_SYSTEM, LightCurveBatch
+from astro_classifier.errors import ModelError
 from astro_classifier.features.preprocess import (
     ModelInputs,
     PreprocessingSpec,
@@ -24,10 +34,15 @@ from astro_classifier.features.preprocess import (
     tabular_features,
 )
 from astro_classifier.inference.model import LoadedModel
+from astro_classifier.taxonomy import BROAD_CLASSES
 
 SKIP_NO_USABLE_POINT = "no usable point (every point dropped, or none given)"
 SKIP_NO_POINTS = "no points in the model's bands"
 SKIP_NON_FINITE = "NaN or infinite time, flux or flux error"
+# Reasons to abstain (an object can have several; each is counted).
+ABSTAIN_OOD = "OOD score above the model's threshold"
+ABSTAIN_FEW_POINTS = "too few points in the model's bands"
+ABSTAIN_SOLAR_SYSTEM = "known solar-system object"
 
 
 @dataclass
@@ -53,6 +68,10 @@ class ClassifyResult:
     real_tokens: int = 0  # points fed to the model
     padded_tokens: int = 0  # positions of all session calls (real + padding)
     timings: Timings = field(default_factory=Timings)
+    # reason -> classified objects that abstain for it (an object may count under several)
+    abstained: Counter[str] = field(default_factory=Counter)
+    # reason -> row positions (in the input batch) of those objects
+    abstained_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def padding_efficiency(self) -> float:
@@ -70,8 +89,22 @@ def output_schema(labels: list[str]) -> pa.Schema:
             ("class", pa.string()),
             ("probability", pa.float32()),
             *[(f"prob_{label}", pa.float32()) for label in labels],
+            ("broad_class", pa.string()),
+            *[(f"prob_{kind}", pa.float32()) for kind in BROAD_CLASSES],
+            ("ood_score", pa.float32()),
+            ("abstain", pa.bool_()),
         ]
     )
+
+
+def broad_probabilities(
+    proba: np.ndarray, labels: list[str], mapping: dict[str, str]
+) -> np.ndarray:
+    """(N, 3) float32 sums of the fine probabilities per broad kind, in BROAD_CLASSES order."""
+    member = np.zeros((len(labels), len(BROAD_CLASSES)), np.float64)
+    for j, label in enumerate(labels):
+        member[j, BROAD_CLASSES.index(mapping[label])] = 1.0
+    return (np.asarray(proba, np.float64) @ member).astype(np.float32)
 
 
 def bucket_for(lengths: np.ndarray, buckets: list[int]) -> np.ndarray:
@@ -114,6 +147,11 @@ def classify(
     started = time.perf_counter()
     meta = model.metadata
     spec = meta.preprocessing
+    try:
+        broad_map = meta.broad_mapping()
+    except ValueError as exc:
+        raise ModelError(f"{model.path}: {exc}") from exc
+    ood = model.ood_spec()
     result = ClassifyResult(
         table=output_schema(meta.labels).empty_table(), dropped_points=dict(batch.dropped)
     )
@@ -142,10 +180,13 @@ def classify(
     result.timings.features = time.perf_counter() - t0
 
     proba = np.empty((len(batch), len(meta.labels)), np.float32)
+    ood_score = np.empty(len(batch), np.float64)
     done = 0
     for index, inputs in bucketed_inputs(batch, spec, tabular, meta.length_buckets, batch_size):
         t0 = time.perf_counter()
-        proba[index] = model.predict(inputs)
+        prediction = model.predict(inputs)
+        proba[index] = prediction.probabilities
+        ood_score[index] = model.ood_scores(prediction)
         result.timings.inference += time.perf_counter() - t0
         result.real_tokens += int(inputs.mask.sum())
         result.padded_tokens += inputs.mask.size
@@ -155,6 +196,22 @@ def classify(
 
     top = proba.argmax(axis=1)
     labels = np.asarray(meta.labels)
+    broad = broad_probabilities(proba, meta.labels, broad_map)
+    ood_score = ood_score.astype(np.float32)
+    solar = batch.metadata.get(SOLAR_SYSTEM)
+    reasons = {
+        ABSTAIN_OOD: ood_score > ood.threshold,
+        ABSTAIN_FEW_POINTS: batch.lengths < ood.min_points,
+        ABSTAIN_SOLAR_SYSTEM: (
+            np.zeros(len(batch), bool) if solar is None else np.asarray(solar, np.float64) == 1.0
+        ),
+    }
+    abstain = np.zeros(len(batch), bool)
+    for reason, hit in reasons.items():
+        abstain |= hit
+        if hit.any():
+            result.abstained[reason] = int(hit.sum())
+            result.abstained_rows[reason] = result.rows[hit]
     columns = {
         "object_id": batch.object_id,
         "alert_id": batch.alert_id if batch.alert_id is not None else [None] * len(batch),
@@ -163,6 +220,10 @@ def classify(
         "class": labels[top],
         "probability": proba[np.arange(len(batch)), top],
         **{f"prob_{label}": proba[:, j] for j, label in enumerate(meta.labels)},
+        "broad_class": np.asarray(BROAD_CLASSES)[broad.argmax(axis=1)],
+        **{f"prob_{kind}": broad[:, k] for k, kind in enumerate(BROAD_CLASSES)},
+        "ood_score": ood_score,
+        "abstain": abstain,
     }
     schema = output_schema(meta.labels)
     result.table = pa.table(

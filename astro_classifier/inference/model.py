@@ -3,6 +3,21 @@
 ``metadata_props`` of the graph hold one JSON value per key of :class:`ModelMetadata`
 (key names prefixed ``astroclf.``). Shipped models live in ``astro_classifier/models/`` and
 are addressed by name (``atat-lsst``); any other argument is a path.
+
+Graph outputs: ``probabilities`` = softmax(logits / T), calibrated by the temperature T fitted
+at export (``calibration``), and ``logits``, the raw (uncalibrated) logits of the same head.
+Files written before calibration existed have only ``probabilities``; they still load, and
+:meth:`LoadedModel.ood_spec` then falls back to a score computed from the probabilities.
+
+Out-of-distribution score (``ood``; higher = less like the training data):
+
+- ``energy`` (models with a ``logits`` output): ``ood_score = -logsumexp(z)
+  = -log(sum_k exp(z_k))``, with ``z`` the raw logits (before the temperature), i.e. the
+  free energy of Liu et al. 2020 at temperature 1. Its threshold is a quantile (0.95) of the
+  scores of the run's validation objects, stored in the model.
+- ``neg_log_max_prob`` (fallback, older files without logits): ``ood_score = -log(max_k p_k)``,
+  threshold :data:`FALLBACK_OOD_THRESHOLD` = log 2 (abstain when the top probability is
+  below 0.5) unless the metadata holds one.
 """
 
 from __future__ import annotations
@@ -29,6 +44,34 @@ class InputSpec(BaseModel):
     shape: list[str | int]  # symbolic names mark dynamic axes
 
 
+BroadClass = Literal["transient", "stochastic", "periodic"]
+OOD_ENERGY = "energy"
+OOD_NEG_LOG_MAX_PROB = "neg_log_max_prob"
+FALLBACK_OOD_THRESHOLD = float(np.log(2.0))  # -log(0.5): top probability below 0.5
+DEFAULT_MIN_POINTS = 3
+
+
+class CalibrationSpec(BaseModel):
+    """Temperature scaling fitted at export: probabilities = softmax(logits / temperature)."""
+
+    temperature: float
+    ece_before: float  # top-label ECE (15 bins) of softmax(logits) on ``fitted_on``
+    ece_after: float  # ... of softmax(logits / temperature)
+    nll_before: float  # mean negative log likelihood (nats), every object weighing the same
+    nll_after: float
+    n_objects: int
+    fitted_on: str  # which objects, e.g. "validation split of <run>, whole light curves"
+
+
+class OODSpec(BaseModel):
+    """How serving decides to abstain (see the module docstring for the scores)."""
+
+    score: Literal["energy", "neg_log_max_prob"] = OOD_ENERGY
+    threshold: float  # abstain when ood_score > threshold
+    quantile: float | None = None  # quantile of the validation scores the threshold is
+    min_points: int = DEFAULT_MIN_POINTS  # abstain below this many points in the model's bands
+
+
 class ModelMetadata(BaseModel):
     """Everything serving needs to know about a model, stored inside the ONNX file."""
 
@@ -51,6 +94,18 @@ class ModelMetadata(BaseModel):
     package_version: str
     created_at: str
     description: str = ""
+    # Added with calibration and abstention; absent (None) in older model files.
+    broad_classes: dict[str, BroadClass] | None = None  # label -> broad kind
+    calibration: CalibrationSpec | None = None
+    ood: OODSpec | None = None
+
+    def broad_mapping(self) -> dict[str, str]:
+        """label -> transient/stochastic/periodic: the stored mapping, else the project's."""
+        if self.broad_classes is not None:
+            return dict(self.broad_classes)
+        from astro_classifier.taxonomy import broad_mapping
+
+        return broad_mapping(self.labels)
 
     def to_props(self) -> dict[str, str]:
         return {
@@ -71,6 +126,32 @@ class ModelMetadata(BaseModel):
             return cls.model_validate({k: json.loads(v) for k, v in raw.items()})
         except ValueError as exc:
             raise ModelError(f"{source}: invalid astroclf metadata: {exc}") from exc
+
+
+def logsumexp(z: np.ndarray) -> np.ndarray:
+    """log(sum_k exp(z[:, k])) per row, computed in float64 without overflow."""
+    z = np.asarray(z, np.float64)
+    top = z.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(z - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def energy_score(logits: np.ndarray) -> np.ndarray:
+    """OOD score ``-logsumexp(logits)`` per row (float64); higher = less like training data."""
+    return -logsumexp(logits)
+
+
+def neg_log_max_prob(proba: np.ndarray) -> np.ndarray:
+    """Fallback OOD score ``-log(max_k p_k)`` per row (float64); 0 for a certain answer."""
+    top = np.asarray(proba, np.float64).max(axis=1)
+    return -np.log(np.clip(top, 1e-30, 1.0))
+
+
+@dataclass
+class Prediction:
+    """What one session call returns: calibrated probabilities and (newer files) raw logits."""
+
+    probabilities: np.ndarray  # (B, C) float32
+    logits: np.ndarray | None = None  # (B, C) float32; None for a file without that output
 
 
 def default_length_buckets(max_length: int) -> list[int]:
@@ -167,16 +248,61 @@ class LoadedModel:
             raise ModelError(
                 f"{path}: graph inputs {got} differ from the input contract {expected}"
             )
+        outputs = [o.name for o in session.get_outputs()]
+        if "probabilities" not in outputs:
+            raise ModelError(f"{path}: graph outputs {outputs} lack 'probabilities'")
+        if (
+            metadata.ood is not None
+            and metadata.ood.score == OOD_ENERGY
+            and "logits" not in outputs
+        ):
+            raise ModelError(
+                f"{path}: the metadata asks for the energy OOD score, but the graph has no "
+                f"'logits' output (outputs: {outputs})"
+            )
         return cls(path, metadata, session)
 
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
-    def predict(self, inputs: ModelInputs) -> np.ndarray:
-        """Class probabilities (B, n_classes) float32 for one padded call."""
-        (proba,) = self.session.run(["probabilities"], inputs.as_dict())
-        return np.asarray(proba, dtype=np.float32)
+    @property
+    def has_logits(self) -> bool:
+        """Whether the graph has the raw ``logits`` output (files exported with calibration)."""
+        if not hasattr(self, "_has_logits"):
+            outputs = getattr(self.session, "get_outputs", list)()
+            self._has_logits = "logits" in [o.name for o in outputs]
+        return self._has_logits
+
+    def ood_spec(self) -> OODSpec:
+        """The model's abstention rule; for files without one, the documented fallback
+        (``neg_log_max_prob`` with :data:`FALLBACK_OOD_THRESHOLD`)."""
+        if self.metadata.ood is not None:
+            return self.metadata.ood
+        return OODSpec(
+            score=OOD_NEG_LOG_MAX_PROB,
+            threshold=FALLBACK_OOD_THRESHOLD,
+            quantile=None,
+            min_points=DEFAULT_MIN_POINTS,
+        )
+
+    def ood_scores(self, prediction: Prediction) -> np.ndarray:
+        """Per-object OOD score (float64) by the model's rule (see the module docstring)."""
+        if self.ood_spec().score == OOD_ENERGY:
+            if prediction.logits is None:
+                raise ModelError(f"{self.path}: energy OOD score needs the 'logits' output")
+            return energy_score(prediction.logits)
+        return neg_log_max_prob(prediction.probabilities)
+
+    def predict(self, inputs: ModelInputs) -> Prediction:
+        """Probabilities (B, n_classes) float32 for one padded call, and the raw logits when
+        the graph has them."""
+        names = ["probabilities", "logits"] if self.has_logits else ["probabilities"]
+        out = self.session.run(names, inputs.as_dict())
+        return Prediction(
+            probabilities=np.asarray(out[0], dtype=np.float32),
+            logits=np.asarray(out[1], dtype=np.float32) if len(out) > 1 else None,
+        )
 
     def warm_up(self) -> None:
         """One call per length bucket, so first real calls do not pay for allocation."""
