@@ -342,3 +342,19 @@ def test_replayed_ztf_parquet_rows_become_one_row_messages(shared_data, tmp_path
     ids = [decode_message(v, "ztf-parquet", None, "m").alert_id[0] for _, v in messages]
     assert ids == read_light_curves(sources).alert_id.tolist()
     assert pq.read_table(io.BytesIO(messages[0][1])).num_rows == 1
+
+
+def test_object_ids_keep_every_character_through_classify(tmp_path):
+    from astro_classifier.inference.classify import classify
+    from astro_classifier.inference.model import LoadedModel
+
+    ids = ["ZTF\x00mid", "trailing\x00", "plain"]
+    points = [
+        {"mjd": 60000.0 + d, "band": "g", "flux": 500.0 + 50 * d, "flux_err": 5.0} for d in range(6)
+    ]
+    path = tmp_path / "ids.jsonl"
+    path.write_text("\n".join(json.dumps({"object_id": o, "points": points}) for o in ids) + "\n")
+    batch = read_light_curves([path])
+    assert batch.object_id.tolist() == ids
+    table = classify(batch, LoadedModel.load("atat-ztf", provider="cpu")).table
+    assert table.column("object_id").to_pylist() == ids

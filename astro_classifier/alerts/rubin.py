@@ -53,7 +53,12 @@ import pyarrow.parquet as pq
 from fastavro.schema import load_schema
 
 from astro_classifier.alerts.avro import WIRE_HEADER, WIRE_MAGIC_BYTE, decode_avro_container
-from astro_classifier.data.lightcurve import SOLAR_SYSTEM, LightCurveBatch, band_indices
+from astro_classifier.data.lightcurve import (
+    SOLAR_SYSTEM,
+    LightCurveBatch,
+    as_id_array,
+    band_indices,
+)
 from astro_classifier.data.units import rubin_flux_to_njy
 from astro_classifier.errors import InputError
 
@@ -251,7 +256,7 @@ def rubin_records_to_batch(records: list[dict], source: str) -> LightCurveBatch:
     order = np.lexsort((band_arr, time_arr, alert_index))  # by alert, then time, then band
     flux_njy, err_njy = rubin_flux_to_njy(np.asarray(flux), np.asarray(err))
     return LightCurveBatch(
-        object_id=np.asarray(object_ids, dtype=str),
+        object_id=as_id_array(object_ids),
         offsets=np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]),
         time=time_arr[order],
         band=band_arr[order],

@@ -58,7 +58,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from astro_classifier.alerts.avro import decode_avro_container
-from astro_classifier.data.lightcurve import BAND_INDEX, SOLAR_SYSTEM, LightCurveBatch
+from astro_classifier.data.lightcurve import BAND_INDEX, SOLAR_SYSTEM, LightCurveBatch, as_id_array
 from astro_classifier.data.units import (
     ab_mag_to_njy,
     mjd_from_jd,
@@ -257,7 +257,7 @@ def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[Light
         DROP_SAME_EPOCH: int(same_epoch.sum()) + int(same_as_previous.sum()),
     }
     batch = LightCurveBatch(
-        object_id=np.asarray(object_ids, dtype=str),
+        object_id=as_id_array(object_ids),
         offsets=np.concatenate([[0], np.cumsum(counts)]),
         time=time[order],
         band=band[order],

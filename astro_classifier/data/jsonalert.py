@@ -44,7 +44,7 @@ def decode_json_alert(data: bytes, source: str) -> LightCurveBatch:
             '{"object_id", "points": [{"mjd", "band", "flux", "flux_err"}]}',
         ) from exc
     return LightCurveBatch.from_points(
-        np.full(len(points), object_id),
+        [object_id] * len(points),
         columns["mjd"],
         band_indices(bands, source),
         columns["flux"],

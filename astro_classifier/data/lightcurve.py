@@ -41,6 +41,14 @@ def band_indices(names: Iterable[str], source: str) -> np.ndarray:
     return lut[inverse].astype(np.int8)
 
 
+def as_id_array(values: Iterable[object] | np.ndarray) -> np.ndarray:
+    """Identifiers as a (N,) object array of Python str, every character kept."""
+    values = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    out = np.empty(len(values), dtype=object)
+    out[:] = [str(v) for v in values]
+    return out
+
+
 def merge_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
     """Sum reason -> count dictionaries (dropped points of several batches)."""
     total: dict[str, int] = {}
@@ -54,7 +62,7 @@ def merge_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
 class LightCurveBatch:
     """N light curves in compressed-row form (see module docstring for units)."""
 
-    object_id: np.ndarray  # (N,) str
+    object_id: np.ndarray  # (N,) object array of str (every character kept, NUL included)
     offsets: np.ndarray  # (N + 1,) int64
     time: np.ndarray  # (P,) float64, MJD
     band: np.ndarray  # (P,) int8, index into BANDS
@@ -68,7 +76,9 @@ class LightCurveBatch:
     dropped: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.object_id = np.asarray(self.object_id).astype(str)
+        # object dtype of Python str: NumPy's fixed-width strings drop trailing NUL characters
+        # and pyarrow cuts them at the first NUL; an id must keep every character
+        self.object_id = as_id_array(self.object_id)
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
         self.time = np.asarray(self.time, dtype=np.float64)
         self.band = np.asarray(self.band, dtype=np.int8)
@@ -118,11 +128,11 @@ class LightCurveBatch:
         the order of first appearance is used. Objects listed without points get an empty
         light curve.
         """
-        point_ids = np.asarray(object_id).astype(str)
+        point_ids = as_id_array(object_id)
         if objects is None:
             _, first = np.unique(point_ids, return_index=True)
             objects = point_ids[np.sort(first)]
-        objects = np.asarray(objects).astype(str)
+        objects = as_id_array(objects)
         if len(np.unique(objects)) != len(objects):
             raise ValueError("object ids in the object table are not unique")
         order_of = {o: i for i, o in enumerate(objects)}
