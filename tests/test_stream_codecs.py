@@ -102,3 +102,40 @@ def test_avro_files_are_replayed_unchanged(shared_data: Path) -> None:
 def test_bad_json_alerts_are_input_errors(value: bytes, keyword: str) -> None:
     with pytest.raises(InputError, match=keyword):
         decode_json_alert(value, "topic[0]@1")
+
+
+def test_classification_records_carry_the_broad_kind_and_abstention() -> None:
+    import pyarrow as pa
+
+    from astro_classifier.stream.codecs import (
+        MessageRef,
+        classification_records,
+        decode_classification,
+        encode_classification,
+    )
+
+    table = pa.table(
+        {
+            "object_id": ["ZTF1"],
+            "alert_id": ["7"],
+            "model": ["m"],
+            "model_version": ["1"],
+            "class": ["SNIa"],
+            "probability": pa.array([0.7], pa.float32()),
+            "prob_RRL": pa.array([0.3], pa.float32()),
+            "prob_SNIa": pa.array([0.7], pa.float32()),
+            "broad_class": ["transient"],
+            "prob_transient": pa.array([0.7], pa.float32()),
+            "prob_stochastic": pa.array([0.0], pa.float32()),
+            "prob_periodic": pa.array([0.3], pa.float32()),
+            "ood_score": pa.array([-3.5], pa.float32()),
+            "abstain": [True],
+        }
+    )
+    timings = {"classifiedTimestampMs": 1, "decodeMs": 1.0, "inferenceMs": 1.0, "batchSize": 1}
+    (record,) = classification_records(table, [MessageRef("t", 0, 5, 10)], timings)
+    assert [c["classId"] for c in record["classifications"]] == ["RRL", "SNIa"]
+    for output_format in ("avro", "json"):
+        back = decode_classification(encode_classification(record, output_format), output_format)
+        assert back["broadClass"] == "transient" and back["abstain"] is True
+        assert back["probPeriodic"] == pytest.approx(0.3) and back["oodScore"] == pytest.approx(-3.5)

@@ -29,6 +29,7 @@ import pyarrow as pa
 from astro_classifier.alerts.rubin import SchemaDirectory
 from astro_classifier.data.readers import decode_message  # noqa: F401  (the one dispatcher)
 from astro_classifier.errors import InputError, TransientError
+from astro_classifier.taxonomy import BROAD_CLASSES
 
 CLASSIFICATION_SCHEMA_NAME = "classification.avsc"
 
@@ -120,7 +121,12 @@ def classification_records(
     ``sources[i]`` is the message that row ``i`` came from; ``timings`` holds the batch-wide
     fields ``classifiedTimestampMs``, ``decodeMs``, ``inferenceMs`` and ``batchSize``.
     """
-    labels = [name[len("prob_") :] for name in table.column_names if name.startswith("prob_")]
+    broad = {f"prob_{kind}" for kind in BROAD_CLASSES}
+    labels = [
+        name[len("prob_") :]
+        for name in table.column_names
+        if name.startswith("prob_") and name not in broad
+    ]
     records = []
     for row, ref in zip(table.to_pylist(), sources, strict=True):
         records.append(
@@ -135,6 +141,12 @@ def classification_records(
                     {"classId": label, "probability": float(row[f"prob_{label}"])}
                     for label in labels
                 ],
+                "broadClass": row.get("broad_class"),
+                "probTransient": _optional_float(row.get("prob_transient")),
+                "probStochastic": _optional_float(row.get("prob_stochastic")),
+                "probPeriodic": _optional_float(row.get("prob_periodic")),
+                "oodScore": _optional_float(row.get("ood_score")),
+                "abstain": row.get("abstain"),
                 "alertTimestampMs": ref.timestamp_ms,
                 "sourceTopic": ref.topic,
                 "sourcePartition": ref.partition,
@@ -143,6 +155,10 @@ def classification_records(
             }
         )
     return records
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def encode_classification(record: dict[str, Any], output_format: str) -> bytes:
