@@ -17,14 +17,33 @@ import onnx  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from astro_classifier.data.dataset import TrainingDataset  # noqa: E402
+from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
 from astro_classifier.export import onnx_export  # noqa: E402
-from astro_classifier.export.onnx_export import ParityError, export_run, load_checkpoint  # noqa: E402
+from astro_classifier.export.calibration import softmax  # noqa: E402
+from astro_classifier.export.onnx_export import (  # noqa: E402
+    CalibratedModel,
+    ParityError,
+    export_run,
+    load_checkpoint,
+    validation_calls,
+)
 from astro_classifier.features.preprocess import ModelInputs, light_curves_to_inputs  # noqa: E402
+from astro_classifier.inference.classify import (  # noqa: E402
+    ABSTAIN_FEW_POINTS,
+    ABSTAIN_OOD,
+    classify,
+)
 from astro_classifier.inference.model import (  # noqa: E402
     LoadedModel,
     default_length_buckets,
+    energy_score,
     read_metadata,
 )
+from astro_classifier.metrics import (  # noqa: E402
+    expected_calibration_error,
+    negative_log_likelihood,
+)
+from astro_classifier.taxonomy import BROAD_CLASSES, broad_mapping  # noqa: E402
 from astro_classifier.training.config import TrainConfig  # noqa: E402
 from astro_classifier.training.train import train  # noqa: E402
 
@@ -158,13 +177,16 @@ def test_exported_metadata(exported, run, config) -> None:
     shapes = {i.name: i.shape for i in session.get_inputs()}
     assert shapes["tabular"] == ["batch", len(meta.feature_names)]
     assert shapes["flux"] == ["batch", "length"]
-    assert session.get_outputs()[0].shape == ["batch", len(meta.labels)]
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "logits"]
+    for output in session.get_outputs():
+        assert output.shape == ["batch", len(meta.labels)]
+    assert [o.name for o in meta.outputs] == ["probabilities", "logits"]
 
 
 def test_dynamic_batch_and_length_axes(exported, run) -> None:
     out, _ = exported
-    model, _ = load_checkpoint(run[0])
     loaded = LoadedModel.load(out, provider="cpu")
+    model = CalibratedModel(load_checkpoint(run[0])[0], loaded.metadata.calibration.temperature)
     ds = TrainingDataset.load(run[0] / "dataset.h5")
     full = len(ds.truncation_days) - 1
     shapes = []
@@ -177,9 +199,12 @@ def test_dynamic_batch_and_length_axes(exported, run) -> None:
         )
         got = loaded.predict(inputs)
         with torch.no_grad():
-            expected = model(**{k: torch.from_numpy(v) for k, v in inputs.as_dict().items()})
-        np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=0)
-        np.testing.assert_allclose(got, loaded.predict(natural), atol=1e-5, rtol=0)
+            proba, logits = model(**{k: torch.from_numpy(v) for k, v in inputs.as_dict().items()})
+        np.testing.assert_allclose(got.probabilities, proba.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got.logits, logits.numpy(), atol=1e-3, rtol=0)
+        natural_got = loaded.predict(natural)
+        np.testing.assert_allclose(got.probabilities, natural_got.probabilities, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got.logits, natural_got.logits, atol=1e-4, rtol=0)
         shapes.append(inputs.flux.shape)
     (b1, n1), (b2, n2) = shapes
     assert b1 != b2 and n1 != n2  # two batch sizes, two lengths, one session
@@ -190,8 +215,13 @@ def test_fp16_export(run, tmp_path: Path) -> None:
     out = tmp_path / "atat-tiny-fp16.onnx"
     report = export_run(run[0], out, fp16=True)
     assert out.is_file()
-    assert read_metadata(out).precision == "fp16"
+    meta = read_metadata(out)
+    assert meta.precision == "fp16"
     assert report.max_abs_diff <= onnx_export.FP16_TOLERANCE
+    assert 0 <= report.max_logit_diff <= onnx_export.FP16_LOGIT_TOLERANCE
+    assert meta.calibration is not None and meta.ood is not None
+    loaded = LoadedModel.load(out, provider="cpu")
+    assert loaded.has_logits
 
 
 def test_parity_failure_raises_and_writes_nothing(
@@ -204,3 +234,90 @@ def test_parity_failure_raises_and_writes_nothing(
         export_run(run[0], out)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+# -- calibration and abstention ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def validation_outputs(exported, run) -> dict:
+    """ONNX outputs of the exported tiny model on every validation object (whole curves)."""
+    loaded = LoadedModel.load(exported[0], provider="cpu")
+    _, ckpt = load_checkpoint(run[0])
+    calls, y = validation_calls(run[0], ckpt, loaded.metadata.preprocessing, batch_size=64)
+    proba = np.empty((len(y), len(loaded.metadata.labels)), np.float32)
+    logits = np.empty_like(proba)
+    for index, x in calls:
+        got = loaded.predict(x)
+        proba[index], logits[index] = got.probabilities, got.logits
+    return {"loaded": loaded, "y": y, "proba": proba, "logits": logits}
+
+
+def test_export_parity_covers_both_outputs(exported) -> None:
+    _, report = exported
+    assert 0 <= report.max_logit_diff <= onnx_export.FP32_LOGIT_TOLERANCE
+    assert report.calibration is not None and report.ood is not None
+    assert "calibration: temperature" in str(report)
+
+
+def test_exported_calibration_and_ood_metadata(exported, run) -> None:
+    meta = read_metadata(exported[0])
+    _, ckpt = load_checkpoint(run[0])
+    assert meta.broad_classes == broad_mapping(ckpt["labels"])
+    c = meta.calibration
+    assert c is not None and 0.05 <= c.temperature <= 20
+    assert c.n_objects == len(ckpt["split"]["validation"])
+    assert "validation" in c.fitted_on
+    assert c.nll_after <= c.nll_before
+    assert 0 <= c.ece_after <= 1 and 0 <= c.ece_before <= 1
+    o = meta.ood
+    assert o is not None and o.score == "energy" and o.quantile == 0.95 and o.min_points == 3
+    assert np.isfinite(o.threshold)
+
+
+def test_calibrated_probabilities_lower_validation_nll(exported, validation_outputs) -> None:
+    meta = read_metadata(exported[0])
+    y, proba, logits = (validation_outputs[k] for k in ("y", "proba", "logits"))
+    # probabilities = softmax(logits / T), T from the metadata
+    np.testing.assert_allclose(proba, softmax(logits, meta.calibration.temperature), atol=1e-5)
+    raw = softmax(logits)
+    assert negative_log_likelihood(proba, y) <= negative_log_likelihood(raw, y) + 1e-6
+    np.testing.assert_allclose(
+        negative_log_likelihood(proba, y), meta.calibration.nll_after, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        expected_calibration_error(proba, y), meta.calibration.ece_after, atol=1e-3
+    )
+
+
+def test_ood_threshold_is_the_validation_quantile(exported, validation_outputs) -> None:
+    meta = read_metadata(exported[0])
+    scores = energy_score(validation_outputs["logits"])
+    share_above = float((scores > meta.ood.threshold).mean())
+    assert share_above <= 0.05 + 1.0 / len(scores)
+    np.testing.assert_allclose(meta.ood.threshold, np.quantile(scores, 0.95), atol=1e-3)
+
+
+def test_tiny_model_classifies_with_scores_and_abstains(exported, run) -> None:
+    loaded = LoadedModel.load(exported[0], provider="cpu")
+    ds = TrainingDataset.load(run[0] / "dataset.h5")  # its batch holds the model's bands only
+    _, ckpt = load_checkpoint(run[0])
+    batch = ds.batch.select(np.asarray(ckpt["split"]["validation"]))
+    # the first object cut to 2 points: abstains whatever the model says
+    short = batch.select([0])
+    short = short.select_points(np.arange(short.lengths[0]) < 2)
+    batch = LightCurveBatch.concat([batch, short])
+    result = classify(batch, loaded, n_jobs=1)
+    table = result.table
+    assert table.num_rows == len(batch)
+    ood = table.column("ood_score").to_numpy()
+    assert ood.dtype == np.float32 and np.isfinite(ood).all()
+    threshold = loaded.metadata.ood.threshold
+    expected = (ood > threshold) | (batch.lengths < 3)
+    abstain = table.column("abstain").to_numpy(zero_copy_only=False)
+    np.testing.assert_array_equal(abstain, expected)
+    assert abstain[-1]
+    assert result.abstained[ABSTAIN_OOD] == int((ood > threshold).sum())
+    assert result.abstained[ABSTAIN_FEW_POINTS] == int((batch.lengths < 3).sum()) >= 1
+    broad = np.stack([table.column(f"prob_{k}").to_numpy() for k in BROAD_CLASSES], axis=1)
+    np.testing.assert_allclose(broad.sum(axis=1), 1.0, atol=1e-5)
