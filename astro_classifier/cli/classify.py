@@ -118,6 +118,13 @@ def print_summary(
             f"[dim]{result.points_outside_bands} points in bands {meta.name} does not use "
             f"(it uses {' '.join(meta.bands)}) were ignored[/dim]"
         )
+    if result.abstained:
+        n_abstain = int(result.table.column("abstain").to_numpy(zero_copy_only=False).sum())
+        reasons = ", ".join(f"{reason}: {c}" for reason, c in result.abstained.most_common())
+        console.print(
+            f"[yellow]abstain on {n_abstain} of {n} object(s)[/yellow] ({reasons}); "
+            "their rows carry abstain = true"
+        )
     t = result.timings
     rate = n / t.total if t.total else float("nan")
     console.print(
