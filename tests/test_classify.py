@@ -67,7 +67,9 @@ def test_objects_that_cannot_be_classified_are_counted_and_named(ztf_model: Load
     result = classify(batch, ztf_model)
     assert result.table.column("object_id").to_pylist() == ["ok"]
     assert result.skipped == {SKIP_NON_FINITE: 1, SKIP_NO_POINTS: 1}
-    skipped = {reason: batch.object_id[rows].tolist() for reason, rows in result.skipped_rows.items()}
+    skipped = {
+        reason: batch.object_id[rows].tolist() for reason, rows in result.skipped_rows.items()
+    }
     assert skipped == {SKIP_NON_FINITE: ["nan"], SKIP_NO_POINTS: ["u-only"]}
     assert result.points_outside_bands == 4
 
