@@ -77,7 +77,9 @@ def _read_contract(path: Path, model: str) -> dict[str, list]:
     """Read a classify output, check the output contract, return its columns."""
     meta: ModelMetadata = read_metadata(model)
     table = pq.read_table(path)
-    assert table.column_names == CONTRACT_HEAD + [f"prob_{label}" for label in meta.labels]
+    assert table.column_names == CONTRACT_HEAD + [f"prob_{label}" for label in meta.labels] + [
+        "broad_class", "prob_transient", "prob_stochastic", "prob_periodic", "ood_score", "abstain"
+    ]  # fmt: skip
     proba = np.stack([table.column(f"prob_{label}").to_numpy() for label in meta.labels], axis=1)
     assert np.isfinite(proba).all()
     assert ((proba >= 0) & (proba <= 1)).all()
@@ -335,8 +337,9 @@ def test_evaluate_example_with_truncation(tmp_path: Path) -> None:
         "confusion_matrix.png",
         "metrics.json",
         "metrics_vs_truncation.png",
+        "reliability.png",
     ]
-    for png in ("confusion_matrix.png", "metrics_vs_truncation.png"):
+    for png in ("confusion_matrix.png", "metrics_vs_truncation.png", "reliability.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((out / "metrics.json").read_text())
     whole = metrics["whole"]

@@ -47,9 +47,13 @@ def classify_command(
 ) -> None:
     """Classify every object in INPUTS with an ONNX model and write one row per object.
 
-    Output columns: object_id, alert_id, model, model_version, class, probability and one
-    prob_<label> column per class. Objects that cannot be classified are counted and listed
-    in the summary, never silently dropped.
+    Output columns: object_id, alert_id, model, model_version, class, probability, one
+    prob_<label> column per class (calibrated; they sum to 1), broad_class with
+    prob_transient, prob_stochastic, prob_periodic, then ood_score and abstain (true when the
+    model does not know: unlike its training data, fewer points than it needs, or a known
+    solar-system object). Objects that cannot be classified and points that cannot be used
+    are counted in the summary, never silently dropped; a run that classifies nothing exits
+    non-zero and writes nothing.
     """
     if provider not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("provider must be auto, cpu or cuda", param_hint="--provider")

@@ -44,6 +44,24 @@ def info_command(
                 f"macro F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f}, "
                 f"log loss {m['log_loss']:.3f} ({m['n_objects']} objects)"
             )
+    if meta.broad_classes:
+        kinds: dict[str, list[str]] = {}
+        for label, kind in meta.broad_classes.items():
+            kinds.setdefault(kind, []).append(label)
+        rows["broad classes"] = "; ".join(f"{k}: {', '.join(v)}" for k, v in kinds.items())
+    if meta.calibration:
+        c = meta.calibration
+        rows["calibration"] = (
+            f"temperature {c.temperature:.3f} ({c.n_objects} objects: {c.fitted_on}); "
+            f"ECE {c.ece_before:.3f} -> {c.ece_after:.3f}"
+        )
+    if meta.ood:
+        o = meta.ood
+        below = f" ({o.quantile:.0%} of validation objects below)" if o.quantile else ""
+        rows["abstains when"] = (
+            f"{o.score} score > {o.threshold:.3f}{below}, fewer than {o.min_points} points, "
+            "or a known solar-system object"
+        )
     for key, value in rows.items():
         table.add_row(key, str(value))
     console.print(table)
