@@ -26,7 +26,10 @@ Scoring, per set and model:
   probabilities summed per :func:`taxonomy.broad_class_of`, truth = broad class of the label;
 - ``ece``: expected calibration error of the top label (15 equal-width bins of the top
   probability, on the objects with a model class); ``broad_ece`` likewise for the broad kind;
-- ``predicted``: histogram of the predicted fine classes over all classified objects.
+- ``predicted``: histogram of the predicted fine classes over all classified objects;
+- ``abstain_rate`` (the model's own ``abstain`` flags: unlike its training data, too few
+  points, known solar-system object), and ``accuracy_kept`` / ``broad_accuracy_kept`` on the
+  objects it did not abstain on.
 
 The feature baseline (histogram gradient boosting, ``baseline_features.HGB_PARAMS``) uses the
 model's own tabular inputs (``tabular_features`` with the model's preprocessing spec: its
@@ -83,6 +86,7 @@ from astro_classifier.data.ztf_bts import read_ztf_bts  # noqa: E402
 from astro_classifier.features.preprocess import keep_model_bands, tabular_features  # noqa: E402
 from astro_classifier.inference.classify import classify  # noqa: E402
 from astro_classifier.inference.model import LoadedModel  # noqa: E402
+from astro_classifier.metrics import expected_calibration_error  # noqa: E402
 from astro_classifier.taxonomy import BROAD_CLASSES, broad_class_of  # noqa: E402
 from astro_classifier.training.augment import AugmentSpec, augment  # noqa: E402
 from astro_classifier.training.config import TrainConfig  # noqa: E402
@@ -215,23 +219,20 @@ def model_class_of(label: str, model_labels: list[str]) -> str | None:
     return None
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> float | None:
-    """Top-label ECE: sum over 15 equal-width confidence bins of |accuracy - confidence| x share."""
-    if len(confidence) == 0:
-        return None
-    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, ECE_BINS - 1)
-    ece = 0.0
-    for b in range(ECE_BINS):
-        members = which == b
-        if members.any():
-            gap = abs(correct[members].mean() - confidence[members].mean())
-            ece += members.mean() * gap
-    return float(ece)
+def _ece(proba: np.ndarray, y: np.ndarray) -> float | None:
+    return expected_calibration_error(proba, y, ECE_BINS) if len(y) else None
 
 
-def score(labels: np.ndarray, proba: np.ndarray, model_labels: list[str]) -> dict[str, Any]:
-    """Metrics of one model (or baseline) on one set; see the module docstring."""
+def score(
+    labels: np.ndarray,
+    proba: np.ndarray,
+    model_labels: list[str],
+    abstain: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Metrics of one model (or baseline) on one set; see the module docstring.
+
+    With ``abstain`` (the model's own flags), also the abstain rate and the accuracies on
+    the objects kept."""
     model_labels = list(model_labels)
     top = proba.argmax(axis=1)
     confidence = proba.max(axis=1)
@@ -267,13 +268,36 @@ def score(labels: np.ndarray, proba: np.ndarray, model_labels: list[str]) -> dic
             for b in broad_names
             if any(t == b for t in broad_true)
         },
-        "ece": expected_calibration_error(confidence[fine], correct[fine]),
-        "broad_ece": expected_calibration_error(
-            broad_proba.max(axis=1)[has_broad], broad_correct[has_broad]
+        "ece": _ece(proba[fine], np.searchsorted(model_labels, truth[fine].astype(str)))
+        if sorted(model_labels) == model_labels
+        else None,
+        "broad_ece": _ece(
+            broad_proba[has_broad],
+            np.array([broad_names.index(b) for b in broad_true if b is not None], dtype=np.int64),
         ),
         "mean_top_probability": float(confidence.mean()) if len(confidence) else None,
         "predicted": dict(Counter(predicted.tolist()).most_common()),
         "predicted_broad": dict(Counter(broad_pred.tolist()).most_common()),
+        **(_kept(abstain, correct, fine, broad_correct, has_broad) if abstain is not None else {}),
+    }
+
+
+def _kept(
+    abstain: np.ndarray,
+    correct: np.ndarray,
+    fine: np.ndarray,
+    broad_correct: np.ndarray,
+    has_broad: np.ndarray,
+) -> dict[str, Any]:
+    """Abstain rate and the accuracies on the objects the model did not abstain on."""
+    kept = ~np.asarray(abstain, bool)
+    return {
+        "abstain_rate": float((~kept).mean()) if len(kept) else None,
+        "n_kept": int(kept.sum()),
+        "accuracy_kept": float(correct[fine & kept].mean()) if (fine & kept).any() else None,
+        "broad_accuracy_kept": float(broad_correct[has_broad & kept].mean())
+        if (has_broad & kept).any()
+        else None,
     }
 
 
@@ -355,7 +379,12 @@ def evaluate_set(
         "skipped": dict(result.skipped),
         "points_outside_bands": int(result.points_outside_bands),
         "classify_seconds": seconds,
-        "model": score(truth, proba, labels) if len(result.rows) else None,
+        "model": score(
+            truth, proba, labels, result.table.column("abstain").to_numpy(zero_copy_only=False)
+        )
+        if len(result.rows)
+        else None,
+        "abstained": dict(result.abstained),
     }
     if len(result.rows):
         fitted, fit_seconds, n_fit = baselines.get(model)
@@ -446,8 +475,8 @@ def markdown(result: dict[str, Any]) -> str:
         "class the model has; ECE: top-label, 15 bins.",
         "",
         "| set | model | n | fine n | accuracy | macro recall | broad accuracy | ECE | "
-        "mean top p | most predicted (model) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "mean top p | abstain | accuracy kept | broad kept | most predicted (model) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, entry in result["sets"].items():
         for model, res in entry["models"].items():
@@ -457,7 +486,9 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {name} | {model} | {res['n_classified']} | {(m or {}).get('n_fine', 0)} | "
                 f"{_pair(m, b, 'accuracy')} | {_pair(m, b, 'macro_recall')} | "
                 f"{_pair(m, b, 'broad_accuracy')} | {_pair(m, b, 'ece')} | "
-                f"{_f((m or {}).get('mean_top_probability'))} | {top} |"
+                f"{_f((m or {}).get('mean_top_probability'))} | "
+                f"{_f((m or {}).get('abstain_rate'))} | {_f((m or {}).get('accuracy_kept'))} | "
+                f"{_f((m or {}).get('broad_accuracy_kept'))} | {top} |"
             )
     lines += ["", "Per-class recall (model / baseline; n true objects):", ""]
     for name, entry in result["sets"].items():
