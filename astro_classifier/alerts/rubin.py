@@ -52,7 +52,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastavro.schema import load_schema
 
-from astro_classifier.alerts.avro import WIRE_HEADER, WIRE_MAGIC_BYTE, decode_avro_container
+from astro_classifier.alerts.avro import (
+    WIRE_HEADER,
+    WIRE_MAGIC_BYTE,
+    decode_avro_container,
+    projected_reader_schema,
+)
 from astro_classifier.data.lightcurve import (
     SOLAR_SYSTEM,
     LightCurveBatch,
@@ -91,6 +96,33 @@ PARQUET_COLUMNS = (
     "prvDiaSources",
     "prvDiaForcedSources",
     "diaObject",
+)
+# What the reader uses of an alert: Avro bodies are decoded with these fields only
+# (alerts/avro.py; cutouts, ssObject and the other source fields are skipped). Sources and
+# forced sources share one projection (one named type serves diaSource and prvDiaSources).
+SOURCE_FIELDS = (
+    "diaSourceId",
+    "diaObjectId",
+    "ssObjectId",
+    "ra",
+    *DEC_FIELDS,
+    *TIME_FIELDS,
+    *BAND_FIELDS,
+    *FLUX_FIELDS,
+    *FLUX_ERR_FIELDS,
+)
+OBJECT_FIELDS = (
+    "diaObjectId",
+    "ra",
+    *DEC_FIELDS,
+    *(f for names in HOST_FIELDS.values() for f in names),
+)
+AVRO_FIELDS = (
+    "diaSourceId",
+    ("diaSource", SOURCE_FIELDS),
+    ("prvDiaSources", SOURCE_FIELDS),
+    ("prvDiaForcedSources", SOURCE_FIELDS),
+    ("diaObject", OBJECT_FIELDS),
 )
 DROP_NULL = "null or NaN time, band, flux or flux error"
 _SCHEMA_FILE = re.compile(r"lsst\.v(\d+)_(\d+)\.alert\.avsc")
@@ -281,7 +313,7 @@ def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
 def decode_rubin_avro_bytes(data: bytes, source: str) -> list[dict]:
     """Decode an Avro container of Rubin/LSST alerts (a file's or a Kafka message's bytes)."""
     expected = "expected an Avro object container file of Rubin/LSST alerts"
-    writer_schema, records = decode_avro_container(data, source, expected)
+    writer_schema, records = decode_avro_container(data, source, expected, AVRO_FIELDS)
     if not is_rubin_avro_schema(writer_schema):
         raise InputError(
             source,
@@ -374,7 +406,8 @@ def decode_rubin_wire(data: bytes, schemas: SchemaDirectory, source: str) -> dic
     body = io.BytesIO(data)
     body.seek(WIRE_HEADER.size)
     try:
-        record = fastavro.schemaless_reader(body, schema)
+        reader = projected_reader_schema(schema, AVRO_FIELDS)  # only the fields used
+        record = fastavro.schemaless_reader(body, schema, reader)
     except Exception as exc:  # fastavro raises many kinds on corrupt input
         raise InputError(
             source,

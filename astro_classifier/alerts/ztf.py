@@ -104,6 +104,16 @@ POINT_FIELDS = (
     "forcediffimfluxunc",
     "magzpsci",
 )
+# What the reader uses of an alert: Avro containers are decoded with these fields only
+# (alerts/avro.py; the cutouts and the other candidate fields are skipped, not decoded).
+CANDIDATE_FIELDS = (*POINT_FIELDS, "candid", "ra", "dec", "ssdistnr")
+AVRO_FIELDS = (
+    "objectId",
+    "candid",
+    ("candidate", CANDIDATE_FIELDS),
+    ("prv_candidates", POINT_FIELDS),
+    ("fp_hists", POINT_FIELDS),
+)
 # Point kinds, in the order they win a (time, fid) tie.
 _DETECTION, _NON_DETECTION, _FORCED = 0, 1, 2
 
@@ -113,9 +123,11 @@ def decode_ztf_avro_bytes(data: bytes, source: str) -> list[dict[str, Any]]:
 
     Raises :class:`InputError` naming ``source`` when the bytes are not a complete Avro
     container or hold no record. Whether the records are ZTF alerts is checked by
-    :func:`ztf_records_to_batch`.
+    :func:`ztf_records_to_batch`. Records hold only the fields the reader uses
+    (:data:`AVRO_FIELDS`, where the writer schema has them); the writer schema is parsed
+    once per distinct container header.
     """
-    return decode_avro_container(data, source, EXPECTED)[1]
+    return decode_avro_container(data, source, EXPECTED, AVRO_FIELDS)[1]
 
 
 def read_ztf_avro(paths: Sequence[Path | str]) -> LightCurveBatch:
