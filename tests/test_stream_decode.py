@@ -4,6 +4,7 @@ reader uses decoded, and the same light curves as a plain full decode with fasta
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import fastavro
@@ -125,3 +126,74 @@ def test_corrupt_containers_are_input_errors(shared_data: Path) -> None:
     ):
         with pytest.raises(InputError, match="expected ZTF alerts"):
             decode_ztf_avro_bytes(bad, "topic[0]@1")
+
+
+# -- the decode pool ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ztf_pool():
+    from astro_classifier.stream.decoding import DecodePool
+
+    pool = DecodePool(2, "ztf-avro").start()
+    yield pool
+    pool.close()
+
+
+def test_the_pool_gives_the_in_process_results_in_message_order(
+    shared_data: Path, ztf_pool
+) -> None:
+    from astro_classifier.data.readers import decode_message
+
+    files = sorted((shared_data / "alerts" / "ztf").glob("**/*.avro"))[::7]
+    values = [path.read_bytes() for path in files]
+    values[3] = values[3][:100]  # bad ones in the middle: an InputError in their place
+    values[10] = b""
+    items = [(value, f"alerts[0]@{k}") for k, value in enumerate(values)]
+    results = ztf_pool.decode(items)
+    assert len(results) == len(values)
+    for k, (value, source) in enumerate(items):
+        if k in (3, 10):
+            assert isinstance(results[k], InputError) and results[k].source == source
+            with pytest.raises(InputError) as expected:
+                decode_message(value, "ztf-avro", None, source)
+            assert str(expected.value) == str(results[k])
+        else:
+            assert_same_batch(results[k], decode_message(value, "ztf-avro", None, source))
+
+
+def test_a_transient_failure_in_the_pool_is_raised_in_the_worker(shared_data: Path) -> None:
+    from astro_classifier.errors import TransientError
+    from astro_classifier.stream.codecs import SchemaRegistry
+    from astro_classifier.stream.decoding import DecodePool
+    from tests.kafka_broker import free_port
+
+    wire = sorted((shared_data / "alerts" / "lsst" / "wire-v7.4").glob("*.avro"))[0]
+    registry = SchemaRegistry(f"http://127.0.0.1:{free_port()}", timeout_s=2)  # nobody there
+    pool = DecodePool(1, "rubin-wire", registry)
+    try:
+        with pytest.raises(TransientError, match="Schema Registry"):
+            pool.decode([(wire.read_bytes(), "alerts[0]@0")])
+    finally:
+        pool.close()
+
+
+def test_batch_processor_with_a_pool_gives_the_same_outputs(shared_data: Path, ztf_pool) -> None:
+    from astro_classifier.inference.model import LoadedModel
+    from astro_classifier.stream.batch import BatchProcessor
+    from tests.test_stream_units import FakeMessage
+
+    files = sorted((shared_data / "alerts" / "ztf" / "fink-v3.3").glob("*.avro"))[:20]
+    messages = [FakeMessage(path.read_bytes(), k) for k, path in enumerate(files)]
+    messages.insert(5, FakeMessage(b"junk", 99))
+    model = LoadedModel.load("atat-ztf", "cpu")
+    plain = BatchProcessor(model, "ztf-avro", "json").process(messages)
+    pooled = BatchProcessor(model, "ztf-avro", "json", decode_workers=2)
+    pooled._pool = ztf_pool  # share the started module pool
+    result = pooled.process(messages)
+
+    def strip(value: bytes) -> dict:  # without the timings
+        return {k: v for k, v in json.loads(value).items() if not k.endswith("Ms")}
+
+    assert [strip(o.value) for o in result.outputs] == [strip(o.value) for o in plain.outputs]
+    assert [(d.message.offset(), d.error_class) for d in result.dead_letters] == [
+        (99, "InputError")
+    ]

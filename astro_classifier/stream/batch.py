@@ -47,6 +47,7 @@ from astro_classifier.stream.codecs import (
     decode_message,
     encode_classification,
 )
+from astro_classifier.stream.decoding import DecodePool
 from astro_classifier.stream.logs import log_event
 
 UNCLASSIFIABLE = "Unclassifiable"
@@ -206,27 +207,59 @@ class BatchProcessor:
     """Messages of one micro-batch -> output messages and dead letters (no Kafka I/O)."""
 
     def __init__(
-        self, model: LoadedModel, input_format: str, output_format: str, schemas: Any = None
+        self,
+        model: LoadedModel,
+        input_format: str,
+        output_format: str,
+        schemas: Any = None,
+        decode_workers: int = 0,
     ) -> None:
         self.model = model
         self.input_format = input_format
         self.output_format = output_format
         self.schemas = schemas
         self._features_seconds = 0.0
+        # decode_workers > 0: a pool of processes decodes (stream/decoding.py), same results.
+        self._pool = (
+            DecodePool(decode_workers, input_format, schemas) if decode_workers > 0 else None
+        )
+
+    def start(self) -> BatchProcessor:
+        """Start the decode pool, if any (before subscribing: it takes a few seconds)."""
+        if self._pool is not None:
+            self._pool.start()
+        return self
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def _decode(self, messages: Sequence[Any]) -> list[LightCurveBatch | InputError]:
+        """One batch or InputError per message, in message order; TransientError and any
+        other failure propagate."""
+        if self._pool is not None:
+            return self._pool.decode([(m.value(), str(message_ref(m))) for m in messages])
+        results: list[LightCurveBatch | InputError] = []
+        for message in messages:
+            source = str(message_ref(message))
+            try:
+                results.append(
+                    decode_message(message.value(), self.input_format, self.schemas, source)
+                )
+            except InputError as exc:  # the message's fault; anything else is not
+                results.append(exc)
+        return results
 
     def process(self, messages: Sequence[Any]) -> BatchResult:
         """Raises :class:`TransientError` or any non-input failure: see the module docstring."""
         dead: dict[int, DeadLetter] = {}
         decoded: list[tuple[int, LightCurveBatch]] = []
         started = time.perf_counter()
-        for i, message in enumerate(messages):
-            source = str(message_ref(message))
-            try:
-                batch = decode_message(message.value(), self.input_format, self.schemas, source)
-            except InputError as exc:  # the message's fault; anything else is not
-                dead[i] = DeadLetter(message, type(exc).__name__, str(exc))
-                continue
-            decoded.append((i, batch))
+        for i, (message, result) in enumerate(zip(messages, self._decode(messages), strict=True)):
+            if isinstance(result, InputError):
+                dead[i] = DeadLetter(message, type(result).__name__, str(result))
+            else:
+                decoded.append((i, result))
         decode_seconds = time.perf_counter() - started
         dropped = merge_counts(batch.dropped for _, batch in decoded)
 

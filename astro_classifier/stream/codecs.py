@@ -52,6 +52,13 @@ class SchemaRegistry:
         self._parsed: dict[int, Any] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:  # for decode pool processes: no lock
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def get(self, schema_id: int, source: str) -> Any:
         with self._lock:
             if schema_id not in self._parsed:

@@ -73,6 +73,12 @@ class StreamSettings(BaseSettings):
     # -- processing -----------------------------------------------------------------------
     batch_size: int = Field(500, ge=1, description="most messages per micro-batch")
     max_wait_ms: int = Field(200, ge=1, description="longest wait to fill a micro-batch")
+    decode_workers: int = Field(
+        0,
+        ge=0,
+        description="processes that decode the messages of a micro-batch (0: decode in the "
+        "worker process); results keep message order, offsets and delivery are unchanged",
+    )
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     transactional_id: str | None = Field(
         None, description="exactly-once producer id (default: astroclf-<group>-<host>)"

@@ -189,6 +189,8 @@ class StreamWorker:
             self._set_not_ready("stopped", "the worker is stopping")
             self.health.stop()
             self._release_kafka(clean=code == 0)
+            if self._processor is not None:
+                self._processor.close()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
             restore_signals()
@@ -238,8 +240,25 @@ class StreamWorker:
             seconds=round(time.perf_counter() - started, 3),
         )
         self._processor = BatchProcessor(
-            model, settings.input_format, settings.output_format, schemas
+            model,
+            settings.input_format,
+            settings.output_format,
+            schemas,
+            decode_workers=settings.decode_workers,
         )
+        if settings.decode_workers:
+            started = time.perf_counter()
+            try:
+                self._processor.start()
+            except Exception as exc:  # cannot start processes: resources, a broken install
+                log_event(logging.ERROR, "decode_pool_failed", error=str(exc))
+                return 1
+            log_event(
+                logging.INFO,
+                "decode_pool_ready",
+                processes=settings.decode_workers,
+                seconds=round(time.perf_counter() - started, 3),
+            )
         if self._stop_signal is not None:
             log_event(logging.INFO, "worker_stopped", reason="signal before subscription")
             return 0

@@ -1,0 +1,152 @@
+"""Decoding the messages of a micro-batch in a pool of worker processes.
+
+Decoding (Avro containers above all) is pure CPU work in Python, so one worker process
+decodes on one core however many the machine has. :class:`DecodePool` spreads a batch's
+messages over ``decode_workers`` processes and gives the results back **in message order**,
+one per message, exactly as the in-process path (``decode_workers: 0``) does: a decoded
+:class:`LightCurveBatch`, or the :class:`InputError` that dead-letters the message. The
+worker's loop, offsets and delivery do not know whether a pool was used: a batch is still
+decoded completely before it is classified, produced and committed, so the delivery
+guarantees are those of the in-process path.
+
+Failures keep their meaning across the process boundary: an :class:`InputError` stays the
+message's fault, a :class:`TransientError` (Schema Registry down) is raised again in the
+worker, anything else (a bug) is raised as :class:`DecodeWorkerError`; a pool process that
+dies takes the batch with it (:class:`DecodeWorkerError`, the batch is read again) and the
+pool is started afresh.
+
+Pool processes are started with ``spawn`` (the worker holds librdkafka and ONNX Runtime
+threads, which ``fork`` would copy in an unknown state), before the worker subscribes, and
+are asked to die with their parent (Linux ``PR_SET_PDEATHSIG``), so a ``kill -9`` of the
+worker leaves none behind.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.errors import InputError, TransientError
+
+log = logging.getLogger("astro_classifier.stream")
+
+TASKS_PER_WORKER = 2  # chunks per process and batch: balance against per-task overhead
+
+# One result per message: a batch, or (kind, *details) for a failure.
+Decoded = LightCurveBatch | InputError
+
+
+class DecodeWorkerError(RuntimeError):
+    """Decoding failed for a reason that is not the input's (a bug, a dead pool process)."""
+
+
+# -- in the pool processes --------------------------------------------------------------
+_STATE: dict[str, Any] = {}
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except Exception:  # best effort: the pool's pipes close with the parent anyway
+            pass
+
+
+def _initialise(input_format: str, schemas: Any) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from astro_classifier.data.readers import decode_message
+
+    _STATE.update(decode=decode_message, input_format=input_format, schemas=schemas)
+
+
+def _ping() -> int:
+    return os.getpid()
+
+
+def _decode_chunk(items: list[tuple[bytes | None, str]]) -> list[tuple]:
+    decode = _STATE["decode"]
+    out: list[tuple] = []
+    for value, source in items:
+        try:
+            out.append(("ok", decode(value, _STATE["input_format"], _STATE["schemas"], source)))
+        except InputError as exc:
+            out.append(("input", exc.source, exc.reason))
+        except TransientError as exc:
+            out.append(("transient", exc.dependency, exc.reason))
+        except Exception as exc:  # a bug: not the message's fault
+            out.append(("bug", type(exc).__name__, str(exc)))
+    return out
+
+
+# -- in the worker ------------------------------------------------------------------------
+class DecodePool:
+    """``workers`` processes decoding messages of ``input_format``; see the module docstring."""
+
+    def __init__(self, workers: int, input_format: str, schemas: Any = None) -> None:
+        if workers < 1:
+            raise ValueError(f"a decode pool needs at least one process, not {workers}")
+        self.workers = workers
+        self.input_format = input_format
+        self.schemas = schemas
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def start(self) -> DecodePool:
+        """Start every process and wait until each has imported the decoders."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_initialise,
+                initargs=(self.input_format, self.schemas),
+            )
+            futures = [self._executor.submit(_ping) for _ in range(self.workers)]
+            pids = {f.result(timeout=120) for f in futures}
+            log.debug("decode pool started: %d process(es) %s", self.workers, sorted(pids))
+        return self
+
+    def decode(self, items: Sequence[tuple[bytes | None, str]]) -> list[Decoded]:
+        """(value, source) per message -> a batch or an InputError per message, in order.
+
+        Raises :class:`TransientError` (first one in message order) or
+        :class:`DecodeWorkerError`.
+        """
+        self.start()
+        assert self._executor is not None
+        n_chunks = min(len(items), self.workers * TASKS_PER_WORKER) or 1
+        size = -(-len(items) // n_chunks)
+        chunks = [list(items[i : i + size]) for i in range(0, len(items), size)]
+        try:
+            results = [r for chunk in self._executor.map(_decode_chunk, chunks) for r in chunk]
+        except BrokenProcessPool as exc:
+            self.close()  # started again on the next batch
+            raise DecodeWorkerError(f"a decode process died: {exc}") from exc
+        decoded: list[Decoded] = []
+        for result in results:
+            kind = result[0]
+            if kind == "ok":
+                decoded.append(result[1])
+            elif kind == "input":
+                decoded.append(InputError(result[1], result[2]))
+            elif kind == "transient":
+                raise TransientError(result[1], result[2])
+            else:
+                raise DecodeWorkerError(f"decoding raised {result[1]}: {result[2]}")
+        return decoded
+
+    def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
