@@ -12,12 +12,21 @@ import yaml
 from astro_classifier.training.config import TrainConfig, apply_override, expand_path
 
 # Training configs; the stream configs (configs/stream_*.yaml) are validated in test_stream_units.
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("atat_*.yaml"))
+_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = sorted([*_CONFIG_DIR.glob("atat_*.yaml"), *_CONFIG_DIR.glob("clip_*.yaml")])
 MINIMAL = {"data": {"light_curves": "lc.csv"}, "export": {"name": "m"}}
 
 
 def test_the_shipped_configs_are_found() -> None:
-    assert {p.name for p in CONFIGS} >= {"atat_lsst.yaml", "atat_ztf.yaml", "atat_tiny.yaml"}
+    assert {p.name for p in CONFIGS} >= {
+        "atat_lsst.yaml",
+        "atat_ztf.yaml",
+        "atat_tiny.yaml",
+        "clip_plasticc.yaml",
+        "clip_finetune.yaml",
+        "clip_tiny_pretrain.yaml",
+        "clip_tiny_finetune.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -25,6 +34,7 @@ def test_every_config_validates_and_round_trips(path: Path, tmp_path: Path) -> N
     cfg = TrainConfig.from_yaml(path)
     assert cfg.export.name
     assert "${" not in cfg.data.light_curves  # ${ASTROCLF_SHARED_DATA} was expanded
+    assert 0 < cfg.data.label_fraction <= 1
     assert cfg.data.truncation_days[-1] == math.inf
     # The config written into a run directory reads back to the same config.
     saved = tmp_path / "config.yaml"
@@ -44,8 +54,38 @@ def test_every_config_builds_its_model() -> None:
                 n_classes=14,
                 n_bands=len(cfg.preprocessing.bands),
                 n_features=len(cfg.preprocessing.feature_names),
+                feature_names=tuple(cfg.preprocessing.feature_names),
                 **cfg.model.args,
             )
+
+
+def test_clip_configs_never_use_truth_or_spectroscopic_redshift() -> None:
+    for path in CONFIGS:
+        if path.name.startswith("clip_"):
+            cfg = TrainConfig.from_yaml(path)
+            names = cfg.preprocessing.feature_names
+            assert "hostgal_specz" not in names
+            assert not any(n.startswith(("true_", "tflux_")) for n in names)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("model.args.embed_dm=8", "did you mean 'embed_dim'"),
+        ("model.name=clip_tiyn", "did you mean 'clip_tiny'"),
+    ],
+)
+def test_model_typos_are_refused_at_config_load(item: str, message: str) -> None:
+    pytest.importorskip("torch")
+    path = _CONFIG_DIR / "clip_tiny_pretrain.yaml"
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_yaml(path, [item])
+
+
+def test_contrastive_objective_needs_a_clip_model() -> None:
+    pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="needs a CLIP model"):
+        TrainConfig.from_yaml(CONFIGS[0], ["training.objective=contrastive"])
 
 
 def test_shared_data_variable_is_expanded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+import yaml
 
 from astro_classifier import __version__
 from astro_classifier.data.dataset import TrainingDataset
@@ -52,7 +53,13 @@ from astro_classifier.inference.model import (
 from astro_classifier.metrics import expected_calibration_error, negative_log_likelihood
 from astro_classifier.taxonomy import broad_mapping
 from astro_classifier.training.atat import ATATConfig
-from astro_classifier.training.registry import create_model
+from astro_classifier.training.registry import (
+    MODEL_YAML,
+    WEIGHTS,
+    create_model,
+    get_entry,
+    load_model_dir,
+)
 
 OPSET = 17
 FP32_TOLERANCE = 1e-4
@@ -147,12 +154,24 @@ class CalibratedModel(torch.nn.Module):
 
 
 def load_checkpoint(run_dir: Path) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, run record) of a run directory.
+
+    The model is rebuilt from ``model.yaml`` + ``weights.pt`` alone (registry,
+    ``weights_only=True``); ``checkpoint.pt`` gives labels, spec, splits and export fields.
+    Run directories written before model.yaml existed are rebuilt from checkpoint.pt.
+    """
     path = run_dir / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: is {run_dir} a run directory of `astroclf train`?"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if (run_dir / MODEL_YAML).is_file() and (run_dir / WEIGHTS).is_file():
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        name, model = load_model_dir(run_dir)
+        ckpt["model_name"] = name
+        ckpt["model_config"] = yaml.safe_load((run_dir / MODEL_YAML).read_text())["config"]
+        return model, ckpt
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # older run directories
     cfg = ATATConfig(**ckpt["model_config"])
     args = {
         k: v
@@ -266,8 +285,14 @@ def check_parity(
 def export_run(
     run_dir: Path, out: Path, fp16: bool = False, parity_objects: int = 512
 ) -> ParityReport:
-    """Export the run in ``run_dir`` to ``out``; raise ParityError (writing nothing) on mismatch."""
+    """Export the run in ``run_dir`` to ``out``; raise ParityError (writing nothing) on mismatch.
+
+    CLIP runs go through :func:`astro_classifier.export.clip_export.export_clip_run`."""
     model, ckpt = load_checkpoint(run_dir)
+    if get_entry(ckpt["model_name"]).family == "clip":
+        from astro_classifier.export.clip_export import export_clip_run
+
+        return export_clip_run(run_dir, out, fp16=fp16, parity_objects=parity_objects)
     spec = PreprocessingSpec.model_validate(ckpt["spec"])
     calls, y = validation_calls(run_dir, ckpt, spec, batch_size=CALIBRATION_BATCH)
     calibration, ood = calibrate(

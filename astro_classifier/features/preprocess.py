@@ -17,8 +17,17 @@ from astro_classifier.data.lightcurve import BAND_INDEX, BANDS, LightCurveBatch
 from astro_classifier.features.lc_features import compute_light_curve_features, feature_names
 
 # Object metadata a model may use as tabular inputs (canonical names, see data/plasticc.py).
-# hostgal_specz is deliberately absent: it is unknown for most real objects.
-KNOWN_METADATA_FEATURES = ("hostgal_photoz", "hostgal_photoz_err", "mwebv", "ddf", "distmod")
+# hostgal_specz is deliberately absent: it is unknown for most real objects. ra and decl
+# (degrees) are for models that derive the galactic latitude in their graph (training/clip.py).
+KNOWN_METADATA_FEATURES = (
+    "hostgal_photoz",
+    "hostgal_photoz_err",
+    "mwebv",
+    "ddf",
+    "distmod",
+    "ra",
+    "decl",
+)
 
 
 class PreprocessingSpec(BaseModel):

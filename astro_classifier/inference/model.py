@@ -18,6 +18,19 @@ Out-of-distribution score (``ood``; higher = less like the training data):
 - ``neg_log_max_prob`` (fallback, older files without logits): ``ood_score = -log(max_k p_k)``,
   threshold :data:`FALLBACK_OOD_THRESHOLD` = log 2 (abstain when the top probability is
   below 0.5) unless the metadata holds one.
+
+Multimodal (CLIP) models: the graph inputs are the :class:`ModelInputs` arrays, in their
+order, followed by the inputs of :func:`extra_input_names`: ``spectrum`` (B, 2, G) float32
+(flux and flux error on the model's wavelength grid ``spectrum_grid``, NaN = no data) when the
+model has the spectrum modality, then one presence mask ``has_<modality>`` (B,) bool per
+modality of the model, in ``metadata.modalities`` order (True = the object has it).
+``modalities`` lists the towers in the file, ``required_modalities`` those every object must
+have (photometry). :meth:`LoadedModel.load` checks the graph's inputs against that list, and
+:meth:`LoadedModel.predict` fills the extra inputs when the caller gives only
+:class:`ModelInputs` (alerts and light-curve files): photometry present, metadata present
+where any tabular value is finite, spectrum absent (zeros). Extra outputs ``embedding`` (the
+fused, L2-normalised embedding) and ``embedding_<modality>`` per tower serve `astroclf embed`.
+Models without ``modalities`` (ATAT) have exactly the ModelInputs contract.
 """
 
 from __future__ import annotations
@@ -98,6 +111,11 @@ class ModelMetadata(BaseModel):
     broad_classes: dict[str, BroadClass] | None = None  # label -> broad kind
     calibration: CalibrationSpec | None = None
     ood: OODSpec | None = None
+    # Multimodal (CLIP) models only; None for ATAT (see the module docstring).
+    modalities: list[str] | None = None
+    required_modalities: list[str] | None = None
+    spectrum_grid: list[float] | None = None  # first, last wavelength (Angstrom), bins
+    embedding_dim: int | None = None
 
     def broad_mapping(self) -> dict[str, str]:
         """label -> transient/stochastic/periodic: the stored mapping, else the project's."""
@@ -126,6 +144,47 @@ class ModelMetadata(BaseModel):
             return cls.model_validate({k: json.loads(v) for k, v in raw.items()})
         except ValueError as exc:
             raise ModelError(f"{source}: invalid astroclf metadata: {exc}") from exc
+
+
+def extra_input_names(metadata: ModelMetadata) -> list[str]:
+    """Graph inputs after the ModelInputs ones: none for ATAT, else (spectrum,) has_<m>..."""
+    if not metadata.modalities:
+        return []
+    names = ["spectrum"] if "spectrum" in metadata.modalities else []
+    return names + [f"has_{m}" for m in metadata.modalities]
+
+
+def default_extra_inputs(
+    metadata: ModelMetadata,
+    inputs: ModelInputs,
+    presence: dict[str, np.ndarray] | None = None,
+    spectrum: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Extra feeds of a multimodal model: what alerts carry unless ``presence`` says more."""
+    if not metadata.modalities:
+        return {}
+    n = len(inputs)
+    presence = dict(presence or {})
+    feeds: dict[str, np.ndarray] = {}
+    if "spectrum" in metadata.modalities:
+        bins = int(metadata.spectrum_grid[2]) if metadata.spectrum_grid else 0
+        feeds["spectrum"] = (
+            np.zeros((n, 2, bins), np.float32)
+            if spectrum is None
+            else np.ascontiguousarray(spectrum, np.float32)
+        )
+        has = np.zeros(n, bool) if spectrum is None else np.isfinite(feeds["spectrum"]).any((1, 2))
+        presence.setdefault("spectrum", has)
+    defaults = {
+        "photometry": lambda: inputs.mask.any(axis=1),
+        "metadata": lambda: np.isfinite(inputs.tabular).any(axis=1),
+    }
+    for m in metadata.modalities:
+        flag = presence.get(m)
+        if flag is None:
+            flag = defaults[m]() if m in defaults else np.zeros(n, bool)
+        feeds[f"has_{m}"] = np.array(np.broadcast_to(np.asarray(flag, bool), (n,)))
+    return feeds
 
 
 def logsumexp(z: np.ndarray) -> np.ndarray:
@@ -242,7 +301,7 @@ class LoadedModel:
         if threads:
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        expected = ModelInputs.names()
+        expected = ModelInputs.names() + extra_input_names(metadata)
         got = [i.name for i in session.get_inputs()]
         if got != expected:
             raise ModelError(
@@ -294,15 +353,51 @@ class LoadedModel:
             return energy_score(prediction.logits)
         return neg_log_max_prob(prediction.probabilities)
 
-    def predict(self, inputs: ModelInputs) -> Prediction:
+    def feeds(
+        self,
+        inputs: ModelInputs,
+        presence: dict[str, np.ndarray] | None = None,
+        spectrum: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Session feeds: the ModelInputs arrays plus a multimodal model's extra inputs."""
+        return inputs.as_dict() | default_extra_inputs(self.metadata, inputs, presence, spectrum)
+
+    def predict(
+        self,
+        inputs: ModelInputs,
+        presence: dict[str, np.ndarray] | None = None,
+        spectrum: np.ndarray | None = None,
+    ) -> Prediction:
         """Probabilities (B, n_classes) float32 for one padded call, and the raw logits when
-        the graph has them."""
+        the graph has them. ``presence``/``spectrum``: multimodal models only (see above)."""
         names = ["probabilities", "logits"] if self.has_logits else ["probabilities"]
-        out = self.session.run(names, inputs.as_dict())
+        out = self.session.run(names, self.feeds(inputs, presence, spectrum))
         return Prediction(
             probabilities=np.asarray(out[0], dtype=np.float32),
             logits=np.asarray(out[1], dtype=np.float32) if len(out) > 1 else None,
         )
+
+    def embed(
+        self,
+        inputs: ModelInputs,
+        modality: str | None = None,
+        presence: dict[str, np.ndarray] | None = None,
+        spectrum: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(B, D) float32 L2-normalised embeddings: of one tower (``modality``) or the fused
+        one (None) of a multimodal model."""
+        if not self.metadata.modalities:
+            raise ModelError(f"{self.path}: {self.metadata.name} is not a multimodal (CLIP) model")
+        if modality is not None and modality not in self.metadata.modalities:
+            raise ModelError(
+                f"{self.path}: no {modality!r} tower; the model has {self.metadata.modalities}"
+            )
+        name = "embedding" if modality is None else f"embedding_{modality}"
+        outputs = [o.name for o in self.session.get_outputs()]
+        if name not in outputs:
+            raise ModelError(f"{self.path}: the graph has no {name!r} output ({outputs})")
+        out = self.session.run([name], self.feeds(inputs, presence, spectrum))
+        return np.asarray(out[0], np.float32)
 
     def warm_up(self) -> None:
         """One call per length bucket, so first real calls do not pay for allocation."""

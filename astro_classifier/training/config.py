@@ -37,6 +37,17 @@ class _Strict(BaseModel):
 class ModelSection(_Strict):
     name: str = Field("atat", description="registered architecture (see training/registry.py)")
     args: dict[str, Any] = Field(default_factory=dict, description="architecture overrides")
+    init_from: str | None = Field(
+        None,
+        description="fine-tune: a run directory whose model.yaml + weights.pt start this model "
+        "(its architecture is used; model.args must then be empty)",
+    )
+    freeze: bool = Field(False, description="with init_from: train only the classifier head")
+
+    @field_validator("init_from")
+    @classmethod
+    def _expand(cls, value: str | None) -> str | None:
+        return None if value is None else expand_path(value)
 
 
 class AugmentSection(_Strict):
@@ -99,6 +110,13 @@ class DataSection(_Strict):
     )
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="of the rest, for early stopping")
     seed: int = 0
+    label_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="share of the training split's labels used (stratified, at least one "
+        "object per class); validation and hold-out stay whole",
+    )
     truncation_days: list[float] = Field(
         [8, 16, 32, 64, 128, 256, 512, math.inf],
         description="days after first detection at which features are precomputed; inf = whole curve",
@@ -136,6 +154,11 @@ class TrainingSection(_Strict):
     truncation_probability: float = Field(
         0.5, ge=0, le=1, description="chance that a training light curve is cut at a random time"
     )
+    objective: Literal["classify", "contrastive"] = Field(
+        "classify",
+        description="classify: cross-entropy on labels; contrastive: CLIP pretraining without "
+        "labels on every non-hold-out object (CLIP models only)",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all)")
     seed: int = 0
@@ -159,7 +182,27 @@ class TrainConfig(_Strict):
         raw = yaml.safe_load(Path(path).read_text()) or {}
         for item in overrides or []:
             apply_override(raw, item)
-        return cls.model_validate(raw)
+        cfg = cls.model_validate(raw)
+        cfg.check_model()
+        return cfg
+
+    def check_model(self) -> None:
+        """Refuse an unknown model name or argument, or a model/objective mismatch
+        (ValueError). Needs torch (the registry builds models); skipped without it."""
+        try:
+            from astro_classifier.training.registry import check_model_args, get_entry
+        except ImportError:  # no torch: nothing can be trained anyway
+            return
+        check_model_args(self.model.name, self.model.args)
+        family = get_entry(self.model.name).family
+        if self.training.objective == "contrastive" and family != "clip":
+            raise ValueError(
+                f"training.objective contrastive needs a CLIP model, not {self.model.name!r}"
+            )
+        if self.model.init_from is not None and self.model.args:
+            raise ValueError("model.args must be empty with model.init_from (its model.yaml rules)")
+        if self.model.freeze and self.model.init_from is None:
+            raise ValueError("model.freeze needs model.init_from (a pretrained run)")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

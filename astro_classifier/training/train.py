@@ -4,7 +4,9 @@ Run directory contents::
 
     config.yaml            the validated config that produced the run
     dataset.h5             the training dataset (light curves + features per truncation)
-    checkpoint.pt          best weights (validation macro F1), model config, labels, spec
+    model.yaml             registered model name + its full architecture config
+    weights.pt             best weights, a plain state_dict (torch.load(weights_only=True))
+    checkpoint.pt          the same weights, model config, labels, spec, splits (plain data)
     metrics.json           history, best validation metrics, hold-out metrics
     confusion_matrix.png   on the hold-out fold (or validation set without one)
     learning_curves.png    loss and macro F1 per epoch
@@ -33,7 +35,7 @@ from astro_classifier.metrics import classification_report
 from astro_classifier.plots import plot_confusion_matrix, plot_learning_curves
 from astro_classifier.progress import progress_bar
 from astro_classifier.training.config import TrainConfig
-from astro_classifier.training.registry import create_model
+from astro_classifier.training.registry import create_model, get_entry, save_model_dir
 from astro_classifier.training.sources import grouped_splits, read_training_objects
 
 log = logging.getLogger(__name__)
@@ -127,9 +129,23 @@ def predict(
     return out
 
 
+def label_subset(y: np.ndarray, train_idx: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified ``fraction`` of ``train_idx`` (sorted), at least one object per class."""
+    if fraction >= 1.0:
+        return train_idx
+    rng = np.random.default_rng(seed + 1_000_003)
+    keep = []
+    for c in np.unique(y[train_idx]):
+        members = train_idx[y[train_idx] == c]
+        n = max(1, int(np.floor(fraction * len(members) + 0.5)))
+        keep.append(rng.choice(members, size=n, replace=False))
+    return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
 def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
     """Train a model as ``cfg`` says; write the run directory; return metrics.json's content."""
     console = console or Console()
+    cfg.check_model()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     tc = cfg.training
@@ -137,6 +153,7 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     device = resolve_device(tc.device)
+    entry = get_entry(cfg.model.name)
 
     ds = load_or_build_dataset(cfg, run_dir, console)
     labels = sorted(set(ds.batch.label.tolist()))
@@ -146,6 +163,17 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
         f"{len(ds)} objects, {len(labels)} classes, {len(ds.spec.feature_names)} tabular features; "
         f"train {len(train_idx)}, validation {len(val_idx)}, hold-out {len(holdout)}; device {device}"
     )
+    if entry.family == "clip":
+        from astro_classifier.training.clip_train import train_clip
+
+        return train_clip(
+            cfg, run_dir, console, ds, labels, y, (train_idx, val_idx, holdout), device
+        )
+    if cfg.data.label_fraction < 1.0:
+        train_idx = label_subset(y, train_idx, cfg.data.label_fraction, cfg.data.seed)
+        console.print(
+            f"label_fraction {cfg.data.label_fraction}: {len(train_idx)} training objects"
+        )
 
     model = create_model(
         cfg.model.name,
@@ -154,10 +182,8 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
         n_features=len(ds.spec.feature_names),
         **cfg.model.args,
     )
-    if model.has_tabular:  # quantile tables from training objects at every truncation level
-        model.tab_tokens.fit_quantiles(
-            torch.from_numpy(ds.features[:, train_idx].reshape(-1, ds.features.shape[-1]))
-        )
+    # fitted on training data before the first step (ATAT: quantile tables, every truncation)
+    entry.fit(model, torch.from_numpy(ds.features[:, train_idx].reshape(-1, ds.features.shape[-1])))
     model.to(device)
 
     counts = np.bincount(y[train_idx], minlength=len(labels)).astype(np.float64)
@@ -207,7 +233,7 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
                 logits = model.forward_logits(**inputs)
                 loss = sum(
                     F.cross_entropy(logits[h], target, weight=class_weight)
-                    for h in HEADS
+                    for h in entry.heads
                     if h in logits
                 )
                 optimizer.zero_grad(set_to_none=True)
@@ -288,6 +314,7 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
         },
         run_dir / "checkpoint.pt",
     )
+    save_model_dir(run_dir, cfg.model.name, model, best_state)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_confusion_matrix(
         np.asarray(metrics[shown]["confusion_matrix"]),

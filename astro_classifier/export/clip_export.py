@@ -1,0 +1,273 @@
+"""Fine-tuned CLIP run -> one ONNX file: every tower, the fusion, the head, the embeddings.
+
+Inputs: the :class:`ModelInputs` arrays, then ``spectrum`` (B, 2, G) when the model has the
+spectrum tower, then one presence mask ``has_<modality>`` (B,) bool per modality (see
+:mod:`astro_classifier.inference.model`). Outputs: ``probabilities`` (softmax(logits / T), T
+fitted on the run's validation split as for ATAT), ``logits``, ``embedding`` (fused) and
+``embedding_<modality>`` per tower. Every tower runs on every row; the presence masks decide
+which embeddings the fusion averages, so an alert without a spectrum is classified by its
+photometry and metadata towers only.
+
+Checks before the file is kept: ``onnx.checker``; then, for every non-empty combination of
+present modalities, ONNX Runtime against torch on real validation light curves (synthetic
+spectra where a spectrum is present): every output within :data:`PARITY_TOLERANCE` (1e-5;
+logits relative to max(1, |logit|)) and the same top class; and the same input run twice
+gives bit-identical outputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from astro_classifier import __version__
+from astro_classifier.errors import ModelError
+from astro_classifier.export.onnx_export import (
+    CALIBRATION_BATCH,
+    OPSET,
+    ParityError,
+    ParityReport,
+    calibrate,
+    load_checkpoint,
+    validation_calls,
+)
+from astro_classifier.features.preprocess import ModelInputs, PreprocessingSpec
+from astro_classifier.inference.model import (
+    InputSpec,
+    LoadedModel,
+    ModelMetadata,
+    default_extra_inputs,
+    default_length_buckets,
+)
+from astro_classifier.taxonomy import broad_mapping
+from astro_classifier.training.clip import CLIP
+
+PARITY_TOLERANCE = 1e-5
+OUTPUTS = ["probabilities", "logits", "embedding"]
+
+
+class ClipGraph(torch.nn.Module):
+    """The exported graph of a CLIP classifier (see the module docstring)."""
+
+    def __init__(self, model: CLIP, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.modalities = [m for m in model.modalities if m != "image"]
+        self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
+
+    def forward(self, flux, flux_err, time, band, mask, tabular, *extra):
+        extra = list(extra)
+        spectrum = extra.pop(0) if "spectrum" in self.modalities else None
+        presence = dict(zip(self.modalities, extra, strict=True))
+        emb = self.model.embeddings(flux, flux_err, time, band, mask, tabular, spectrum)
+        fused = self.model.fuse(emb, presence)
+        logits = self.model.head(fused)
+        proba = torch.softmax(logits / self.temperature, dim=-1)
+        return (proba, logits, fused, *[emb[m] for m in self.modalities])
+
+    def output_names(self) -> list[str]:
+        return OUTPUTS + [f"embedding_{m}" for m in self.modalities]
+
+
+def _feeds(meta: ModelMetadata, x: ModelInputs, presence, spectrum) -> dict[str, np.ndarray]:
+    return x.as_dict() | default_extra_inputs(meta, x, presence, spectrum)
+
+
+def synthetic_spectra(n: int, bins: int, seed: int = 0) -> np.ndarray:
+    """(n, 2, bins) float32 positive smooth spectra with errors, for parity checks."""
+    rng = np.random.default_rng(seed)
+    grid = np.linspace(0, 1, bins)
+    flux = np.exp(rng.normal(0, 1, (n, 1))) * (
+        1 + 0.5 * np.sin(6 * grid + rng.normal(0, 1, (n, 1)))
+    )
+    flux = flux * 1e-16 + rng.normal(0, 1e-18, (n, bins))
+    return np.stack([flux, np.full_like(flux, 1e-18)], axis=1).astype(np.float32)
+
+
+def combinations(modalities: list[str]) -> list[tuple[str, ...]]:
+    return [c for r in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, r)]
+
+
+def check_parity(
+    graph: ClipGraph, meta: ModelMetadata, path: Path, inputs: list[ModelInputs]
+) -> tuple[float, float, float, dict[str, float]]:
+    """(max |Δ| over probabilities and embeddings, max relative |Δlogit|, top-class agreement,
+    max |Δ| per combination) over every combination of present modalities."""
+    session = LoadedModel.load(path, provider="cpu")
+    names = graph.output_names()
+    worst, worst_logit, agree, n = 0.0, 0.0, 0, 0
+    per_combo: dict[str, float] = {}
+    for combo in combinations(graph.modalities):
+        combo_worst = 0.0
+        for k, x in enumerate(inputs):
+            presence = {m: np.full(len(x), m in combo) for m in graph.modalities}
+            spectrum = (
+                synthetic_spectra(len(x), int(meta.spectrum_grid[2]), seed=k)
+                if "spectrum" in graph.modalities
+                else None
+            )
+            feeds = _feeds(meta, x, presence, spectrum)
+            got = session.session.run(names, feeds)
+            again = session.session.run(names, feeds)
+            for a, b in zip(got, again, strict=True):
+                if not np.array_equal(a, b):
+                    raise ParityError(f"{path}: two runs of the same input differ")
+            with torch.no_grad():
+                expected = graph(*[torch.from_numpy(v) for v in feeds.values()])
+            for name, e, g in zip(names, expected, got, strict=True):
+                e = e.numpy()
+                diff = float(np.abs(e - g).max())
+                if name == "logits":
+                    worst_logit = max(worst_logit, diff / max(1.0, float(np.abs(e).max())))
+                else:
+                    worst = max(worst, diff)
+                    combo_worst = max(combo_worst, diff)
+            agree += int((expected[0].numpy().argmax(1) == got[0].argmax(1)).sum())
+            n += len(x)
+        per_combo["+".join(combo)] = combo_worst
+    return worst, worst_logit, agree / max(n, 1), per_combo
+
+
+def export_clip_run(
+    run_dir: Path, out: Path, fp16: bool = False, parity_objects: int = 512
+) -> ParityReport:
+    """Export a fine-tuned CLIP run to ``out``; ParityError (writing nothing) on mismatch."""
+    model, ckpt = load_checkpoint(run_dir)
+    if not isinstance(model, CLIP):
+        raise ModelError(f"{run_dir} holds a {type(model).__name__}, not a CLIP model")
+    if model.head is None:
+        raise ModelError(
+            f"{run_dir} is a pretraining run (no classifier head): fine-tune it "
+            "(configs/clip_finetune.yaml, model.init_from) and export that run"
+        )
+    if "image" in model.modalities:
+        raise ModelError("the image tower is not built yet (issue 9): cannot export")
+    if fp16:
+        raise ModelError("--fp16 is not supported for CLIP models yet")
+    spec = PreprocessingSpec.model_validate(ckpt["spec"])
+    modalities = [m for m in model.modalities]
+    exp = ckpt["export"]
+    meta = ModelMetadata(
+        name=exp["name"],
+        version=exp["version"],
+        description=exp.get("description", ""),
+        architecture=ckpt["model_name"],
+        architecture_config=ckpt["model_config"],
+        labels=ckpt["labels"],
+        bands=list(spec.bands),
+        inputs=[],
+        outputs=[],
+        feature_names=spec.feature_names,
+        preprocessing=spec,
+        length_buckets=default_length_buckets(spec.max_length),
+        training_data=ckpt["dataset"],
+        metrics=ckpt["metrics"],
+        precision="fp32",
+        package_version=__version__,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        broad_classes=broad_mapping(ckpt["labels"]),
+        modalities=modalities,
+        required_modalities=["photometry"],
+        spectrum_grid=list(model.cfg.spectrum_grid) if "spectrum" in modalities else None,
+        embedding_dim=model.cfg.embed_dim,
+    )
+    # calibration on the validation split, as alerts arrive: no spectrum
+    calls, y = validation_calls(run_dir, ckpt, spec, batch_size=CALIBRATION_BATCH)
+    graph = ClipGraph(model).eval()
+    logits = np.empty((len(y), len(ckpt["labels"])), np.float64)
+    with torch.no_grad():
+        for index, x in calls:
+            feeds = _feeds(meta, x, None, None)
+            logits[index] = graph(*[torch.from_numpy(v) for v in feeds.values()])[1].numpy()
+    calibration, ood = calibrate(
+        logits,
+        y,
+        fitted_on=f"validation split of run {run_dir.name}: {len(y)} objects, whole light "
+        "curves, photometry + metadata",
+    )
+    meta.calibration, meta.ood = calibration, ood
+    graph = ClipGraph(model, calibration.temperature).eval()
+
+    parity_calls, _ = validation_calls(run_dir, ckpt, spec, limit=parity_objects)
+    inputs = [x for _, x in parity_calls]
+    example = inputs[0].take(np.arange(min(2, len(inputs[0]))))
+    feeds = _feeds(meta, example, None, None)
+    names = list(feeds)
+    outputs = graph.output_names()
+    dynamic = {n: {0: "batch", 1: "length"} for n in ModelInputs.names() if n != "tabular"}
+    dynamic |= {n: {0: "batch"} for n in names if n not in dynamic}
+    dynamic |= {n: {0: "batch"} for n in outputs}
+    meta.inputs = [
+        InputSpec(
+            name=n,
+            dtype=str(v.dtype),
+            shape=(
+                ["batch", "features"]
+                if n == "tabular"
+                else ["batch", 2, int(v.shape[2])]
+                if n == "spectrum"
+                else ["batch"]
+                if n.startswith("has_")
+                else ["batch", "length"]
+            ),
+        )
+        for n, v in feeds.items()
+    ]
+    meta.outputs = [
+        InputSpec(
+            name=n,
+            dtype="float32",
+            shape=["batch", "classes" if n in ("probabilities", "logits") else model.cfg.embed_dim],
+        )
+        for n in outputs
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp) / "model.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                graph,
+                tuple(torch.from_numpy(v) for v in feeds.values()),
+                str(tmp_path),
+                input_names=names,
+                output_names=outputs,
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        proto = onnx.load(str(tmp_path))
+        for key, value in meta.to_props().items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.producer_name = "astroclf"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp_path))
+
+        worst, worst_logit, agreement, per_combo = check_parity(graph, meta, tmp_path, inputs)
+        report = ParityReport(
+            sum(len(x) for x in inputs),
+            worst,
+            agreement,
+            PARITY_TOLERANCE,
+            max_logit_diff=worst_logit,
+            logit_tolerance=PARITY_TOLERANCE,
+            calibration=calibration,
+            ood=ood,
+        )
+        report.per_combination = per_combo  # type: ignore[attr-defined]
+        if not report.ok or agreement < 1.0:
+            raise ParityError(
+                f"ONNX Runtime and torch disagree: {report}; per modality combination "
+                f"{per_combo}; {out} not written"
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(tmp_path), out)
+    return report
