@@ -36,6 +36,7 @@ Every draw comes from one seeded generator: the same spec and seed give the same
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -208,17 +209,8 @@ def _one_copy(
     if "distmod" in metadata:
         metadata["distmod"] = np.where(extragalactic, distance_modulus(z1), metadata["distmod"])
 
-    copy = LightCurveBatch(
-        object_id=batch.object_id,
-        offsets=batch.offsets,
-        time=time,
-        band=batch.band,
-        flux=flux,
-        flux_err=err,
-        detected=detected,
-        metadata=metadata,
-        alert_id=batch.alert_id,
-        label=batch.label,
+    copy = dataclasses.replace(
+        batch, time=time, flux=flux, flux_err=err, detected=detected, metadata=metadata
     )
     if spec.target == "ztf":
         alert_like = rng.random(n) < spec.alert_like_fraction
@@ -235,19 +227,7 @@ def _alert_like(batch: LightCurveBatch, which: np.ndarray) -> LightCurveBatch:
     flux = np.where(pick & ~batch.detected, 0.0, batch.flux)
     first = batch.first_detection_time()
     keep = ~pick | (batch.time >= first[obj] - ALERT_HISTORY_DAYS)
-    out = LightCurveBatch(
-        object_id=batch.object_id,
-        offsets=batch.offsets,
-        time=batch.time,
-        band=batch.band,
-        flux=flux,
-        flux_err=batch.flux_err,
-        detected=batch.detected,
-        metadata=batch.metadata,
-        alert_id=batch.alert_id,
-        label=batch.label,
-    )
-    return out.select_points(keep)
+    return dataclasses.replace(batch, flux=flux).select_points(keep)
 
 
 def difference_flux(batch: LightCurveBatch, which: np.ndarray) -> LightCurveBatch:
@@ -259,15 +239,4 @@ def difference_flux(batch: LightCurveBatch, which: np.ndarray) -> LightCurveBatc
     for k in np.unique(key[which[obj]]):
         members = key == k
         flux[members] -= np.median(flux[members])
-    return LightCurveBatch(
-        object_id=batch.object_id,
-        offsets=batch.offsets,
-        time=batch.time,
-        band=batch.band,
-        flux=flux,
-        flux_err=batch.flux_err,
-        detected=batch.detected,
-        metadata=batch.metadata,
-        alert_id=batch.alert_id,
-        label=batch.label,
-    )
+    return dataclasses.replace(batch, flux=flux)
