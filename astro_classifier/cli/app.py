@@ -6,6 +6,7 @@ import typer
 
 from astro_classifier import __version__
 from astro_classifier.cli.classify import classify_command
+from astro_classifier.cli.embed import embed_command, similar_command
 from astro_classifier.cli.evaluate import evaluate_command
 from astro_classifier.cli.info import info_command, models_command
 from astro_classifier.cli.stream import replay_command, stream_command
@@ -26,6 +27,8 @@ app.command("train")(train_command)
 app.command("export")(export_command)
 app.command("replay")(replay_command)
 app.command("stream")(stream_command)
+app.command("embed")(embed_command)
+app.command("similar")(similar_command)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,142 @@
+"""`astroclf embed` and `astroclf similar`: embeddings of a CLIP model, exact cosine search."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import typer
+from rich.table import Table
+
+from astro_classifier.cli.common import atomic_output, console, user_errors
+from astro_classifier.data.readers import FORMATS
+from astro_classifier.errors import InputError
+
+MODALITY_CHOICES = ("photometry", "metadata", "spectrum", "fused")
+
+
+def embed_command(
+    inputs: list[Path] = typer.Argument(
+        ..., help="Light-curve or alert files (every format `astroclf classify` reads)."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Parquet file to write."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="A multimodal (CLIP) .onnx file written by `astroclf export`."
+    ),
+    modality: str = typer.Option(
+        "photometry",
+        "--modality",
+        help="Which embedding: a tower's (photometry, metadata, spectrum) or the fused one.",
+    ),
+    format: str | None = typer.Option(None, "--format", "-f", help="Input format (detected)."),
+    metadata: Path | None = typer.Option(
+        None, "--metadata", help="Object table for PLAsTiCC-format or long-format light curves."
+    ),
+    provider: str = typer.Option("auto", help="ONNX Runtime provider: auto, cpu or cuda."),
+    batch_size: int = typer.Option(512, min=1, help="Objects per ONNX Runtime call."),
+) -> None:
+    """Write one embedding row per object: object_id, model, modality, vector (a fixed-size
+    list of float32, L2-normalised). The same object gets the same vector whatever else is
+    in the file or the call."""
+    if modality not in MODALITY_CHOICES:
+        raise typer.BadParameter(
+            f"expected one of {', '.join(MODALITY_CHOICES)}", param_hint="--modality"
+        )
+    if format is not None and format not in FORMATS:
+        raise typer.BadParameter(f"unknown format {format!r}", param_hint="--format")
+    from astro_classifier.data.readers import read_light_curves
+    from astro_classifier.inference.embeddings import embed_objects
+    from astro_classifier.inference.model import LoadedModel
+
+    with user_errors():
+        loaded = LoadedModel.load(model, provider=provider)  # type: ignore[arg-type]
+        batch = read_light_curves(inputs, format=format, metadata=metadata)
+        started = time.perf_counter()
+        table, skipped = embed_objects(batch, loaded, modality, batch_size=batch_size)
+        seconds = time.perf_counter() - started
+        if table.num_rows == 0:
+            raise InputError(", ".join(map(str, inputs)), "no object could be embedded")
+        with atomic_output(output) as tmp:
+            pq.write_table(table, tmp)
+    rate = table.num_rows / seconds if seconds else float("nan")
+    console.print(
+        f"{table.num_rows} {modality} embeddings ({loaded.metadata.embedding_dim} dimensions) "
+        f"of {len(batch)} objects by {loaded.metadata.name} in {seconds:.2f} s "
+        f"({rate:,.0f} objects/s)"
+        + (f"; skipped {skipped} without a usable point" if skipped else "")
+        + f" -> {output}"
+    )
+
+
+def similar_command(
+    query: str = typer.Argument(
+        ...,
+        help="Object ids (comma-separated), a text file of ids (one per line), or an "
+        "embedding Parquet file whose vectors are the queries.",
+    ),
+    index: Path = typer.Option(..., "--index", help="Embedding Parquet file (astroclf embed)."),
+    k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
+    modality: str | None = typer.Option(
+        None, "--modality", help="Modality to use when a file holds several."
+    ),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Write the neighbours here (Parquet or .csv)."
+    ),
+) -> None:
+    """Nearest objects of each query by cosine similarity (exact search); a query never
+    returns itself."""
+    from astro_classifier.inference.embeddings import read_embeddings, search
+
+    with user_errors():
+        ids, vectors = read_embeddings(index, modality)
+        path = Path(query)
+        if path.is_file() and path.suffix == ".parquet":
+            q_ids, q_vec = read_embeddings(path, modality)
+        else:
+            wanted = (
+                [line.strip() for line in path.read_text().splitlines() if line.strip()]
+                if path.is_file()
+                else [x.strip() for x in query.split(",") if x.strip()]
+            )
+            where = {oid: i for i, oid in enumerate(ids)}
+            missing = [w for w in wanted if w not in where]
+            if missing:
+                raise InputError(index, f"query ids not in the index: {missing[:5]}")
+            q_ids = np.asarray(wanted, dtype=str)
+            q_vec = vectors[[where[w] for w in wanted]]
+        started = time.perf_counter()
+        pos, sim = search(q_vec, vectors, k, exclude=q_ids, index_ids=ids)
+        seconds = time.perf_counter() - started
+    kk = pos.shape[1]
+    result = pa.table(
+        {
+            "query_id": np.repeat(q_ids, kk),
+            "rank": np.tile(np.arange(1, kk + 1), len(q_ids)),
+            "object_id": ids[pos.reshape(-1)],
+            "similarity": sim.reshape(-1),
+        }
+    )
+    if output is not None:
+        with user_errors(), atomic_output(output) as tmp:
+            if output.suffix == ".csv":
+                import pyarrow.csv as pacsv
+
+                pacsv.write_csv(result, tmp)
+            else:
+                pq.write_table(result, tmp)
+    else:
+        table = Table(title=f"{kk} nearest of {len(ids)} objects (cosine)")
+        for name in ("query_id", "rank", "object_id", "similarity"):
+            table.add_column(name)
+        for row in result.to_pylist()[: 50 * kk]:
+            table.add_row(
+                row["query_id"], str(row["rank"]), row["object_id"], f"{row['similarity']:.4f}"
+            )
+        console.print(table)
+    console.print(
+        f"{len(q_ids)} queries against {len(ids)} vectors in {seconds * 1e3:.1f} ms (exact)"
+        + (f" -> {output}" if output is not None else "")
+    )

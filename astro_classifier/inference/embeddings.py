@@ -1,0 +1,131 @@
+"""Embeddings of a multimodal (CLIP) model and exact cosine similarity search (numpy only).
+
+:func:`embed_objects` runs the same preprocessing and length buckets as
+:func:`astro_classifier.inference.classify.classify` and reads one of the model's embedding
+outputs (a tower's, ``embedding_<modality>``, or the fused ``embedding``), so the vector of an
+object does not depend on the other objects of its call. The table has one row per object:
+``object_id`` (string), ``model`` (name + version), ``modality``, ``vector`` (fixed-size list
+of float32, L2-normalised).
+
+:func:`search` is exact: cosine similarity = dot product of unit vectors, top k by
+``argpartition``, in blocks of queries so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.errors import InputError, ModelError
+from astro_classifier.features.preprocess import keep_model_bands, tabular_features
+from astro_classifier.inference.classify import bucketed_inputs
+from astro_classifier.inference.model import LoadedModel
+
+FUSED = "fused"
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("object_id", pa.string()),
+            ("model", pa.string()),
+            ("modality", pa.string()),
+            ("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+def embed_objects(
+    batch: LightCurveBatch,
+    model: LoadedModel,
+    modality: str = "photometry",
+    batch_size: int = 512,
+    n_jobs: int = 1,
+) -> tuple[pa.Table, int]:
+    """(embedding table, number of objects skipped: no finite point in the model's bands)."""
+    meta = model.metadata
+    if not meta.modalities:
+        raise ModelError(f"{model.path}: {meta.name} is not a multimodal (CLIP) model")
+    spec = meta.preprocessing
+    batch, _ = keep_model_bands(batch, spec)
+    finite = np.isfinite(batch.time) & np.isfinite(batch.flux) & np.isfinite(batch.flux_err)
+    ok = np.bincount(batch.point_object_index()[~finite], minlength=len(batch)) == 0
+    ok &= batch.lengths > 0
+    keep = np.flatnonzero(ok)
+    if len(keep) < len(batch):
+        batch = batch.select(keep)
+    dim = int(meta.embedding_dim or 0)
+    vectors = np.empty((len(batch), dim), np.float32)
+    if len(batch):
+        tabular = tabular_features(batch, spec, n_jobs=n_jobs)
+        which = None if modality == FUSED else modality
+        for index, inputs in bucketed_inputs(batch, spec, tabular, meta.length_buckets, batch_size):
+            vectors[index] = model.embed(inputs, which)
+    flat = pa.array(vectors.reshape(-1), pa.float32())
+    table = pa.table(
+        {
+            "object_id": pa.array(batch.object_id.astype(str), pa.string()),
+            "model": pa.array([f"{meta.name} {meta.version}"] * len(batch), pa.string()),
+            "modality": pa.array([modality] * len(batch), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+        },
+        schema=embedding_schema(dim),
+    )
+    return table, int((~ok).sum())
+
+
+def read_embeddings(path: str | Path, modality: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(object ids, (N, D) float32 unit vectors) of an embedding Parquet file."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(path, f"not a readable embedding Parquet file ({exc})") from exc
+    if not {"object_id", "vector", "modality"} <= set(table.column_names):
+        raise InputError(path, "needs columns object_id, modality and vector (astroclf embed)")
+    modalities = sorted(set(table.column("modality").to_pylist()))
+    if modality is not None:
+        table = table.filter(pc.equal(table["modality"], modality))
+        if table.num_rows == 0:
+            raise InputError(path, f"no {modality!r} embeddings (it holds {modalities})")
+    elif len(modalities) > 1:
+        raise InputError(path, f"holds several modalities {modalities}: choose one (--modality)")
+    vector = table.column("vector").combine_chunks()
+    dim = vector.type.list_size
+    values = np.asarray(vector.flatten().to_numpy(), np.float32).reshape(-1, dim)
+    norms = np.linalg.norm(values, axis=1, keepdims=True)
+    values = values / np.maximum(norms, 1e-12)
+    ids = np.asarray(table.column("object_id").to_pylist(), dtype=str)
+    return ids, values
+
+
+def search(
+    queries: np.ndarray,
+    index: np.ndarray,
+    k: int = 10,
+    exclude: np.ndarray | None = None,
+    index_ids: np.ndarray | None = None,
+    block: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` cosine search: (positions (Q, k) int64, similarities (Q, k) float32),
+    best first. ``exclude``: per query, an id (of ``index_ids``) never returned (itself)."""
+    k = min(k, len(index) - (1 if exclude is not None else 0))
+    if k <= 0:
+        raise ValueError("the index holds no other vector to return")
+    pos = np.empty((len(queries), k), np.int64)
+    sim = np.empty((len(queries), k), np.float32)
+    for start in range(0, len(queries), block):
+        s = queries[start : start + block] @ index.T  # (b, N)
+        if exclude is not None:
+            same = exclude[start : start + block, None] == index_ids[None, :]
+            s = np.where(same, -np.inf, s)
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        pos[start : start + block] = top
+        sim[start : start + block] = np.take_along_axis(s, top, axis=1)
+    return pos, sim
