@@ -230,6 +230,11 @@ class BatchProcessor:
             self._pool.start()
         return self
 
+    @property
+    def decode_pids(self) -> list[int]:
+        """Process ids of the decode pool (empty without one)."""
+        return list(self._pool.pids) if self._pool is not None else []
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()

@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -72,7 +73,8 @@ def _initialise(input_format: str, schemas: Any) -> None:
     _STATE.update(decode=decode_message, input_format=input_format, schemas=schemas)
 
 
-def _ping() -> int:
+def _ping(hold_s: float) -> int:
+    time.sleep(hold_s)  # so that the other pings reach the other processes
     return os.getpid()
 
 
@@ -102,6 +104,7 @@ class DecodePool:
         self.input_format = input_format
         self.schemas = schemas
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self.pids: list[int] = []  # of the processes, once started
 
     def start(self) -> DecodePool:
         """Start every process and wait until each has imported the decoders."""
@@ -112,9 +115,15 @@ class DecodePool:
                 initializer=_initialise,
                 initargs=(self.input_format, self.schemas),
             )
-            futures = [self._executor.submit(_ping) for _ in range(self.workers)]
-            pids = {f.result(timeout=120) for f in futures}
-            log.debug("decode pool started: %d process(es) %s", self.workers, sorted(pids))
+            # Every process started and warm (imports done) before the first batch.
+            pids: set[int] = set()
+            for attempt in range(5):
+                futures = [self._executor.submit(_ping, 0.2 * attempt) for _ in range(self.workers)]
+                pids |= {f.result(timeout=120) for f in futures}
+                if len(pids) >= self.workers:
+                    break
+            self.pids = sorted(pids)
+            log.debug("decode pool started: %d process(es) %s", self.workers, self.pids)
         return self
 
     def decode(self, items: Sequence[tuple[bytes | None, str]]) -> list[Decoded]:

@@ -257,6 +257,7 @@ class StreamWorker:
                 logging.INFO,
                 "decode_pool_ready",
                 processes=settings.decode_workers,
+                pids=self._processor.decode_pids,
                 seconds=round(time.perf_counter() - started, 3),
             )
         if self._stop_signal is not None:
