@@ -40,6 +40,7 @@ from astro_classifier.training.registry import (
     save_model_dir,
 )
 from astro_classifier.training.train import (
+    label_seed,
     label_subset,
     length_bucketed_batches,
     predict,
@@ -168,7 +169,7 @@ def train_clip(
         model, source = _build(cfg, ds, 0, train_idx, holdout_ids)
         fit_idx = train_idx
     else:
-        fit_idx = label_subset(y, train_idx, cfg.data.label_fraction, cfg.data.seed)
+        fit_idx = label_subset(y, train_idx, cfg.data.label_fraction, label_seed(cfg))
         model, source = _build(cfg, ds, len(labels), fit_idx, holdout_ids)
         console.print(
             f"label_fraction {cfg.data.label_fraction}: {len(fit_idx)} labelled training objects"

@@ -129,6 +129,12 @@ def predict(
     return out
 
 
+def label_seed(cfg: TrainConfig) -> int:
+    """Seed of the label subset: varies with training.seed (few-label experiments repeat
+    over seeds) while data.seed fixes the folds, hence the hold-out."""
+    return cfg.data.seed + 7919 * cfg.training.seed
+
+
 def label_subset(y: np.ndarray, train_idx: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """A stratified ``fraction`` of ``train_idx`` (sorted), at least one object per class."""
     if fraction >= 1.0:
@@ -170,7 +176,7 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
             cfg, run_dir, console, ds, labels, y, (train_idx, val_idx, holdout), device
         )
     if cfg.data.label_fraction < 1.0:
-        train_idx = label_subset(y, train_idx, cfg.data.label_fraction, cfg.data.seed)
+        train_idx = label_subset(y, train_idx, cfg.data.label_fraction, label_seed(cfg))
         console.print(
             f"label_fraction {cfg.data.label_fraction}: {len(train_idx)} training objects"
         )

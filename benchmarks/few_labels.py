@@ -1,0 +1,280 @@
+"""Does CLIP pretraining pay with few labels? Hold-out macro F1 at 1 %, 10 % and 100 % of
+the PLAsTiCC training labels, several seeds, four methods (issue 8, item 4):
+
+(a) ``clip``: CLIP pretrained without labels (configs/clip_plasticc.yaml, light curve <->
+    metadata), then fine-tuned on the labelled fraction (configs/clip_finetune.yaml);
+(b) ``scratch``: the same encoders and head trained from scratch on the same labels;
+(c) ``atat``: ATAT from scratch on the same labels (configs/atat_lsst.yaml without its
+    augmented copies, which the other methods do not get either);
+(d) ``gbm``: histogram gradient boosting (benchmarks/baseline_features.py's parameters) on
+    ATAT's tabular features (metadata + light-curve features) of the same objects.
+
+Every method sees the same folds (data.seed 0, hold-out fold 0, never pretrained on) and, per
+seed, the same labelled subset (stratified, at least one object per class; training.seed
+varies the subset and the initialisation). The pretraining is shared by every seed (it sees no
+label). Reported: mean, standard deviation and standard error of the hold-out macro F1 over
+seeds, the paired difference (a) - (b) per fraction (a gain smaller than two standard errors
+is reported as no gain), (a) - (c) at 100 %, and the "zero-shot" quality of the frozen
+pretrained embeddings (class-centroid and 5-NN accuracy, training split -> validation split).
+
+Usage (one command; resumable: finished runs are read back from --work-dir)::
+
+    python benchmarks/few_labels.py                 # full: 5 seeds x 3 fractions x 4 methods
+    python benchmarks/few_labels.py --quick         # tiny models, 300 objects, 2 seeds: minutes
+
+Cost of the full run on 2 CPU cores: the pretraining (~40 min, its time limit) plus 45 neural
+trainings (each up to its config's time limit, 30-40 min at 100 %, much less at 1 %), i.e.
+about a day; on one GPU about an hour. Writes ``benchmarks/results/few_labels.json`` (or
+``few_labels_quick.json``), a Markdown table and ``few_labels.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+CONFIGS = PROJECT_ROOT / "configs"
+RESULTS = PROJECT_ROOT / "benchmarks" / "results"
+METHODS = ("clip", "scratch", "atat", "gbm")
+
+
+def _plan(quick: bool) -> dict[str, Any]:
+    if quick:
+        common = ["data.max_objects=300", "training.epochs=2", "training.num_threads=1"]
+        return {
+            "pretrain": ("clip_tiny_pretrain.yaml", [*common, "data.max_objects=300"]),
+            "finetune": ("clip_tiny_finetune.yaml", common),
+            "atat": ("atat_tiny.yaml", common),
+            "seeds": [0, 1],
+            "fractions": [0.1, 1.0],
+        }
+    return {
+        "pretrain": ("clip_plasticc.yaml", []),
+        "finetune": ("clip_finetune.yaml", []),
+        "atat": ("atat_lsst.yaml", ["data.augment=null", "training.time_limit_minutes=30"]),
+        "seeds": [0, 1, 2, 3, 4],
+        "fractions": [0.01, 0.1, 1.0],
+    }
+
+
+def _config(name: str, overrides: list[str]):
+    from astro_classifier.training.config import TrainConfig
+
+    return TrainConfig.from_yaml(CONFIGS / name, overrides)
+
+
+def _run(cfg, run_dir: Path, dataset: Path | None = None) -> dict[str, Any]:
+    """Train (or read back a finished run); ``dataset``: a dataset.h5 to reuse."""
+    from rich.console import Console
+
+    from astro_classifier.training.train import train
+
+    done = run_dir / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if dataset is not None and dataset.is_file() and not (run_dir / "dataset.h5").exists():
+        os.symlink(dataset.resolve(), run_dir / "dataset.h5")
+    started = time.perf_counter()
+    metrics = train(cfg, run_dir, console=Console(quiet=True))
+    print(f"  {run_dir.name}: {time.perf_counter() - started:.0f} s", flush=True)
+    return metrics
+
+
+def _gbm(atat_run: Path, cfg, seed: int) -> float:
+    """Hold-out macro F1 of gradient boosting on the ATAT run's features and label subset."""
+    import warnings
+
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from astro_classifier.data.dataset import TrainingDataset
+    from astro_classifier.metrics import classification_report
+    from astro_classifier.training.sources import grouped_splits
+    from astro_classifier.training.train import label_seed, label_subset
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    from baseline_features import HGB_PARAMS
+
+    ds = TrainingDataset.load(atat_run / "dataset.h5")
+    labels = sorted(set(ds.batch.label.tolist()))
+    y = np.searchsorted(labels, ds.batch.label)
+    train_idx, _, holdout = grouped_splits(ds.batch, cfg)
+    fit = label_subset(y, train_idx, cfg.data.label_fraction, label_seed(cfg))
+    x = ds.features[-1]  # whole light curves
+    params = dict(HGB_PARAMS, random_state=seed)
+    counts = np.bincount(y[fit])
+    if len(fit) < 200 or counts[counts > 0].min() < 10:  # too few for early stopping's split
+        params.update(early_stopping=False, max_iter=100)
+    with warnings.catch_warnings():  # "more classes than half the samples" at 1 % labels
+        warnings.simplefilter("ignore", UserWarning)
+        model = HistGradientBoostingClassifier(**params).fit(x[fit], y[fit])
+    proba = np.zeros((len(holdout), len(labels)))
+    proba[:, model.classes_] = model.predict_proba(x[holdout])
+    return classification_report(y[holdout], proba, labels).macro_f1
+
+
+def _summary(scores: dict[str, dict[float, list[float]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for method, per_fraction in scores.items():
+        for fraction, values in per_fraction.items():
+            v = np.asarray(values, np.float64)
+            out.setdefault(method, {})[str(fraction)] = {
+                "mean": float(v.mean()),
+                "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+                "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None,
+                "values": v.tolist(),
+            }
+    return out
+
+
+def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
+    d = np.asarray(a) - np.asarray(b)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    mean = float(d.mean())
+    return {
+        "mean": mean,
+        "se": se,
+        "verdict": "gain" if mean > 2 * se else ("loss" if mean < -2 * se else "no gain"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models, 300 objects, 2 seeds")
+    parser.add_argument("--work-dir", type=Path, default=None, help="run directories (resumable)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default=None, help="comma-separated, overrides the plan")
+    parser.add_argument("--fractions", default=None, help="comma-separated, overrides the plan")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = parser.parse_args()
+
+    plan = _plan(args.quick)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else plan["seeds"]
+    fractions = (
+        [float(f) for f in args.fractions.split(",")] if args.fractions else plan["fractions"]
+    )
+    methods = [m for m in args.methods.split(",") if m]
+    tag = "few_labels_quick" if args.quick else "few_labels"
+    work = args.work_dir or PROJECT_ROOT / "runs" / tag
+    out = args.out or RESULTS / f"{tag}.json"
+    device = [f"training.device={args.device}"]
+
+    name, extra = plan["pretrain"]
+    print(f"pretraining ({name}) -> {work / 'pretrain'}", flush=True)
+    pre_metrics = _run(_config(name, [*extra, *device]), work / "pretrain")
+    clip_dataset = work / "pretrain" / "dataset.h5"
+    atat_dataset: Path | None = None
+
+    scores: dict[str, dict[float, list[float]]] = {m: {f: [] for f in fractions} for m in methods}
+    for fraction in fractions:
+        for seed in seeds:
+            common = [f"data.label_fraction={fraction}", f"training.seed={seed}", *device]
+            tag_run = f"f{fraction:g}-s{seed}"
+            ft_name, ft_extra = plan["finetune"]
+            if "clip" in methods:
+                cfg = _config(ft_name, [*ft_extra, *common, f"model.init_from={work / 'pretrain'}"])
+                m = _run(cfg, work / f"clip-{tag_run}", clip_dataset)
+                scores["clip"][fraction].append(m["holdout"]["macro_f1"])
+            if "scratch" in methods:
+                cfg = _config(ft_name, [*ft_extra, *common, "model.init_from=null"])
+                m = _run(cfg, work / f"scratch-{tag_run}", clip_dataset)
+                scores["scratch"][fraction].append(m["holdout"]["macro_f1"])
+            if "atat" in methods or "gbm" in methods:
+                at_name, at_extra = plan["atat"]
+                cfg = _config(at_name, [*at_extra, *common])
+                run_dir = work / f"atat-{tag_run}"
+                m = _run(cfg, run_dir, atat_dataset)
+                atat_dataset = atat_dataset or run_dir / "dataset.h5"
+                if "atat" in methods:
+                    scores["atat"][fraction].append(m["holdout"]["macro_f1"])
+                if "gbm" in methods:
+                    scores["gbm"][fraction].append(_gbm(run_dir, cfg, seed))
+            print(
+                f"fraction {fraction:g} seed {seed}: "
+                + ", ".join(f"{k} {v[fraction][-1]:.3f}" for k, v in scores.items()),
+                flush=True,
+            )
+
+    summary = _summary(scores)
+    comparisons: dict[str, Any] = {}
+    if "clip" in scores and "scratch" in scores:
+        for f in fractions:
+            comparisons[f"clip-scratch@{f:g}"] = _paired(scores["clip"][f], scores["scratch"][f])
+    if "clip" in scores and "atat" in scores and 1.0 in fractions:
+        comparisons["clip-atat@1"] = _paired(scores["clip"][1.0], scores["atat"][1.0])
+    result = {
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "seeds": seeds,
+        "fractions": fractions,
+        "holdout_macro_f1": summary,
+        "paired_differences": comparisons,
+        "targets": {
+            "clip-scratch@0.01": ">= +0.05",
+            "clip-scratch@0.1": ">= +0.03",
+            "clip-atat@1": ">= -0.01",
+        },
+        "zero_shot_frozen_pretrained": pre_metrics.get("zero_shot"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(markdown(result))
+    plot(result, out.with_suffix(".png"))
+    print(f"-> {out}, {out.with_suffix('.png')}")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    fr = result["fractions"]
+    lines = [
+        "| method | " + " | ".join(f"{100 * f:g} % labels" for f in fr) + " |",
+        "|---|" + "---|" * len(fr),
+    ]
+    for method, per in result["holdout_macro_f1"].items():
+        cells = []
+        for f in fr:
+            s = per[str(f)]
+            cells.append(
+                f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["std"] is not None else "")
+            )
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, c in result["paired_differences"].items():
+        lines.append(f"- {name}: {c['mean']:+.3f} ± {c['se']:.3f} (SE) -> {c['verdict']}")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    fr = result["fractions"]
+    for method, per in result["holdout_macro_f1"].items():
+        mean = [per[str(f)]["mean"] for f in fr]
+        err = [per[str(f)]["se"] or 0.0 for f in fr]
+        ax.errorbar([100 * f for f in fr], mean, yerr=err, marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training objects (%)")
+    ax.set_ylabel("hold-out macro F1")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
