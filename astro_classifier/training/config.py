@@ -39,8 +39,9 @@ class ModelSection(_Strict):
     args: dict[str, Any] = Field(default_factory=dict, description="architecture overrides")
     init_from: str | None = Field(
         None,
-        description="fine-tune: a run directory whose model.yaml + weights.pt start this model "
-        "(its architecture is used; model.args must then be empty)",
+        description="fine-tune: a run directory whose model.yaml + weights.pt start this model, "
+        "or an exported ATAT model (.onnx) to warm-start from (its architecture is used; "
+        "model.args must then be empty)",
     )
     freeze: bool = Field(False, description="with init_from: train only the classifier head")
 

@@ -181,15 +181,35 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
             f"label_fraction {cfg.data.label_fraction}: {len(train_idx)} training objects"
         )
 
-    model = create_model(
-        cfg.model.name,
-        n_classes=len(labels),
-        n_bands=len(ds.spec.bands),
-        n_features=len(ds.spec.feature_names),
-        **cfg.model.args,
-    )
-    # fitted on training data before the first step (ATAT: quantile tables, every truncation)
-    entry.fit(model, torch.from_numpy(ds.features[:, train_idx].reshape(-1, ds.features.shape[-1])))
+    if cfg.model.init_from is not None and cfg.model.init_from.endswith(".onnx"):
+        # warm start from an exported model: its architecture, weights and quantile tables
+        from astro_classifier.inference.model import read_metadata
+        from astro_classifier.training.warm_start import atat_state_from_onnx, load_onnx_weights
+
+        architecture, _ = atat_state_from_onnx(cfg.model.init_from)
+        source_labels = read_metadata(cfg.model.init_from).labels
+        if source_labels != labels:
+            raise ValueError(
+                f"{cfg.model.init_from} has classes {source_labels}, the data {labels}: a warm "
+                "start needs the same classes"
+            )
+        model = create_model(cfg.model.name, **architecture)
+        fresh = load_onnx_weights(model, cfg.model.init_from)
+        console.print(
+            f"warm start from {cfg.model.init_from} (fresh: {', '.join(fresh) or 'none'})"
+        )
+    else:
+        model = create_model(
+            cfg.model.name,
+            n_classes=len(labels),
+            n_bands=len(ds.spec.bands),
+            n_features=len(ds.spec.feature_names),
+            **cfg.model.args,
+        )
+        # fitted on training data before the first step (ATAT: quantile tables, every truncation)
+        entry.fit(
+            model, torch.from_numpy(ds.features[:, train_idx].reshape(-1, ds.features.shape[-1]))
+        )
     model.to(device)
 
     counts = np.bincount(y[train_idx], minlength=len(labels)).astype(np.float64)

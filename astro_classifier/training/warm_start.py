@@ -1,0 +1,87 @@
+"""Warm start: the weights of an exported ATAT model (.onnx) as a torch state_dict.
+
+An exported model is the only artefact that ships; its run directory may be gone. The ONNX
+graph still holds every weight the classifier uses, under one of three guises:
+
+- initializers named after the torch parameter (``lc_encoder.blocks.0.norm1.weight``);
+- linear-layer weights folded into a ``MatMul`` as the transposed matrix, under a generated
+  name (``onnx::MatMul_806``), found through the node's scoped name
+  (``/lc_encoder/blocks.0/attn/qkv/MatMul`` -> ``lc_encoder.blocks.0.attn.qkv.weight``);
+- the quantile tables of the feature tokenizer, constant-folded into the ``Sub`` (lower
+  edges) and ``Greater`` (upper edges) of its piecewise-linear CDF.
+
+What the graph does not hold (the light-curve-only and tabular-only heads, which serving
+does not use) keeps its fresh initialisation. :func:`atat_state_from_onnx` returns the
+architecture (from the model's metadata) and the state; the caller builds the model, loads
+the state with ``strict=False`` and reports what was left fresh.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from astro_classifier.inference.model import read_metadata
+
+
+def atat_state_from_onnx(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(architecture config, state_dict) of an exported ATAT model; see the module docstring."""
+    meta = read_metadata(path)
+    if meta.architecture not in ("atat", "atat_tiny"):
+        raise ValueError(
+            f"{path}: a warm start needs an ATAT model, this one is {meta.architecture!r}"
+        )
+    proto = onnx.load(str(path))
+    arrays = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    state: dict[str, torch.Tensor] = {}
+    for name, value in arrays.items():
+        if not name.startswith("onnx::"):
+            state[name] = torch.from_numpy(np.array(value))
+    lower = upper = None
+    for node in proto.graph.node:
+        scope = node.name.strip("/").split("/")
+        generated = [i for i in node.input if i.startswith("onnx::") and i in arrays]
+        if not generated:
+            continue
+        if node.op_type == "MatMul":
+            module = ".".join(part for part in scope[:-1] if not _is_repeat(part, scope))
+            state[f"{module}.weight"] = torch.from_numpy(
+                np.ascontiguousarray(arrays[generated[0]].T)
+            )
+        elif node.op_type == "Sub" and scope[0] == "tab_tokens":
+            lower = arrays[generated[0]]
+        elif node.op_type == "Greater" and scope[0] == "tab_tokens":
+            upper = arrays[generated[0]]
+    if lower is not None and upper is not None:
+        state["tab_tokens.quantiles"] = torch.from_numpy(
+            np.concatenate([np.asarray(lower), np.asarray(upper)[:, -1:]], axis=1).astype(
+                np.float32
+            )
+        )
+    return dict(meta.architecture_config), state
+
+
+def _is_repeat(part: str, scope: list[str]) -> bool:
+    """Scope names repeat a Sequential's name (``mlp/mlp.0``): keep only the indexed one."""
+    return any(other.startswith(part + ".") for other in scope)
+
+
+def load_onnx_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
+    """Load an exported ATAT model's weights into ``model``; returns the keys left fresh."""
+    _, state = atat_state_from_onnx(path)
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise ValueError(
+                f"{path}: {key} has shape {tuple(value.shape)}, the model {tuple(own[key].shape)}; "
+                "the warm start needs the same architecture, bands, features and classes"
+            )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{path}: weights the model does not have: {unexpected}")
+    return list(missing)
