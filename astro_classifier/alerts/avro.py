@@ -285,14 +285,14 @@ def _read_blocks(data: bytes, pos: int, entry: ContainerSchema) -> list[Any] | N
     while pos < len(data):
         count, pos = _read_long(data, pos)
         size, pos = _read_long(data, pos)
-        if count < 0 or size < 0 or pos + size + SYNC_SIZE > len(data):
+        if count < 0 or size < 0 or pos + size > len(data):
             raise _Corrupt("truncated block")
         block = _decompress(entry.codec, data[pos : pos + size])
         if block is None:
             return None
         pos += size
         if data[pos : pos + SYNC_SIZE] != sync:
-            raise _Corrupt("sync marker does not match")
+            raise _Corrupt("the block's sync marker is missing or does not match the header's")
         pos += SYNC_SIZE
         stream = io.BytesIO(block)
         for _ in range(count):
