@@ -138,4 +138,6 @@ def test_classification_records_carry_the_broad_kind_and_abstention() -> None:
     for output_format in ("avro", "json"):
         back = decode_classification(encode_classification(record, output_format), output_format)
         assert back["broadClass"] == "transient" and back["abstain"] is True
-        assert back["probPeriodic"] == pytest.approx(0.3) and back["oodScore"] == pytest.approx(-3.5)
+        assert back["probPeriodic"] == pytest.approx(0.3) and back["oodScore"] == pytest.approx(
+            -3.5
+        )

@@ -86,7 +86,9 @@ def classify_command(
             )
         with atomic_output(output) as tmp:
             pq.write_table(result.table, tmp)
-    print_summary(result, loaded, object_ids=batch.object_id, read_seconds=read_seconds, output=output)
+    print_summary(
+        result, loaded, object_ids=batch.object_id, read_seconds=read_seconds, output=output
+    )
 
 
 def print_summary(
