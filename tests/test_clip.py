@@ -378,3 +378,28 @@ def test_pi_constant_sanity() -> None:  # guards the degree conversions of galac
     assert math.isclose(
         float(galactic_latitude(torch.tensor(0.0), torch.tensor(0.0))), -60.19, abs_tol=0.05
     )
+
+
+def test_atat_runs_hold_model_yaml_and_old_runs_still_load(shared_data, tmp_path) -> None:
+    cfg = _config(
+        "atat_tiny.yaml",
+        shared_data,
+        "data.max_objects=120",
+        "training.epochs=1",
+        "training.num_threads=1",
+        "data.truncation_days=[.inf]",
+    )
+    run_dir = tmp_path / "atat"
+    _train(cfg, run_dir)
+    name, model = load_model_dir(run_dir)
+    assert name == "atat_tiny"
+    old = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # plain data only
+    for key, value in old["state_dict"].items():
+        torch.testing.assert_close(model.state_dict()[key], value, atol=0, rtol=0)
+    rebuilt, ckpt = load_checkpoint(run_dir)  # from model.yaml + weights.pt
+    assert ckpt["model_config"] == yaml.safe_load((run_dir / MODEL_YAML).read_text())["config"]
+    (run_dir / MODEL_YAML).unlink()  # a run directory written before model.yaml existed
+    (run_dir / WEIGHTS).unlink()
+    legacy, _ = load_checkpoint(run_dir)
+    for key, value in rebuilt.state_dict().items():
+        torch.testing.assert_close(legacy.state_dict()[key], value, atol=0, rtol=0)
