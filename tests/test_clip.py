@@ -403,3 +403,23 @@ def test_atat_runs_hold_model_yaml_and_old_runs_still_load(shared_data, tmp_path
     legacy, _ = load_checkpoint(run_dir)
     for key, value in rebuilt.state_dict().items():
         torch.testing.assert_close(legacy.state_dict()[key], value, atol=0, rtol=0)
+
+
+def test_cli_refuses_a_model_typo_and_exporting_a_pretraining_run(pretrained, tmp_path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(CONFIGS / "clip_tiny_pretrain.yaml"),
+            "-o",
+            str(tmp_path / "run"),
+            "--set",
+            "model.args.embed_dm=8",
+        ],
+    )
+    assert result.exit_code == 1 and "embed_dim" in result.output
+    assert not (tmp_path / "run").exists()
+    result = runner.invoke(app, ["export", str(pretrained[0]), "-o", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 1 and "fine-tune it" in result.output
+    assert not (tmp_path / "x.onnx").exists()
