@@ -78,9 +78,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result = {
-        "search": [
-            bench_search(int(n), args.dim, args.queries) for n in args.sizes.split(",") if n
-        ]
+        "search": [bench_search(int(n), args.dim, args.queries) for n in args.sizes.split(",") if n]
     }
     if args.model:
         result["embed"] = bench_embed(args.model, args.objects)
