@@ -21,6 +21,7 @@ from typer.testing import CliRunner  # noqa: E402
 from astro_classifier.cli.app import app  # noqa: E402
 from astro_classifier.data.dataset import TrainingDataset  # noqa: E402
 from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
+from astro_classifier.errors import ModelError  # noqa: E402
 from astro_classifier.export.clip_export import PARITY_TOLERANCE, ClipGraph  # noqa: E402
 from astro_classifier.export.onnx_export import export_run, load_checkpoint  # noqa: E402
 from astro_classifier.features.preprocess import light_curves_to_inputs  # noqa: E402
@@ -405,9 +406,8 @@ def test_atat_runs_hold_model_yaml_and_old_runs_still_load(shared_data, tmp_path
         torch.testing.assert_close(legacy.state_dict()[key], value, atol=0, rtol=0)
 
 
-def test_cli_refuses_a_model_typo_and_exporting_a_pretraining_run(pretrained, tmp_path) -> None:
-    runner = CliRunner()
-    result = runner.invoke(
+def test_cli_refuses_a_model_typo(tmp_path) -> None:
+    result = CliRunner().invoke(
         app,
         [
             "train",
@@ -420,6 +420,16 @@ def test_cli_refuses_a_model_typo_and_exporting_a_pretraining_run(pretrained, tm
     )
     assert result.exit_code == 1 and "embed_dim" in result.output
     assert not (tmp_path / "run").exists()
-    result = runner.invoke(app, ["export", str(pretrained[0]), "-o", str(tmp_path / "x.onnx")])
-    assert result.exit_code == 1 and "fine-tune it" in result.output
-    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_pretraining_run_exports_an_embedding_only_model(pretrained, finetuned, tmp_path) -> None:
+    out = tmp_path / "pre.onnx"
+    report = export_run(pretrained[0], out)
+    assert max(report.per_combination.values()) <= PARITY_TOLERANCE
+    loaded = LoadedModel.load(out, provider="cpu")
+    assert loaded.metadata.labels == [] and loaded.metadata.calibration is None
+    batch = TrainingDataset.load(finetuned[0] / "dataset.h5").batch.select(np.arange(10))
+    table, _ = embed_objects(batch, loaded, "photometry")
+    assert table.num_rows == 10
+    with pytest.raises(ModelError, match="embedding-only"):
+        classify(batch, loaded, n_jobs=1)

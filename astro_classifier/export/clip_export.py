@@ -61,6 +61,7 @@ class ClipGraph(torch.nn.Module):
         super().__init__()
         self.model = model
         self.modalities = [m for m in model.modalities if m != "image"]
+        self.classifier = model.head is not None  # else: an embedding-only (pretrained) model
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
 
     def forward(self, flux, flux_err, time, band, mask, tabular, *extra):
@@ -69,12 +70,15 @@ class ClipGraph(torch.nn.Module):
         presence = dict(zip(self.modalities, extra, strict=True))
         emb = self.model.embeddings(flux, flux_err, time, band, mask, tabular, spectrum)
         fused = self.model.fuse(emb, presence)
+        if not self.classifier:
+            return (fused, *[emb[m] for m in self.modalities])
         logits = self.model.head(fused)
         proba = torch.softmax(logits / self.temperature, dim=-1)
         return (proba, logits, fused, *[emb[m] for m in self.modalities])
 
     def output_names(self) -> list[str]:
-        return OUTPUTS + [f"embedding_{m}" for m in self.modalities]
+        first = OUTPUTS if self.classifier else ["embedding"]
+        return first + [f"embedding_{m}" for m in self.modalities]
 
 
 def _feeds(meta: ModelMetadata, x: ModelInputs, presence, spectrum) -> dict[str, np.ndarray]:
@@ -130,7 +134,10 @@ def check_parity(
                 else:
                     worst = max(worst, diff)
                     combo_worst = max(combo_worst, diff)
-            agree += int((expected[0].numpy().argmax(1) == got[0].argmax(1)).sum())
+            if graph.classifier:
+                agree += int((expected[0].numpy().argmax(1) == got[0].argmax(1)).sum())
+            else:
+                agree += len(x)
             n += len(x)
         per_combo["+".join(combo)] = combo_worst
     return worst, worst_logit, agree / max(n, 1), per_combo
@@ -139,15 +146,15 @@ def check_parity(
 def export_clip_run(
     run_dir: Path, out: Path, fp16: bool = False, parity_objects: int = 512
 ) -> ParityReport:
-    """Export a fine-tuned CLIP run to ``out``; ParityError (writing nothing) on mismatch."""
+    """Export a CLIP run to ``out``; ParityError (writing nothing) on mismatch.
+
+    A pretraining run (no classifier head) gives an embedding-only file (no labels, no
+    ``probabilities``): `astroclf embed` and `astroclf similar` use it, `classify` refuses it.
+    """
     model, ckpt = load_checkpoint(run_dir)
     if not isinstance(model, CLIP):
         raise ModelError(f"{run_dir} holds a {type(model).__name__}, not a CLIP model")
-    if model.head is None:
-        raise ModelError(
-            f"{run_dir} is a pretraining run (no classifier head): fine-tune it "
-            "(configs/clip_finetune.yaml, model.init_from) and export that run"
-        )
+    classifier = model.head is not None
     if "image" in model.modalities:
         raise ModelError("the image tower is not built yet (issue 9): cannot export")
     if fp16:
@@ -161,7 +168,7 @@ def export_clip_run(
         description=exp.get("description", ""),
         architecture=ckpt["model_name"],
         architecture_config=ckpt["model_config"],
-        labels=ckpt["labels"],
+        labels=ckpt["labels"] if classifier else [],
         bands=list(spec.bands),
         inputs=[],
         outputs=[],
@@ -169,32 +176,34 @@ def export_clip_run(
         preprocessing=spec,
         length_buckets=default_length_buckets(spec.max_length),
         training_data=ckpt["dataset"],
-        metrics=ckpt["metrics"],
+        # a pretraining's validation holds a contrastive loss, not classification metrics
+        metrics=ckpt["metrics"] if classifier else {"pretraining": ckpt["metrics"]},
         precision="fp32",
         package_version=__version__,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        broad_classes=broad_mapping(ckpt["labels"]),
+        broad_classes=broad_mapping(ckpt["labels"]) if classifier else {},
         modalities=modalities,
         required_modalities=["photometry"],
         spectrum_grid=list(model.cfg.spectrum_grid) if "spectrum" in modalities else None,
         embedding_dim=model.cfg.embed_dim,
     )
-    # calibration on the validation split, as alerts arrive: no spectrum
-    calls, y = validation_calls(run_dir, ckpt, spec, batch_size=CALIBRATION_BATCH)
-    graph = ClipGraph(model).eval()
-    logits = np.empty((len(y), len(ckpt["labels"])), np.float64)
-    with torch.no_grad():
-        for index, x in calls:
-            feeds = _feeds(meta, x, None, None)
-            logits[index] = graph(*[torch.from_numpy(v) for v in feeds.values()])[1].numpy()
-    calibration, ood = calibrate(
-        logits,
-        y,
-        fitted_on=f"validation split of run {run_dir.name}: {len(y)} objects, whole light "
-        "curves, photometry + metadata",
-    )
-    meta.calibration, meta.ood = calibration, ood
-    graph = ClipGraph(model, calibration.temperature).eval()
+    calibration = ood = None
+    if classifier:  # calibration on the validation split, as alerts arrive: no spectrum
+        calls, y = validation_calls(run_dir, ckpt, spec, batch_size=CALIBRATION_BATCH)
+        graph = ClipGraph(model).eval()
+        logits = np.empty((len(y), len(ckpt["labels"])), np.float64)
+        with torch.no_grad():
+            for index, x in calls:
+                feeds = _feeds(meta, x, None, None)
+                logits[index] = graph(*[torch.from_numpy(v) for v in feeds.values()])[1].numpy()
+        calibration, ood = calibrate(
+            logits,
+            y,
+            fitted_on=f"validation split of run {run_dir.name}: {len(y)} objects, whole light "
+            "curves, photometry + metadata",
+        )
+        meta.calibration, meta.ood = calibration, ood
+    graph = ClipGraph(model, calibration.temperature if calibration else 1.0).eval()
 
     parity_calls, _ = validation_calls(run_dir, ckpt, spec, limit=parity_objects)
     inputs = [x for _, x in parity_calls]

@@ -308,7 +308,10 @@ class LoadedModel:
                 f"{path}: graph inputs {got} differ from the input contract {expected}"
             )
         outputs = [o.name for o in session.get_outputs()]
-        if "probabilities" not in outputs:
+        embedding_only = (
+            bool(metadata.modalities) and not metadata.labels and "embedding" in outputs
+        )
+        if "probabilities" not in outputs and not embedding_only:
             raise ModelError(f"{path}: graph outputs {outputs} lack 'probabilities'")
         if (
             metadata.ood is not None
@@ -370,6 +373,11 @@ class LoadedModel:
     ) -> Prediction:
         """Probabilities (B, n_classes) float32 for one padded call, and the raw logits when
         the graph has them. ``presence``/``spectrum``: multimodal models only (see above)."""
+        if self.metadata.modalities and not self.metadata.labels:
+            raise ModelError(
+                f"{self.path}: {self.metadata.name} is an embedding-only model (a CLIP "
+                "pretraining without classifier head): use `astroclf embed`, or fine-tune it"
+            )
         names = ["probabilities", "logits"] if self.has_logits else ["probabilities"]
         out = self.session.run(names, self.feeds(inputs, presence, spectrum))
         return Prediction(
