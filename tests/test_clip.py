@@ -399,6 +399,12 @@ def test_atat_runs_hold_model_yaml_and_old_runs_still_load(shared_data, tmp_path
         torch.testing.assert_close(model.state_dict()[key], value, atol=0, rtol=0)
     rebuilt, ckpt = load_checkpoint(run_dir)  # from model.yaml + weights.pt
     assert ckpt["model_config"] == yaml.safe_load((run_dir / MODEL_YAML).read_text())["config"]
+    # an ATAT run directory warm-starts another ATAT training
+    again = _train(
+        cfg.model_copy(update={"model": cfg.model.model_copy(update={"init_from": str(run_dir)})}),
+        tmp_path / "warm",
+    )
+    assert again["best_epoch"] == 1
     (run_dir / MODEL_YAML).unlink()  # a run directory written before model.yaml existed
     (run_dir / WEIGHTS).unlink()
     legacy, _ = load_checkpoint(run_dir)

@@ -110,6 +110,7 @@ def test_overrides_reach_nested_fields_with_yaml_values(tmp_path: Path) -> None:
             "data.holdout_fold=null",
             "preprocessing.bands=[g, r]",
             "preprocessing.light_curve_features=false",
+            "model.init_from=null",  # model.args and a warm start exclude each other
             "model.args.d_model=32",
             "export.description=a=b",  # only the first '=' separates key and value
         ],

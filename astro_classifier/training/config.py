@@ -204,6 +204,8 @@ class TrainConfig(_Strict):
             raise ValueError("model.args must be empty with model.init_from (its model.yaml rules)")
         if self.model.freeze and self.model.init_from is None:
             raise ValueError("model.freeze needs model.init_from (a pretrained run)")
+        if self.model.freeze and family != "clip":
+            raise ValueError("model.freeze is for CLIP models (a head on frozen towers)")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -35,7 +35,12 @@ from astro_classifier.metrics import classification_report
 from astro_classifier.plots import plot_confusion_matrix, plot_learning_curves
 from astro_classifier.progress import progress_bar
 from astro_classifier.training.config import TrainConfig
-from astro_classifier.training.registry import create_model, get_entry, save_model_dir
+from astro_classifier.training.registry import (
+    create_model,
+    get_entry,
+    load_model_dir,
+    save_model_dir,
+)
 from astro_classifier.training.sources import grouped_splits, read_training_objects
 
 log = logging.getLogger(__name__)
@@ -198,6 +203,14 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
         console.print(
             f"warm start from {cfg.model.init_from} (fresh: {', '.join(fresh) or 'none'})"
         )
+    elif cfg.model.init_from is not None:  # a run directory: model.yaml + weights.pt
+        source_name, model = load_model_dir(Path(cfg.model.init_from))
+        if source_name != cfg.model.name or model.cfg.n_classes != len(labels):
+            raise ValueError(
+                f"{cfg.model.init_from} holds a {source_name} with {model.cfg.n_classes} classes; "
+                f"this config trains a {cfg.model.name} on {len(labels)} classes"
+            )
+        console.print(f"warm start from run {cfg.model.init_from}")
     else:
         model = create_model(
             cfg.model.name,
