@@ -66,7 +66,11 @@ def embed_command(
         f"{table.num_rows} {modality} embeddings ({loaded.metadata.embedding_dim} dimensions) "
         f"of {len(batch)} objects by {loaded.metadata.name} in {seconds:.2f} s "
         f"({rate:,.0f} objects/s)"
-        + (f"; skipped {skipped} without a usable point" if skipped else "")
+        + (
+            f"; skipped {skipped} without a usable point or without that modality"
+            if skipped
+            else ""
+        )
         + f" -> {output}"
     )
 

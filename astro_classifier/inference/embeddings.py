@@ -56,7 +56,8 @@ def embed_objects(
     n_jobs: int = 1,
     call_rows: int | None = None,
 ) -> tuple[pa.Table, int]:
-    """(embedding table, number of objects skipped: no finite point in the model's bands)."""
+    """(embedding table, number of objects skipped: no finite point in the model's bands,
+    or for ``metadata`` no finite metadata value)."""
     meta = model.metadata
     if not meta.modalities:
         raise ModelError(f"{model.path}: {meta.name} is not a multimodal (CLIP) model")
@@ -65,13 +66,20 @@ def embed_objects(
     finite = np.isfinite(batch.time) & np.isfinite(batch.flux) & np.isfinite(batch.flux_err)
     ok = np.bincount(batch.point_object_index()[~finite], minlength=len(batch)) == 0
     ok &= batch.lengths > 0
+    if modality == "spectrum":
+        raise ModelError(
+            "light-curve and alert inputs carry no spectra: spectrum embeddings need spectra "
+            "readers (issue 9)"
+        )
+    tabular = tabular_features(batch, spec, n_jobs=n_jobs)
+    if modality == "metadata":  # objects without any metadata value have no such embedding
+        ok &= np.isfinite(tabular).any(axis=1)
     keep = np.flatnonzero(ok)
     if len(keep) < len(batch):
-        batch = batch.select(keep)
+        batch, tabular = batch.select(keep), tabular[keep]
     dim = int(meta.embedding_dim or 0)
     vectors = np.empty((len(batch), dim), np.float32)
     if len(batch):
-        tabular = tabular_features(batch, spec, n_jobs=n_jobs)
         which = None if modality == FUSED else modality
         for index, inputs in bucketed_inputs(batch, spec, tabular, meta.length_buckets, batch_size):
             step = call_rows or CALL_ROWS
