@@ -95,9 +95,34 @@ def test_broad_probabilities_sum_fine_ones(
     ]
 
 
+@pytest.fixture(scope="module")
+def old_style_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The shipped atat-ztf as a model file from before calibration and abstention: no
+    broad_classes, calibration or ood metadata, and no logits output."""
+    import onnx
+
+    from astro_classifier.inference.model import resolve_model_path
+
+    proto = onnx.load(str(resolve_model_path("atat-ztf")))
+    keep = [
+        p
+        for p in proto.metadata_props
+        if p.key.split(".", 1)[-1] not in ("broad_classes", "calibration", "ood")
+    ]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    outputs = [o for o in proto.graph.output if o.name != "logits"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(outputs)
+    path = tmp_path_factory.mktemp("old") / "atat-ztf-old.onnx"
+    onnx.save(proto, str(path))
+    return LoadedModel.load(path, provider="cpu")
+
+
 def test_model_without_new_metadata_uses_the_documented_fallback(
-    ztf_model: LoadedModel, fink_alerts: LightCurveBatch
+    old_style_model: LoadedModel, fink_alerts: LightCurveBatch
 ) -> None:
+    ztf_model = old_style_model
     meta = ztf_model.metadata
     assert meta.broad_classes is None and meta.calibration is None and meta.ood is None
     assert meta.broad_mapping() == broad_mapping(meta.labels)
