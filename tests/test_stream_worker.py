@@ -41,6 +41,7 @@ import fastavro
 import pytest
 import yaml
 
+from astro_classifier.inference.model import read_metadata
 from tests.kafka_broker import (
     OffsetWatcher,
     PartitionLog,
@@ -369,7 +370,9 @@ def check_output_records(outcome: Outcome, topics: Topics, model: str) -> None:
         assert record["classifierName"] == model
         assert record["sourceTopic"] == topics.input
         probabilities = [c["probability"] for c in record["classifications"]]
-        assert len(probabilities) == 14
+        assert [c["classId"] for c in record["classifications"]] == read_metadata(model).labels
+        assert record["broadClass"] in ("transient", "stochastic", "periodic")
+        assert isinstance(record["abstain"], bool)
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
         assert record["probability"] == max(probabilities)
         top = max(record["classifications"], key=lambda c: c["probability"])
