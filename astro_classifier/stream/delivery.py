@@ -78,6 +78,9 @@ TRANSIENT_ERRORS = frozenset(
 )
 
 
+FLUSH_STALL_S = 5.0  # deliveries without progress this long: not ready
+
+
 class FatalKafkaError(RuntimeError):
     """librdkafka reported an error the worker cannot recover from (e.g. producer fenced)."""
 
@@ -289,11 +292,20 @@ class Delivery:
                 return
 
     def _flush(self) -> None:
-        """Wait for every delivery report; a passed stop deadline raises StopTimeout."""
+        """Wait for every delivery report; a passed stop deadline raises StopTimeout.
+
+        Deliveries that make no progress for FLUSH_STALL_S report a retry ("delivery
+        stalled"), so readiness drops even when librdkafka reports no broker error."""
+        pending, since, reported = len(self.producer), self.clock(), False
         while len(self.producer):
             self._check_stop()
             self.beat()
             self.producer.flush(0.2)
+            if len(self.producer) < pending:
+                pending, since = len(self.producer), self.clock()
+            elif not reported and self.clock() - since > FLUSH_STALL_S:
+                self.on_retry("delivery stalled", 0)
+                reported = True
 
     def _check_stop(self) -> None:
         deadline = self.stop_deadline()
