@@ -254,8 +254,13 @@ def test_atlas_packet_given_as_ztf_is_refused(tmp_path):
 
 
 # -- absurd photometry: dropped, counted, silent ------------------------------------------
+def _fink_v33_alert(shared_data: Path) -> tuple[dict, list[dict]]:
+    """(writer schema, records) of the first real Fink schema-3.3 ZTF alert."""
+    return _container(sorted((shared_data / "alerts/ztf/fink-v3.3").glob("*.avro"))[0])
+
+
 def _absurd_alert(shared_data: Path) -> dict:
-    _, (record,) = _container(sorted((shared_data / "alerts/ztf/fink-v3.3").glob("*.avro"))[0])
+    _, (record,) = _fink_v33_alert(shared_data)
     record = copy.deepcopy(record)
     candidate = record["candidate"]
     extra = [copy.deepcopy(record["prv_candidates"][0]) for _ in range(5)]
@@ -274,10 +279,8 @@ def _absurd_alert(shared_data: Path) -> dict:
 
 def test_absurd_points_are_dropped_and_counted_by_reason(shared_data, tmp_path):
     record = _absurd_alert(shared_data)
-    clean = ztf_records_to_batch(
-        [_container(sorted((shared_data / "alerts/ztf/fink-v3.3").glob("*.avro"))[0])[1][0]], "x"
-    )
-    schema, _ = _container(sorted((shared_data / "alerts/ztf/fink-v3.3").glob("*.avro"))[0])
+    clean = ztf_records_to_batch([_fink_v33_alert(shared_data)[1][0]], "x")
+    schema, _ = _fink_v33_alert(shared_data)
     path = _write_container(tmp_path / "absurd.avro", schema, [record], "null")
     batch = read_light_curves([path])
     assert batch.dropped.get(DROP_FLUX_NON_FINITE) == 1
@@ -288,7 +291,7 @@ def test_absurd_points_are_dropped_and_counted_by_reason(shared_data, tmp_path):
 
 
 def test_classify_reports_dropped_points_and_prints_no_numpy_warning(shared_data, tmp_path):
-    schema, _ = _container(sorted((shared_data / "alerts/ztf/fink-v3.3").glob("*.avro"))[0])
+    schema, _ = _fink_v33_alert(shared_data)
     path = _write_container(tmp_path / "absurd.avro", schema, [_absurd_alert(shared_data)], "null")
     out = tmp_path / "out.parquet"
     result = runner.invoke(app, ["classify", str(path), "-m", "atat-ztf", "-o", str(out)])
@@ -299,7 +302,7 @@ def test_classify_reports_dropped_points_and_prints_no_numpy_warning(shared_data
 
 
 def test_alert_with_no_usable_point_is_skipped_and_a_run_of_nothing_fails(shared_data, tmp_path):
-    schema, (record,) = _container(sorted((shared_data / "alerts/ztf/fink-v3.3").glob("*.avro"))[0])
+    schema, (record,) = _fink_v33_alert(shared_data)
     record = copy.deepcopy(record)
     for point in [record["candidate"], *record["prv_candidates"]]:
         point["sigmapsf"] = 0.0
