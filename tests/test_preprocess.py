@@ -8,10 +8,12 @@ import pytest
 
 from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.features.preprocess import (
+    InputLayout,
     ModelInputs,
     PreprocessingSpec,
     light_curves_to_inputs,
     tabular_features,
+    window_start,
 )
 from tests.builders import make_batch
 
@@ -278,3 +280,70 @@ def test_take_selects_rows_and_cuts_length() -> None:
     assert part.flux.shape == (2, 2) and part.tabular.shape == (2, 1)
     np.testing.assert_array_equal(part.mask, inputs.mask[[2, 0], :2])
     np.testing.assert_array_equal(part.tabular, inputs.tabular[[2, 0]])
+
+
+# -- the vectorised assembly against plain per-object loops ----------------------------------
+def _random_batch(seed: int, n: int = 60) -> LightCurveBatch:
+    """Objects of 0..400 points (some longer than the window), random bands, S/N ties."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 400, n)
+    lengths[:3] = [0, 1, 300]
+    ids = np.repeat(np.arange(n), lengths)
+    flux = rng.choice([-5.0, 10.0, 50.0, 50.0, 200.0], len(ids)) * rng.random(len(ids))
+    flux[rng.random(len(ids)) < 0.05] = 400.0  # exact S/N ties within an object
+    return LightCurveBatch.from_points(
+        object_id=ids.astype(str),
+        time=60000 + rng.random(len(ids)) * 900,
+        band=rng.integers(0, 6, len(ids)),
+        flux=flux,
+        flux_err=np.full(len(ids), 2.0),
+        detected=rng.random(len(ids)) < 0.3,
+        objects=np.arange(n).astype(str),
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_select_and_first_detection_match_per_object_loops(seed: int) -> None:
+    batch = _random_batch(seed)
+    index = np.random.default_rng(seed).permutation(len(batch))[:40]
+    sub = batch.select(index)
+    for row, k in enumerate(index):
+        a, b = batch.offsets[k], batch.offsets[k + 1]
+        c, d = sub.offsets[row], sub.offsets[row + 1]
+        assert np.array_equal(sub.time[c:d], batch.time[a:b])
+        assert np.array_equal(sub.flux[c:d], batch.flux[a:b])
+    first = batch.first_detection_time()
+    for k in range(len(batch)):
+        t, det = (
+            batch.time[batch.offsets[k] : batch.offsets[k + 1]],
+            batch.detected[batch.offsets[k] : batch.offsets[k + 1]],
+        )
+        expected = np.nan if len(t) == 0 else (t[det].min() if det.any() else t.min())
+        assert np.array_equal(first[k], expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("max_length", [1, 64, 256])
+def test_window_start_matches_a_per_object_argmax(max_length: int) -> None:
+    batch = _random_batch(2)
+    start = window_start(batch, max_length)
+    snr = batch.flux / batch.flux_err
+    for k, n in enumerate(batch.lengths):
+        if n <= max_length:
+            assert start[k] == 0
+            continue
+        peak = int(np.argmax(snr[batch.offsets[k] : batch.offsets[k + 1]]))
+        end = min(max(peak + max_length // 2 + 1, max_length), int(n))
+        assert start[k] == end - max_length
+
+
+def test_layout_calls_equal_whole_batch_inputs() -> None:
+    """Any subset through one layout equals building that subset on its own."""
+    batch = _random_batch(3)
+    spec = PreprocessingSpec(bands=("g", "r", "i"), max_length=64, light_curve_features=False)
+    tabular = np.zeros((len(batch), 0), np.float32)
+    layout = InputLayout(batch, spec)
+    index = np.array([5, 2, 40, 0, 17])
+    got = layout.inputs(index, tabular[index], width=64)
+    alone = light_curves_to_inputs(batch.select(index), spec, tabular=tabular[index], width=64)
+    for name, value in alone.as_dict().items():
+        assert np.array_equal(getattr(got, name), value), name

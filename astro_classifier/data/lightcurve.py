@@ -217,17 +217,21 @@ class LightCurveBatch:
         """Object index of each point, (P,) int64."""
         return np.repeat(np.arange(len(self)), self.lengths)
 
+    def point_positions(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions of the points of objects ``index``, in that order (P',) int64; their
+        offsets (len(index) + 1,)), without a Python loop over objects."""
+        index = np.asarray(index, dtype=np.int64)
+        lengths = self.lengths[index]
+        offsets = np.zeros(len(index) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        points = np.repeat(self.offsets[index] - offsets[:-1], lengths)
+        points += np.arange(offsets[-1], dtype=np.int64)
+        return points, offsets
+
     def select(self, index: np.ndarray | Sequence[int]) -> LightCurveBatch:
         """A new batch holding the objects at ``index`` (in that order)."""
         index = np.asarray(index, dtype=np.int64)
-        lengths = self.lengths[index]
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        if len(index):
-            points = np.concatenate(
-                [np.arange(self.offsets[i], self.offsets[i + 1]) for i in index]
-            ).astype(np.int64)
-        else:
-            points = np.zeros(0, np.int64)
+        points, offsets = self.point_positions(index)
         return LightCurveBatch(
             object_id=self.object_id[index],
             offsets=offsets,
@@ -262,13 +266,16 @@ class LightCurveBatch:
 
     def first_detection_time(self) -> np.ndarray:
         """MJD of each object's first detected point (first point if none is detected); NaN if empty."""
-        obj = self.point_object_index()
-        first_det = np.full(len(self), np.inf)
-        np.minimum.at(first_det, obj, np.where(self.detected, self.time, np.inf))
-        first_any = np.full(len(self), np.inf)
-        np.minimum.at(first_any, obj, self.time)
-        out = np.where(np.isfinite(first_det), first_det, first_any)
-        return np.where(np.isfinite(out), out, np.nan)
+        out = np.full(len(self), np.nan)
+        nonempty = np.flatnonzero(self.lengths > 0)
+        if len(nonempty) == 0:
+            return out
+        starts = self.offsets[nonempty]  # strictly increasing: reduceat's segments are objects
+        first_det = np.minimum.reduceat(np.where(self.detected, self.time, np.inf), starts)
+        first_any = np.minimum.reduceat(self.time, starts)
+        first = np.where(np.isfinite(first_det), first_det, first_any)
+        out[nonempty] = np.where(np.isfinite(first), first, np.nan)
+        return out
 
     def truncate_after_first_detection(self, days: float | np.ndarray) -> LightCurveBatch:
         """Keep points observed at most ``days`` after each object's first detection.

@@ -153,24 +153,93 @@ def window_start(batch: LightCurveBatch, max_length: int) -> np.ndarray:
 
     A light curve of at most ``max_length`` points is seen whole. A longer one (years of
     forced photometry, a long-lived variable) is seen through a window of ``max_length``
-    points around its brightest point (highest flux / flux error): the window ends
-    ``max_length // 2`` points after that point, or at the last point if that comes first.
-    For an alert whose brightest point is recent this is the most recent points; for a
-    multi-year file it is the event, not only the latest quiet epochs.
+    points around its brightest point (highest flux / flux error; the first such point on a
+    tie): the window ends ``max_length // 2`` points after that point, or at the last point
+    if that comes first. For an alert whose brightest point is recent this is the most
+    recent points; for a multi-year file it is the event, not only the latest quiet epochs.
     """
     n = batch.lengths
     start = np.zeros(len(batch), np.int64)
     long = np.flatnonzero(n > max_length)
     if len(long) == 0:
         return start
+    points, offsets = batch.point_positions(long)
     with np.errstate(divide="ignore", invalid="ignore"):
-        snr = np.nan_to_num(batch.flux / batch.flux_err, nan=-np.inf)
-    for k in long:  # few objects are longer than the window; their peaks are found one by one
-        a, b = batch.offsets[k], batch.offsets[k + 1]
-        peak = int(np.argmax(snr[a:b]))
-        end = min(max(peak + max_length // 2 + 1, max_length), int(n[k]))
-        start[k] = end - max_length
+        snr = np.nan_to_num(batch.flux[points] / batch.flux_err[points], nan=-np.inf)
+    owner = np.repeat(np.arange(len(long)), np.diff(offsets))
+    # per object, the first point of highest S/N (np.argmax's tie rule), in one pass
+    best = np.maximum.reduceat(snr, offsets[:-1])  # long objects are never empty
+    at_best = np.flatnonzero(snr == best[owner])
+    first = np.ones(len(at_best), bool)
+    first[1:] = owner[at_best[1:]] != owner[at_best[:-1]]
+    peak = at_best[first] - offsets[:-1]
+    end = np.minimum(np.maximum(peak + max_length // 2 + 1, max_length), n[long])
+    start[long] = end - max_length
     return start
+
+
+class InputLayout:
+    """Where every point of a batch goes in the padded model inputs, computed once.
+
+    Holds the per-point token values (asinh flux and error, time since first detection,
+    band id) and each kept point's column, so that the inputs of any subset of objects, at
+    any width, are a gather and a scatter: serving builds each length bucket's calls from
+    one layout of the whole micro-batch, with no Python loop over objects.
+    """
+
+    def __init__(self, batch: LightCurveBatch, spec: PreprocessingSpec) -> None:
+        batch, _ = keep_model_bands(batch, spec)
+        self.batch = batch
+        self.lengths = np.minimum(batch.lengths, spec.max_length)
+        obj = batch.point_object_index()
+        start = window_start(batch, spec.max_length)
+        index_in_object = np.arange(len(obj)) - batch.offsets[:-1][obj]
+        self.position = index_in_object - start[obj]
+        self.kept = (self.position >= 0) & (self.position < self.lengths[obj])
+        t0 = batch.first_detection_time()
+        band_lut = np.zeros(len(BANDS), np.int64)
+        band_lut[[BAND_INDEX[b] for b in spec.bands]] = np.arange(len(spec.bands))
+        scale = spec.flux_scale_njy
+        self.flux = np.arcsinh(batch.flux / scale).astype(np.float32)
+        self.flux_err = np.arcsinh(batch.flux_err / scale).astype(np.float32)
+        self.time = (batch.time - t0[obj]).astype(np.float32)
+        self.band = band_lut[batch.band]
+
+    def inputs(
+        self, index: np.ndarray, tabular: np.ndarray, width: int | None = None
+    ) -> ModelInputs:
+        """Inputs of objects ``index`` (rows in that order), padded to ``width`` points
+        (default: their longest kept curve); ``tabular``: their (len(index), F) features."""
+        index = np.asarray(index, np.int64)
+        longest = max(int(self.lengths[index].max(initial=0)), 1)
+        if width is None:
+            width = longest
+        elif width < longest:
+            raise ValueError(
+                f"width {width} is shorter than the longest kept light curve ({longest})"
+            )
+        points, offsets = self.batch.point_positions(index)
+        rows = np.repeat(np.arange(len(index)), np.diff(offsets))
+        kept = self.kept[points]
+        points = points[kept]
+        flat = rows[kept] * width + self.position[points]  # one flat scatter index per point
+
+        def grid(values: np.ndarray) -> np.ndarray:
+            out = np.zeros(len(index) * width, values.dtype)
+            out[flat] = values[points]
+            return out.reshape(len(index), width)
+
+        mask = np.zeros(len(index) * width, bool)
+        mask[flat] = True
+        mask = mask.reshape(len(index), width)
+        return ModelInputs(
+            flux=grid(self.flux),
+            flux_err=grid(self.flux_err),
+            time=grid(self.time),
+            band=grid(self.band),
+            mask=mask,
+            tabular=np.ascontiguousarray(tabular, dtype=np.float32),
+        )
 
 
 def light_curves_to_inputs(
@@ -183,46 +252,14 @@ def light_curves_to_inputs(
     """Build model inputs for every object of ``batch`` (padded to the longest kept curve).
 
     Points in bands outside ``spec.bands`` are ignored; a light curve longer than
-    ``spec.max_length`` points is seen through the window of :func:`window_start`. Time is counted from the first detection of the
-    whole light curve (before cutting), so it means the same thing however long the
-    history is. ``tabular`` may be given precomputed (training does, for truncated curves);
-    otherwise it is computed from ``batch`` here. ``width`` pads the point axis to a fixed
-    length (a serving bucket); by default it is the longest kept light curve.
+    ``spec.max_length`` points is seen through the window of :func:`window_start`. Time is
+    counted from the first detection of the whole light curve (before cutting), so it means
+    the same thing however long the history is. ``tabular`` may be given precomputed
+    (training does, for truncated curves); otherwise it is computed from ``batch`` here.
+    ``width`` pads the point axis to a fixed length (a serving bucket); by default it is the
+    longest kept light curve.
     """
-    batch, _ = keep_model_bands(batch, spec)
+    layout = InputLayout(batch, spec)
     if tabular is None:
-        tabular = tabular_features(batch, spec, n_jobs=n_jobs)
-    n = len(batch)
-    lengths = np.minimum(batch.lengths, spec.max_length)
-    longest = max(int(lengths.max(initial=0)), 1)
-    if width is None:
-        width = longest
-    elif width < longest:
-        raise ValueError(f"width {width} is shorter than the longest kept light curve ({longest})")
-    obj = batch.point_object_index()
-    start = window_start(batch, spec.max_length)
-    index_in_object = np.arange(len(obj)) - batch.offsets[:-1][obj]
-    position = index_in_object - start[obj]
-    kept = (position >= 0) & (position < lengths[obj])
-    rows, cols = obj[kept], position[kept]
-
-    t0 = batch.first_detection_time()
-    band_lut = np.zeros(len(BANDS), np.int64)
-    band_lut[[BAND_INDEX[b] for b in spec.bands]] = np.arange(len(spec.bands))
-    scale = spec.flux_scale_njy
-
-    def grid(values: np.ndarray, dtype: type) -> np.ndarray:
-        out = np.zeros((n, width), dtype)
-        out[rows, cols] = values[kept]
-        return out
-
-    mask = np.zeros((n, width), bool)
-    mask[rows, cols] = True
-    return ModelInputs(
-        flux=grid(np.arcsinh(batch.flux / scale), np.float32),
-        flux_err=grid(np.arcsinh(batch.flux_err / scale), np.float32),
-        time=grid((batch.time - t0[obj]).astype(np.float32), np.float32),
-        band=grid(band_lut[batch.band], np.int64),
-        mask=mask,
-        tabular=np.ascontiguousarray(tabular, dtype=np.float32),
-    )
+        tabular = tabular_features(layout.batch, spec, n_jobs=n_jobs)
+    return layout.inputs(np.arange(len(layout.batch)), tabular, width=width)

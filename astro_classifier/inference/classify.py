@@ -27,10 +27,10 @@ import pyarrow as pa
 from astro_classifier.data.lightcurve import SOLAR_SYSTEM, LightCurveBatch
 from astro_classifier.errors import ModelError
 from astro_classifier.features.preprocess import (
+    InputLayout,
     ModelInputs,
     PreprocessingSpec,
     keep_model_bands,
-    light_curves_to_inputs,
     tabular_features,
 )
 from astro_classifier.inference.model import LoadedModel
@@ -121,15 +121,13 @@ def bucketed_inputs(
 ) -> Iterator[tuple[np.ndarray, ModelInputs]]:
     """(object positions, inputs) per session call: objects grouped by length bucket, each
     group cut into calls of at most ``batch_size`` objects padded to the bucket's length."""
-    which = bucket_for(np.minimum(batch.lengths, spec.max_length), buckets)
+    layout = InputLayout(batch, spec)  # once per batch; each call is a gather + scatter
+    which = bucket_for(layout.lengths, buckets)
     for b in np.unique(which):
         members = np.flatnonzero(which == b)
         for start in range(0, len(members), batch_size):
             index = members[start : start + batch_size]
-            inputs = light_curves_to_inputs(
-                batch.select(index), spec, tabular=tabular[index], width=buckets[b]
-            )
-            yield index, inputs
+            yield index, layout.inputs(index, tabular[index], width=buckets[b])
 
 
 def classify(
