@@ -10,7 +10,14 @@ that serving uses, and stored here. Layout::
     /lightcurves/{object_id, offsets, time, band, flux, flux_err, detected, label}
     /lightcurves/metadata/<name>
     /features            (T, N, F) float32, T = len(truncation_days)
+    /spectra/{object_id, offsets, wavelength, flux, flux_err, time, redshift, flux_unit,
+              source}, /spectra/row (N,) int64    only when spectra are attached
     attrs: truncation_days, spec (JSON), content_hash, source
+
+Spectra (multimodal models): :meth:`TrainingDataset.attach_spectra` keeps one canonical
+spectrum per object (:meth:`Spectra.one_per_object`, closest to the light curve's brightest
+point) and ``spectrum_row[i]`` is object ``i``'s row in ``spectra`` (-1: none). Resampling and
+normalisation onto a model's grid happen later, in :func:`astro_classifier.data.spectra.model_input`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import h5py
 import numpy as np
 
 from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.data.spectra import Spectra, peak_times
 from astro_classifier.features.preprocess import (
     PreprocessingSpec,
     keep_model_bands,
@@ -33,6 +41,8 @@ from astro_classifier.features.preprocess import (
 )
 
 _ARRAYS = ("offsets", "time", "band", "flux", "flux_err", "detected")
+_SPECTRA_ARRAYS = ("offsets", "wavelength", "flux", "flux_err", "time", "redshift")
+_SPECTRA_TEXT = ("object_id", "flux_unit", "source")
 
 
 def content_hash(batch: LightCurveBatch) -> str:
@@ -57,6 +67,19 @@ class TrainingDataset:
     spec: PreprocessingSpec
     content_hash: str
     source: str
+    spectra: Spectra | None = None  # one per object that has one; None: none attached
+    spectrum_row: np.ndarray | None = None  # (N,) int64 row in spectra, -1 = none
+
+    def attach_spectra(self, spectra: Spectra) -> None:
+        """Keep one spectrum per object of this dataset (the one closest to the light
+        curve's brightest point); objects without one get row -1."""
+        b = self.batch
+        mine = spectra.select(np.flatnonzero(np.isin(spectra.object_id, b.object_id)))
+        peaks = peak_times(b.object_id, b.time, b.flux, b.point_object_index())
+        one = mine.one_per_object(peaks)
+        one.dropped = dict(spectra.dropped)
+        self.spectra = one
+        self.spectrum_row = one.index_of(b.object_id)
 
     @classmethod
     def build(
@@ -95,6 +118,14 @@ class TrainingDataset:
             f.attrs["spec"] = self.spec.model_dump_json()
             f.attrs["content_hash"] = self.content_hash
             f.attrs["source"] = self.source
+            if self.spectra is not None:
+                sp = f.create_group("spectra")
+                for name in _SPECTRA_ARRAYS:
+                    sp.create_dataset(name, data=getattr(self.spectra, name), compression="lzf")
+                for name in _SPECTRA_TEXT:
+                    sp[name] = np.char.encode(getattr(self.spectra, name), "utf-8")
+                sp["row"] = self.spectrum_row
+                sp.attrs["dropped"] = json.dumps(self.spectra.dropped)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainingDataset:
@@ -106,6 +137,15 @@ class TrainingDataset:
                 metadata={k: v[:] for k, v in g["metadata"].items()},
                 **{name: g[name][:] for name in _ARRAYS},
             )
+            spectra = row = None
+            if "spectra" in f:
+                sp = f["spectra"]
+                spectra = Spectra(
+                    **{n: sp[n][:] for n in _SPECTRA_ARRAYS},
+                    **{n: np.char.decode(sp[n][:], "utf-8") for n in _SPECTRA_TEXT},
+                    dropped=json.loads(sp.attrs["dropped"]),
+                )
+                row = sp["row"][:]
             return cls(
                 batch=batch,
                 features=f["features"][:],
@@ -113,6 +153,8 @@ class TrainingDataset:
                 spec=PreprocessingSpec.model_validate(json.loads(f.attrs["spec"])),
                 content_hash=str(f.attrs["content_hash"]),
                 source=str(f.attrs["source"]),
+                spectra=spectra,
+                spectrum_row=row,
             )
 
     def __len__(self) -> int:

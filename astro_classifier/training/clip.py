@@ -9,8 +9,11 @@ Modalities (``ClipConfig.modalities``, any subset holding ``photometry``):
   ``feature_names``. When ``ra`` and ``decl`` are among them, the model replaces both by the
   galactic latitude (degrees) computed in the graph, so serving feeds the raw coordinates.
 - ``spectrum``: a 1-D CNN over a fixed wavelength grid (``spectrum_grid``: first, last, number
-  of bins, Å), channels flux and flux error, each spectrum divided by its own RMS flux (NaN =
-  no data, read as 0); no real spectra are fed yet (issue 9), the tower is built and exported.
+  of bins, Å, observer frame), channels flux and flux error, each spectrum divided by its own
+  RMS flux (NaN = no data, read as 0): the normalisation of
+  :func:`astro_classifier.data.spectra.normalise`, repeated in the graph (idempotent). Real
+  spectra come through :func:`astro_classifier.data.spectra.model_input` (the one resampling
+  and normalisation of training and serving).
 - ``image``: a placeholder (issue 9): the modality may be listed, it has a presence flag, and
   asking for an image embedding raises :class:`NotImplementedError`.
 
@@ -171,8 +174,8 @@ class SpectrumEncoder(nn.Module):
 
     def forward(self, spectrum: torch.Tensor) -> torch.Tensor:
         x = torch.where(torch.isnan(spectrum), torch.zeros_like(spectrum), spectrum)
-        rms = torch.sqrt((x[:, :1] ** 2).mean(dim=2, keepdim=True) + 1e-12)  # flux RMS (B,1,1)
-        x = x / rms
+        rms = torch.sqrt((x[:, :1] ** 2).mean(dim=2, keepdim=True))  # flux RMS (B,1,1)
+        x = x / torch.where(rms > 0, rms, torch.ones_like(rms))  # = data.spectra.normalise
         return self.out(self.conv(x).mean(dim=2))
 
 

@@ -11,6 +11,15 @@
   run's hold-out objects is refused.
 
 Both write model.yaml + weights.pt + checkpoint.pt + metrics.json like ATAT runs.
+
+Spectra: a model with the ``spectrum`` modality gets the spectra of every source whose format
+has them (:data:`SPECTRA_READERS`: ``osc``, ``slsne``), one per object, attached to the
+run's dataset.h5 (:meth:`TrainingDataset.attach_spectra`) and resampled and normalised onto the
+model's grid by :func:`astro_classifier.data.spectra.model_input`. Objects with one have
+``spectrum`` present (modality dropout applies) in pretraining and fine-tuning; the others,
+and every object of a model without the modality, train exactly as before. Validation (early
+stopping) and ``holdout`` are scored as alerts arrive, without spectra; ``holdout_with_spectra``
+adds the spectra where objects have one.
 """
 
 from __future__ import annotations
@@ -28,6 +37,12 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from astro_classifier.data.dataset import TrainingDataset
+from astro_classifier.data.spectra import (
+    Spectra,
+    model_input,
+    read_osc_spectra,
+    read_slsne_spectra,
+)
 from astro_classifier.features.preprocess import light_curves_to_inputs
 from astro_classifier.metrics import classification_report
 from astro_classifier.plots import plot_confusion_matrix, plot_learning_curves
@@ -47,29 +62,101 @@ from astro_classifier.training.train import (
     to_tensors,
 )
 
+SPECTRA_READERS = {"osc": read_osc_spectra, "slsne": read_slsne_spectra}
+# (N, 2, G) float32 spectra on the model's grid (NaN: none) and (N,) bool presence
+SpectrumInputs = tuple[np.ndarray, np.ndarray]
 
-def _inputs(ds: TrainingDataset, index: np.ndarray, level: np.ndarray, device: torch.device):
+
+def read_config_spectra(cfg: TrainConfig) -> Spectra:
+    """Spectra of the config's sources whose format has them (none for the others)."""
+    sources = [(cfg.data.format, cfg.data.light_curves)]
+    sources += [(s.format, s.path) for s in cfg.data.extra_sources]
+    parts = [SPECTRA_READERS[fmt](path) for fmt, path in sources if fmt in SPECTRA_READERS]
+    return Spectra.concat(parts)
+
+
+def spectrum_inputs(model: CLIP, ds: TrainingDataset) -> SpectrumInputs | None:
+    """The model's spectrum input of every object of ``ds`` (None: the model has no spectrum
+    tower or the dataset no spectra)."""
+    if "spectrum" not in model.modalities or ds.spectra is None or len(ds.spectra) == 0:
+        return None
+    arr, usable, _ = model_input(ds.spectra, model.cfg.spectrum_grid)
+    row = np.asarray(ds.spectrum_row, np.int64)
+    has = row >= 0
+    has[has] = usable[row[has]]
+    out = np.full((len(ds), *arr.shape[1:]), np.nan, np.float32)
+    out[has] = arr[row[has]]
+    return out, has
+
+
+def _inputs(
+    ds: TrainingDataset,
+    index: np.ndarray,
+    level: np.ndarray,
+    device: torch.device,
+    spectra: SpectrumInputs | None = None,
+):
     sub, feats = ds.truncated(index, level)
-    return to_tensors(light_curves_to_inputs(sub, ds.spec, tabular=feats), device)
+    x = to_tensors(light_curves_to_inputs(sub, ds.spec, tabular=feats), device)
+    if spectra is not None:
+        x["spectrum"] = torch.from_numpy(spectra[0][index]).to(device)
+    return x
+
+
+def presence_of(
+    model: CLIP, x: dict[str, torch.Tensor], index: np.ndarray, spectra: SpectrumInputs | None
+) -> dict[str, torch.Tensor]:
+    """:func:`default_presence`, with spectrum present where the object has one."""
+    presence = default_presence(model, x["tabular"])
+    if spectra is not None:
+        presence["spectrum"] = torch.from_numpy(spectra[1][index]).to(x["tabular"].device)
+    return presence
 
 
 @torch.no_grad()
 def embed_dataset(
-    model: CLIP, ds: TrainingDataset, index: np.ndarray, device: torch.device, batch_size: int = 256
+    model: CLIP,
+    ds: TrainingDataset,
+    index: np.ndarray,
+    device: torch.device,
+    batch_size: int = 256,
+    spectra: SpectrumInputs | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-modality and fused embeddings (whole light curves) of ``index``, in its order."""
+    """Per-modality and fused embeddings (whole light curves) of ``index``, in its order
+    (``spectrum``: meaningful only where the object has one, see ``spectra[1]``)."""
     model.eval()
     full = np.full(len(index), len(ds.truncation_days) - 1)
     out: dict[str, np.ndarray] = {}
     for start in range(0, len(index), batch_size):
         pos = np.arange(start, min(start + batch_size, len(index)))
-        x = _inputs(ds, index[pos], full[pos], device)
+        x = _inputs(ds, index[pos], full[pos], device, spectra)
         emb = model.embeddings(**x)
-        emb["fused"] = model.fuse(emb, default_presence(model, x["tabular"]))
+        emb["fused"] = model.fuse(emb, presence_of(model, x, index[pos], spectra))
         for name, z in emb.items():
             out.setdefault(name, np.empty((len(index), z.shape[1]), np.float32))[pos] = (
                 z.float().cpu().numpy()
             )
+    return out
+
+
+@torch.no_grad()
+def predict_with_spectra(
+    model: CLIP,
+    ds: TrainingDataset,
+    index: np.ndarray,
+    device: torch.device,
+    spectra: SpectrumInputs,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Probabilities (whole light curves) with every modality the object has, spectra too."""
+    model.eval()
+    full = np.full(len(index), len(ds.truncation_days) - 1)
+    out = np.empty((len(index), model.cfg.n_classes), np.float32)
+    for start in range(0, len(index), batch_size):
+        pos = np.arange(start, min(start + batch_size, len(index)))
+        x = _inputs(ds, index[pos], full[pos], device, spectra)
+        logits = model.forward_logits(**x, presence=presence_of(model, x, index[pos], spectra))
+        out[pos] = torch.softmax(logits["mix"], dim=-1).float().cpu().numpy()
     return out
 
 
@@ -175,6 +262,15 @@ def train_clip(
             f"label_fraction {cfg.data.label_fraction}: {len(fit_idx)} labelled training objects"
             + (f"; from {source}" + (" (frozen)" if cfg.model.freeze else "") if source else "")
         )
+    if "spectrum" in model.modalities and ds.spectra is None:
+        ds.attach_spectra(read_config_spectra(cfg))
+        ds.save(run_dir / "dataset.h5")  # export checks parity on these spectra
+    spectra = spectrum_inputs(model, ds)
+    if spectra is not None:
+        console.print(
+            f"spectra: {int(spectra[1].sum())} of {len(ds)} objects have one on the model grid "
+            f"(refused by the readers: {ds.spectra.dropped})"
+        )
     model.to(device)
     if cfg.model.freeze:
         for name, p in model.named_parameters():
@@ -213,9 +309,9 @@ def train_clip(
         losses = []
         for start in range(0, len(val_idx), tc.batch_size):
             pos = np.arange(start, min(start + tc.batch_size, len(val_idx)))
-            x = _inputs(ds, val_idx[pos], full_val[pos], device)
+            x = _inputs(ds, val_idx[pos], full_val[pos], device, spectra)
             loss, _ = model.contrastive_loss(
-                model.embeddings(**x), default_presence(model, x["tabular"])
+                model.embeddings(**x), presence_of(model, x, val_idx[pos], spectra)
             )
             losses.append(float(loss) * len(pos))
         return sum(losses) / max(len(val_idx), 1)
@@ -227,8 +323,8 @@ def train_clip(
             index = fit_idx[pos]
             cut = rng.random(len(index)) < (tc.truncation_probability if n_levels > 1 else 0)
             level = np.where(cut, rng.integers(0, max(n_levels - 1, 1), len(index)), n_levels - 1)
-            x = _inputs(ds, index, level, device)
-            presence = model.drop_modalities(default_presence(model, x["tabular"]), gen)
+            x = _inputs(ds, index, level, device, spectra)
+            presence = model.drop_modalities(presence_of(model, x, index, spectra), gen)
             if contrastive:
                 loss, _ = model.contrastive_loss(model.embeddings(**x), presence)
             else:
@@ -293,11 +389,20 @@ def train_clip(
     shown = None
     if contrastive:
         metrics["validation"] = {"contrastive_loss": -best}
-        emb_tr = embed_dataset(model, ds, train_idx, device)
-        emb_va = embed_dataset(model, ds, val_idx, device)
-        metrics["zero_shot"] = {
-            name: zero_shot(emb_tr[name], y[train_idx], emb_va[name], y[val_idx]) for name in emb_tr
-        }
+        emb_tr = embed_dataset(model, ds, train_idx, device, spectra=spectra)
+        emb_va = embed_dataset(model, ds, val_idx, device, spectra=spectra)
+        metrics["zero_shot"] = {}
+        for name in emb_tr:
+            tr, va = np.ones(len(train_idx), bool), np.ones(len(val_idx), bool)
+            if name == "spectrum":  # only objects that have one
+                if spectra is None:
+                    continue
+                tr, va = spectra[1][train_idx], spectra[1][val_idx]
+                if tr.sum() < 2 or va.sum() < 1:
+                    continue
+            metrics["zero_shot"][name] = zero_shot(
+                emb_tr[name][tr], y[train_idx][tr], emb_va[name][va], y[val_idx][va]
+            )
         seen = ds.batch.object_id[np.concatenate([train_idx, val_idx])].tolist()
     else:
         metrics["validation"] = classification_report(
@@ -309,6 +414,10 @@ def train_clip(
                 y[holdout], predict(model, ds, holdout, device), labels
             ).to_dict()
             shown, title = "holdout", f"hold-out fold {cfg.data.holdout_fold}"
+            if spectra is not None:
+                metrics["holdout_with_spectra"] = classification_report(
+                    y[holdout], predict_with_spectra(model, ds, holdout, device, spectra), labels
+                ).to_dict()
         seen = ds.batch.object_id[np.concatenate([fit_idx, val_idx])].tolist()
     torch.save(
         {
