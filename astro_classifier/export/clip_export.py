@@ -9,8 +9,10 @@ which embeddings the fusion averages, so an alert without a spectrum is classifi
 photometry and metadata towers only.
 
 Checks before the file is kept: ``onnx.checker``; then, for every non-empty combination of
-present modalities, ONNX Runtime against torch on real validation light curves (synthetic
-spectra where a spectrum is present): every output within :data:`PARITY_TOLERANCE` (1e-5;
+present modalities, ONNX Runtime against torch on real validation light curves, with the
+objects' real spectra where the run's dataset carries them (resampled and normalised by
+:func:`astro_classifier.data.spectra.model_input`) and synthetic ones for the others where a
+spectrum is present: every output within :data:`PARITY_TOLERANCE` (1e-5;
 logits relative to max(1, |logit|)) and the same top class; and the same input run twice
 gives bit-identical outputs.
 """
@@ -29,6 +31,7 @@ import onnx
 import torch
 
 from astro_classifier import __version__
+from astro_classifier.data.dataset import TrainingDataset
 from astro_classifier.errors import ModelError
 from astro_classifier.export.onnx_export import (
     CALIBRATION_BATCH,
@@ -101,10 +104,17 @@ def combinations(modalities: list[str]) -> list[tuple[str, ...]]:
 
 
 def check_parity(
-    graph: ClipGraph, meta: ModelMetadata, path: Path, inputs: list[ModelInputs]
+    graph: ClipGraph,
+    meta: ModelMetadata,
+    path: Path,
+    inputs: list[ModelInputs],
+    real_spectra: list[np.ndarray | None] | None = None,
 ) -> tuple[float, float, float, dict[str, float]]:
     """(max |Δ| over probabilities and embeddings, max relative |Δlogit|, top-class agreement,
-    max |Δ| per combination) over every combination of present modalities."""
+    max |Δ| per combination) over every combination of present modalities.
+
+    ``real_spectra[k]``: (len(inputs[k]), 2, G) spectra of call k, NaN rows where the object
+    has none (those get a synthetic one)."""
     session = LoadedModel.load(path, provider="cpu")
     names = graph.output_names()
     worst, worst_logit, agree, n = 0.0, 0.0, 0, 0
@@ -118,6 +128,10 @@ def check_parity(
                 if "spectrum" in graph.modalities
                 else None
             )
+            if spectrum is not None and real_spectra is not None and real_spectra[k] is not None:
+                real = real_spectra[k]
+                has = np.isfinite(real).any(axis=(1, 2))
+                spectrum[has] = real[has]
             feeds = _feeds(meta, x, presence, spectrum)
             got = session.session.run(names, feeds)
             again = session.session.run(names, feeds)
@@ -141,6 +155,27 @@ def check_parity(
             n += len(x)
         per_combo["+".join(combo)] = combo_worst
     return worst, worst_logit, agree / max(n, 1), per_combo
+
+
+def _real_spectra(
+    run_dir: Path, ckpt: dict, model: CLIP, calls, limit: int
+) -> list[np.ndarray | None] | None:
+    """Per parity call, the model-grid spectra of its validation objects (NaN rows: none)."""
+    if "spectrum" not in model.modalities:
+        return None
+    from astro_classifier.training.clip_train import spectrum_inputs
+
+    ds = TrainingDataset.load(run_dir / "dataset.h5")
+    spectra = spectrum_inputs(model, ds)
+    if spectra is None:
+        return None
+    index = np.asarray(ckpt["split"]["validation"], np.int64)[:limit]
+    out = []
+    for positions, x in calls:
+        rows = np.full((len(x), *spectra[0].shape[1:]), np.nan, np.float32)
+        rows[: len(positions)] = spectra[0][index[positions]]  # padding rows: none
+        out.append(rows)
+    return out
 
 
 def export_clip_run(
@@ -207,6 +242,7 @@ def export_clip_run(
 
     parity_calls, _ = validation_calls(run_dir, ckpt, spec, limit=parity_objects)
     inputs = [x for _, x in parity_calls]
+    real_spectra = _real_spectra(run_dir, ckpt, model, parity_calls, parity_objects)
     example = inputs[0].take(np.arange(min(2, len(inputs[0]))))
     feeds = _feeds(meta, example, None, None)
     names = list(feeds)
@@ -260,7 +296,9 @@ def export_clip_run(
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp_path))
 
-        worst, worst_logit, agreement, per_combo = check_parity(graph, meta, tmp_path, inputs)
+        worst, worst_logit, agreement, per_combo = check_parity(
+            graph, meta, tmp_path, inputs, real_spectra
+        )
         report = ParityReport(
             sum(len(x) for x in inputs),
             worst,
@@ -272,6 +310,9 @@ def export_clip_run(
             ood=ood,
         )
         report.per_combination = per_combo  # type: ignore[attr-defined]
+        report.real_spectra = sum(  # type: ignore[attr-defined]
+            int(np.isfinite(r).any(axis=(1, 2)).sum()) for r in real_spectra or [] if r is not None
+        )
         if not report.ok or agreement < 1.0:
             raise ParityError(
                 f"ONNX Runtime and torch disagree: {report}; per modality combination "
