@@ -5,8 +5,9 @@ One run measures, on the same machine and the same light curves:
 1. features: light-curve feature extraction alone (objects/s), per-band set vs the same set
    plus a direct periodogram (what we chose not to pay for);
 2. classify(): the whole serving path of the shipped model (features + buckets + ONNX Runtime);
-3. model calls only, on identical padded inputs: ONNX Runtime vs torch eager with the same
-   architecture (ratio), at batch 512;
+3. input assembly alone (bucketing and padding, no features, no model); model calls only,
+   on identical padded inputs: ONNX Runtime vs torch eager with the same architecture
+   (ratio), at batch 512, and optionally against another export of the model (--compare);
 4. padding efficiency (real tokens / padded tokens) of the serving buckets vs one
    padded call per batch of objects in file order.
 
@@ -64,6 +65,14 @@ def versions() -> dict[str, str]:
     return out
 
 
+def attention_ops(path: Path) -> str:
+    """Which attention a graph holds: the fused ONNX Runtime kernel or decomposed ops."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    return "MultiHeadAttention (fused)" if "MultiHeadAttention" in ops else "decomposed"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -73,6 +82,15 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=2000, help="PLAsTiCC objects to classify")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="another .onnx of the same model (e.g. an earlier export): timed on the same calls",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats of each step (best is kept)"
+    )
     args = parser.parse_args()
 
     from astro_classifier.data.plasticc import read_plasticc
@@ -166,12 +184,30 @@ def main() -> None:
 
     # 3. model calls only: ONNX Runtime vs torch eager on identical bucketed inputs
     tab = tabular_features(in_bands, spec)
-    calls = [
-        x for _, x in bucketed_inputs(in_bands, spec, tab, meta.length_buckets, args.batch_size)
-    ]
-    t_ort = best_of(lambda: [model.predict(x) for x in calls])
+
+    def assemble() -> list:
+        return [
+            x for _, x in bucketed_inputs(in_bands, spec, tab, meta.length_buckets, args.batch_size)
+        ]
+
+    calls = assemble()
+    t_asm = best_of(assemble, args.repeats)
+    result["input_assembly_objects_per_s"] = n / t_asm
+    print(f"input assembly alone (buckets, padding): {n / t_asm:,.0f} objects/s")
+    t_ort = best_of(lambda: [model.predict(x) for x in calls], args.repeats)
     result["onnxruntime_model_objects_per_s"] = n / t_ort
     print(f"ONNX Runtime model calls: {n / t_ort:,.0f} objects/s")
+    if args.compare is not None:
+        other = LoadedModel.load(args.compare, provider=args.provider)
+        t_other = best_of(lambda: [other.predict(x) for x in calls], args.repeats)
+        result["compare"] = {
+            "path": str(args.compare),
+            "attention_ops": attention_ops(args.compare),
+            "onnxruntime_model_objects_per_s": n / t_other,
+            "this_over_compare": t_other / t_ort,
+        }
+        print(f"  {args.compare}: {n / t_other:,.0f} objects/s -> {t_other / t_ort:.2f}x")
+    result["attention_ops"] = attention_ops(model.path)
     try:
         import torch
     except ImportError:
@@ -194,7 +230,7 @@ def main() -> None:
                 torch.cuda.synchronize()
 
         run_torch()
-        t_torch = best_of(run_torch)
+        t_torch = best_of(run_torch, args.repeats)
         result["torch_eager_model_objects_per_s"] = n / t_torch
         result["onnxruntime_over_torch"] = t_torch / t_ort
         print(

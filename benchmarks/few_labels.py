@@ -79,7 +79,10 @@ def _plan(name: str) -> dict[str, Any]:
             "training.time_limit_minutes=null",
         ]
         return {
-            "pretrain": ("clip_plasticc.yaml", [*common, "training.epochs=30", "training.patience=30"]),
+            "pretrain": (
+                "clip_plasticc.yaml",
+                [*common, "training.epochs=30", "training.patience=30"],
+            ),
             "finetune": ("clip_finetune.yaml", [*common, "training.patience=100"]),
             "atat": (
                 "atat_lsst.yaml",
@@ -112,8 +115,11 @@ def _config(name: str, overrides: list[str]):
     return TrainConfig.from_yaml(CONFIGS / name, overrides)
 
 
-def _run(cfg, run_dir: Path, dataset: Path | None = None) -> dict[str, Any]:
-    """Train (or read back a finished run); ``dataset``: a dataset.h5 to reuse."""
+def _run(
+    cfg, run_dir: Path, dataset: Path | None = None, report_only: bool = False
+) -> dict[str, Any] | None:
+    """Train (or read back a finished run); ``dataset``: a dataset.h5 to reuse. With
+    ``report_only``, an unfinished run is None (left out of the report, which says so)."""
     from rich.console import Console
 
     from astro_classifier.training.train import train
@@ -121,6 +127,8 @@ def _run(cfg, run_dir: Path, dataset: Path | None = None) -> dict[str, Any]:
     done = run_dir / "metrics.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if report_only:
+        return None
     run_dir.mkdir(parents=True, exist_ok=True)
     if dataset is not None and dataset.is_file() and not (run_dir / "dataset.h5").exists():
         os.symlink(dataset.resolve(), run_dir / "dataset.h5")
@@ -130,8 +138,9 @@ def _run(cfg, run_dir: Path, dataset: Path | None = None) -> dict[str, Any]:
     return metrics
 
 
-def _gbm(atat_run: Path, cfg, seed: int) -> float:
-    """Hold-out macro F1 of gradient boosting on the ATAT run's features and label subset."""
+def _gbm(dataset: Path, cfg, seed: int) -> float:
+    """Hold-out macro F1 of gradient boosting on an ATAT dataset's features (every ATAT run
+    shares one), with the label subset of ``cfg``."""
     import warnings
 
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -144,7 +153,7 @@ def _gbm(atat_run: Path, cfg, seed: int) -> float:
     sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
     from baseline_features import HGB_PARAMS
 
-    ds = TrainingDataset.load(atat_run / "dataset.h5")
+    ds = TrainingDataset.load(dataset)
     labels = sorted(set(ds.batch.label.tolist()))
     y = np.searchsorted(labels, ds.batch.label)
     train_idx, _, holdout = grouped_splits(ds.batch, cfg)
@@ -164,27 +173,39 @@ def _gbm(atat_run: Path, cfg, seed: int) -> float:
     return classification_report(y[holdout], proba, labels).macro_f1
 
 
-def _summary(scores: dict[str, dict[float, list[float]]]) -> dict[str, Any]:
+Scores = dict[str, dict[float, dict[int, float]]]  # method -> fraction -> seed -> F1
+
+
+def _summary(scores: Scores) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for method, per_fraction in scores.items():
-        for fraction, values in per_fraction.items():
-            v = np.asarray(values, np.float64)
+        for fraction, per_seed in per_fraction.items():
+            if not per_seed:
+                continue
+            v = np.asarray(list(per_seed.values()), np.float64)
             out.setdefault(method, {})[str(fraction)] = {
                 "mean": float(v.mean()),
                 "std": float(v.std(ddof=1)) if len(v) > 1 else None,
                 "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None,
+                "n_seeds": len(v),
+                "seeds": list(per_seed),
                 "values": v.tolist(),
             }
     return out
 
 
-def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
-    d = np.asarray(a) - np.asarray(b)
+def _paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Paired difference over the seeds both methods finished."""
+    seeds = [s for s in a if s in b]
+    if not seeds:
+        return None
+    d = np.asarray([a[s] - b[s] for s in seeds])
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
     mean = float(d.mean())
     return {
         "mean": mean,
         "se": se,
+        "n_seeds": len(seeds),
         "verdict": "gain" if mean > 2 * se else ("loss" if mean < -2 * se else "no gain"),
     }
 
@@ -203,6 +224,11 @@ def main() -> None:
     parser.add_argument("--fractions", default=None, help="comma-separated, overrides the plan")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the runs already finished in --work-dir",
+    )
     args = parser.parse_args()
 
     plan = _plan(args.plan)
@@ -218,11 +244,14 @@ def main() -> None:
 
     name, extra = plan["pretrain"]
     print(f"pretraining ({name}) -> {work / 'pretrain'}", flush=True)
-    pre_metrics = _run(_config(name, [*extra, *device]), work / "pretrain")
+    pre_metrics = _run(_config(name, [*extra, *device]), work / "pretrain", None, args.report_only)
+    if pre_metrics is None:
+        raise SystemExit(f"{work / 'pretrain'}: the pretraining has not finished")
     clip_dataset = work / "pretrain" / "dataset.h5"
     atat_dataset: Path | None = None
 
-    scores: dict[str, dict[float, list[float]]] = {m: {f: [] for f in fractions} for m in methods}
+    scores: Scores = {m: {f: {} for f in fractions} for m in methods}
+    report = args.report_only
     for fraction in fractions:
         for seed in seeds:
             common = [f"data.label_fraction={fraction}", f"training.seed={seed}", *device]
@@ -232,25 +261,29 @@ def main() -> None:
             ft_name, ft_extra = plan["finetune"]
             if "clip" in methods:
                 cfg = _config(ft_name, [*ft_extra, *common, f"model.init_from={work / 'pretrain'}"])
-                m = _run(cfg, work / f"clip-{tag_run}", clip_dataset)
-                scores["clip"][fraction].append(m["holdout"]["macro_f1"])
+                m = _run(cfg, work / f"clip-{tag_run}", clip_dataset, report)
+                if m is not None:
+                    scores["clip"][fraction][seed] = m["holdout"]["macro_f1"]
             if "scratch" in methods:
                 cfg = _config(ft_name, [*ft_extra, *common, "model.init_from=null"])
-                m = _run(cfg, work / f"scratch-{tag_run}", clip_dataset)
-                scores["scratch"][fraction].append(m["holdout"]["macro_f1"])
+                m = _run(cfg, work / f"scratch-{tag_run}", clip_dataset, report)
+                if m is not None:
+                    scores["scratch"][fraction][seed] = m["holdout"]["macro_f1"]
             if "atat" in methods or "gbm" in methods:
                 at_name, at_extra = plan["atat"]
                 cfg = _config(at_name, [*at_extra, *common])
                 run_dir = work / f"atat-{tag_run}"
-                m = _run(cfg, run_dir, atat_dataset)
+                m = _run(cfg, run_dir, atat_dataset, report)
                 atat_dataset = atat_dataset or run_dir / "dataset.h5"
-                if "atat" in methods:
-                    scores["atat"][fraction].append(m["holdout"]["macro_f1"])
-                if "gbm" in methods:
-                    scores["gbm"][fraction].append(_gbm(run_dir, cfg, seed))
+                if m is not None and "atat" in methods:
+                    scores["atat"][fraction][seed] = m["holdout"]["macro_f1"]
+                if atat_dataset is not None and atat_dataset.exists() and "gbm" in methods:
+                    scores["gbm"][fraction][seed] = _gbm(atat_dataset, cfg, seed)
             print(
                 f"fraction {fraction:g} seed {seed}: "
-                + ", ".join(f"{k} {v[fraction][-1]:.3f}" for k, v in scores.items()),
+                + ", ".join(
+                    f"{k} {v[fraction][seed]:.3f}" for k, v in scores.items() if seed in v[fraction]
+                ),
                 flush=True,
             )
 
@@ -292,14 +325,25 @@ def markdown(result: dict[str, Any]) -> str:
     for method, per in result["holdout_macro_f1"].items():
         cells = []
         for f in fr:
-            s = per[str(f)]
+            s = per.get(str(f))
+            if s is None:
+                cells.append("not run")
+                continue
             cells.append(
-                f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["std"] is not None else "")
+                f"{s['mean']:.3f}"
+                + (f" ± {s['std']:.3f}" if s["std"] is not None else "")
+                + f" (n={s['n_seeds']})"
             )
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, c in result["paired_differences"].items():
-        lines.append(f"- {name}: {c['mean']:+.3f} ± {c['se']:.3f} (SE) -> {c['verdict']}")
+        if c is None:
+            lines.append(f"- {name}: no seed finished for both methods")
+            continue
+        lines.append(
+            f"- {name}: {c['mean']:+.3f} ± {c['se']:.3f} (SE, {c['n_seeds']} seeds) -> "
+            f"{c['verdict']}"
+        )
     return "\n".join(lines)
 
 
@@ -312,9 +356,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     fr = result["fractions"]
     for method, per in result["holdout_macro_f1"].items():
-        mean = [per[str(f)]["mean"] for f in fr]
-        err = [per[str(f)]["se"] or 0.0 for f in fr]
-        ax.errorbar([100 * f for f in fr], mean, yerr=err, marker="o", capsize=3, label=method)
+        done = [f for f in fr if str(f) in per]
+        mean = [per[str(f)]["mean"] for f in done]
+        err = [per[str(f)]["se"] or 0.0 for f in done]
+        ax.errorbar([100 * f for f in done], mean, yerr=err, marker="o", capsize=3, label=method)
     ax.set_xscale("log")
     ax.set_xlabel("labelled training objects (%)")
     ax.set_ylabel("hold-out macro F1")

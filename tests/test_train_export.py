@@ -155,6 +155,17 @@ def test_exported_model_passes_the_onnx_checker(exported) -> None:
     onnx.checker.check_model(str(exported[0]), full_check=True)
 
 
+def test_fp32_graph_uses_the_fused_attention_kernel(exported, run, tmp_path: Path) -> None:
+    """Each encoder layer's attention is one MultiHeadAttention node (no
+    (B, H, T, T) Softmax left there); the fp16 graph keeps the decomposed ops."""
+    ops = [n.op_type for n in onnx.load(str(exported[0])).graph.node]
+    layers = read_metadata(exported[0]).architecture_config
+    assert ops.count("MultiHeadAttention") == layers["lc_layers"] + layers["tab_layers"]
+    fp16 = tmp_path / "fp16.onnx"
+    export_run(run[0], fp16, fp16=True)
+    assert "MultiHeadAttention" not in [n.op_type for n in onnx.load(str(fp16)).graph.node]
+
+
 def test_exported_metadata(exported, run, config) -> None:
     out, _ = exported
     meta = read_metadata(out)

@@ -19,6 +19,7 @@ to float16 with float32 inputs/outputs and checks against looser bounds.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 import tempfile
@@ -52,7 +53,7 @@ from astro_classifier.inference.model import (
 )
 from astro_classifier.metrics import expected_calibration_error, negative_log_likelihood
 from astro_classifier.taxonomy import broad_mapping
-from astro_classifier.training.atat import ATATConfig
+from astro_classifier.training.atat import ATATConfig, fused_attention_export
 from astro_classifier.training.registry import (
     MODEL_YAML,
     WEIGHTS,
@@ -312,16 +313,20 @@ def export_run(
             # The TorchScript exporter is deprecated in favour of torch.export, but it handles
             # this model's dynamic axes and plain ops reliably across versions.
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model,
-                tuple(torch.from_numpy(v) for v in example.as_dict().values()),
-                str(tmp_path),
-                input_names=names,
-                output_names=OUTPUT_NAMES,
-                dynamic_axes=dynamic,
-                opset_version=OPSET,
-                dynamo=False,
-            )
+            # fp32: ONNX Runtime's fused attention kernel; fp16 keeps the decomposed ops,
+            # which the float16 converter knows.
+            fused = contextlib.nullcontext() if fp16 else fused_attention_export()
+            with fused:
+                torch.onnx.export(
+                    model,
+                    tuple(torch.from_numpy(v) for v in example.as_dict().values()),
+                    str(tmp_path),
+                    input_names=names,
+                    output_names=OUTPUT_NAMES,
+                    dynamic_axes=dynamic,
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
         proto = onnx.load(str(tmp_path))
         if fp16:
             from onnxconverter_common import float16

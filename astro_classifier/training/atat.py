@@ -7,12 +7,17 @@ the mixed head; `forward_logits` returns all three heads' logits for the trainin
 
 Everything here exports to plain ONNX ops (Gather, MatMul, Softmax, Where, IsNaN): the
 quantile tables of the feature tokenizer are buffers, so the exported graph normalises raw
-feature values itself. Attention is dense and deterministic.
+feature values itself. Attention is dense and deterministic. Inside
+:func:`fused_attention_export`, attention exports instead as ONNX Runtime's fused
+``com.microsoft.MultiHeadAttention`` kernel (same result; it never materialises the
+(B, H, T, T) score tensor, which made the decomposed graph memory-bound on CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +45,45 @@ class ATATConfig:
     dropout: float = 0.1  # residual and head dropout (none inside attention)
 
 
+_FUSED_EXPORT = False
+
+
+@contextlib.contextmanager
+def fused_attention_export() -> Iterator[None]:
+    """While active, attention traces to ``com.microsoft.MultiHeadAttention`` (for
+    ``torch.onnx.export``; the graph then needs ONNX Runtime, which serves every model)."""
+    global _FUSED_EXPORT
+    previous, _FUSED_EXPORT = _FUSED_EXPORT, True
+    try:
+        yield
+    finally:
+        _FUSED_EXPORT = previous
+
+
+class _FusedAttention(torch.autograd.Function):
+    """Unmasked multi-head attention of (B, T, N*Dqk) q, k and (B, T, N*Dv) v.
+
+    ``forward`` is the reference math the tracer runs; ``symbolic`` is what the graph holds:
+    ``com.microsoft.MultiHeadAttention`` with no mask input, which ONNX Runtime's CPU
+    provider runs with its flash-attention kernel (given a key-padding mask input it falls
+    back to a kernel ~1.7x slower). Padding is masked through the keys instead, see
+    :meth:`Attention.fused`.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, n_heads: int, scale: float):  # noqa: ANN001
+        b, t, _ = q.shape
+        q, k, v = (z.reshape(b, t, n_heads, -1).transpose(1, 2) for z in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return out.transpose(1, 2).reshape(b, t, -1)
+
+    @staticmethod
+    def symbolic(g, q, k, v, n_heads: int, scale: float):  # noqa: ANN001
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=n_heads, scale_f=scale)
+        out.setType(v.type())  # (B, T, N*Dv)
+        return out
+
+
 class Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
@@ -48,15 +92,44 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``bias``: (B, 1, 1, T) additive mask, 0 = attend, MASKED_SCORE = ignore;
+        ``keep``: the same as (B, T) bool, used by the export form (None: no padding)."""
         b, t, c = x.shape  # (B, T, C)
         q, k, v = self.qkv(x).chunk(3, dim=2)
+        if _FUSED_EXPORT:
+            return self.proj(self.fused(q, k, v, keep))
         q, k, v = (
             z.reshape(b, t, self.n_heads, -1).transpose(1, 2) for z in (q, k, v)
         )  # (B, H, T, D)
-        # bias: (B, 1, 1, T) additive, 0 = attend, MASKED_SCORE = ignore (see Encoder).
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, t, c))
+
+    def fused(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Export form of the attention. The padding mask rides on one extra query/key
+        dimension per head: q' = [q, 1], k' = [k, MASKED_SCORE / scale if padding else 0],
+        so scale * q'.k' = scale * q.k + (MASKED_SCORE or 0), the additive mask of
+        :meth:`forward` exactly, and the kernel needs no mask input."""
+        if keep is None:
+            return _FusedAttention.apply(q, k, v, self.n_heads, self.scale)
+        b, t, _ = q.shape
+        h = self.n_heads
+        head = self.qkv.in_features // h
+        q4, k4 = q.reshape(b, t, h, head), k.reshape(b, t, h, head)
+        key_bias = torch.where(keep, 0.0, MASKED_SCORE / self.scale)[:, :, None, None]
+        q_aug = torch.cat([q4, torch.ones_like(q4[..., :1])], dim=3)
+        k_aug = torch.cat([k4, key_bias.expand(-1, -1, h, -1)], dim=3)
+        return _FusedAttention.apply(
+            q_aug.reshape(b, t, h * (head + 1)),
+            k_aug.reshape(b, t, h * (head + 1)),
+            v,
+            h,
+            self.scale,
+        )
 
 
 class Block(nn.Module):
@@ -75,8 +148,10 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.norm1(x), bias))
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), bias, keep))
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
@@ -95,15 +170,16 @@ class Encoder(nn.Module):
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         b = tokens.shape[0]
         x = torch.cat([self.cls.expand(b, -1, -1), tokens], dim=1)  # (B, 1 + T, C)
-        bias = None
+        bias = key_mask = None
         if keep is not None:  # keep: (B, T) bool, True = a real point
             keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)  # CLS is always kept
             # An additive mask, computed once: a boolean one exports to a Where over every
             # (B, H, T, T) score matrix, which took a quarter of ONNX Runtime's CPU time.
             # (Where on constants rather than a Cast: Cast targets survive fp16 conversion badly.)
             bias = torch.where(keep, 0.0, MASKED_SCORE)[:, None, None, :]
+            key_mask = keep  # the export form masks through the keys (Attention.fused)
         for block in self.blocks:
-            x = block(x, bias)
+            x = block(x, bias, key_mask)
         return self.norm(x[:, 0])
 
 
