@@ -221,6 +221,7 @@ class MIMResult:
     n_train: int
     n_val: int
     seconds: float
+    val_index: np.ndarray  # rows of the input held out for the validation loss
     config: dict
 
     @property
@@ -308,6 +309,7 @@ def pretrain_mim(
         n_train=len(train_idx),
         n_val=n_val,
         seconds=time.perf_counter() - start,
+        val_index=val_idx,
         config={**asdict(cfg), "encoder": asdict(enc)},
     )
 
