@@ -81,3 +81,47 @@ def test_similar_approximate_agrees_with_exact(tmp_path) -> None:
     assert all(r["object_id"] != r["query_id"] for r in rows["approximate"])
     # 2,000 vectors with the default beam: the graph search is exact in practice.
     assert [r["object_id"] for r in rows["approximate"]] == [r["object_id"] for r in rows["exact"]]
+
+
+def _write_embeddings(path, ids, vectors, modality: str, model: str = "m 0") -> None:
+    dim = vectors.shape[1]
+    table = pa.table(
+        {
+            "object_id": ids,
+            "model": [model] * len(ids),
+            "modality": [modality] * len(ids),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+        },
+        schema=embedding_schema(dim),
+    )
+    pq.write_table(table, path)
+
+
+def test_cross_modal_search_keeps_the_objects_own_vector(tmp_path) -> None:
+    """Light curves against spectra: each object's own spectrum is the answer hoped for."""
+    rng = np.random.default_rng(4)
+    spectra = _clustered_unit_vectors(300, 16, 10, seed=4)
+    photometry = spectra + 0.02 * rng.standard_normal(spectra.shape).astype(np.float32)
+    ids = [f"sn{i}" for i in range(300)]
+    _write_embeddings(tmp_path / "spec.parquet", ids, spectra, "spectrum")
+    _write_embeddings(tmp_path / "lc.parquet", ids[:20], photometry[:20], "photometry")
+    out = tmp_path / "nn.parquet"
+    args = ["similar", str(tmp_path / "lc.parquet"), "--index", str(tmp_path / "spec.parquet")]
+    args += ["--query-modality", "photometry", "--modality", "spectrum", "-k", "3", "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out).to_pylist()
+    top = {r["query_id"]: r["object_id"] for r in rows if r["rank"] == 1}
+    assert top == {i: i for i in ids[:20]}
+
+
+def test_search_across_models_is_refused(tmp_path) -> None:
+    x = _clustered_unit_vectors(50, 8, 5, seed=5)
+    ids = [f"o{i}" for i in range(50)]
+    _write_embeddings(tmp_path / "a.parquet", ids, x, "photometry", model="clip-a 0.1")
+    _write_embeddings(tmp_path / "b.parquet", ids, x, "photometry", model="clip-b 0.1")
+    result = CliRunner().invoke(
+        app, ["similar", str(tmp_path / "a.parquet"), "--index", str(tmp_path / "b.parquet")]
+    )
+    assert result.exit_code != 0
+    assert "not comparable" in result.output

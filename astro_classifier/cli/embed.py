@@ -84,7 +84,14 @@ def similar_command(
     index: Path = typer.Option(..., "--index", help="Embedding Parquet file (astroclf embed)."),
     k: int = typer.Option(10, "-k", min=1, help="Neighbours per query."),
     modality: str | None = typer.Option(
-        None, "--modality", help="Modality to use when a file holds several."
+        None, "--modality", help="Modality of the index to search, when it holds several."
+    ),
+    query_modality: str | None = typer.Option(
+        None,
+        "--query-modality",
+        help="Modality of the query vectors (default: --modality). A different one is a "
+        "cross-modal search, e.g. light curves (photometry) against spectra (spectrum); "
+        "both files must come from the same model.",
     ),
     output: Path | None = typer.Option(
         None, "-o", "--output", help="Write the neighbours here (Parquet or .csv)."
@@ -99,15 +106,34 @@ def similar_command(
         128, "--ef-search", min=1, help="With --approximate: search beam (recall vs speed)."
     ),
 ) -> None:
-    """Nearest objects of each query by cosine similarity; a query never returns itself.
+    """Nearest objects of each query by cosine similarity; a query never returns itself
+    (except across modalities, where its own spectrum, say, is the hoped-for answer).
     Exact by default (every vector is compared); --approximate for large indexes."""
-    from astro_classifier.inference.embeddings import HNSWIndex, read_embeddings, search
+    from astro_classifier.inference.embeddings import (
+        HNSWIndex,
+        embedding_models,
+        read_embeddings,
+        search,
+    )
 
     with user_errors():
         ids, vectors = read_embeddings(index, modality)
         path = Path(query)
+        cross_modal = query_modality is not None and query_modality != modality
         if path.is_file() and path.suffix == ".parquet":
-            q_ids, q_vec = read_embeddings(path, modality)
+            q_ids, q_vec = read_embeddings(path, query_modality or modality)
+            if embedding_models(path) != embedding_models(index):
+                raise InputError(
+                    path,
+                    f"embeddings of {embedding_models(path)}, the index {index} holds "
+                    f"{embedding_models(index)}: vectors of different models are not comparable",
+                )
+        elif cross_modal:
+            raise InputError(
+                query,
+                "a cross-modal search (--query-modality) needs the query vectors: an "
+                "embedding Parquet file of that modality",
+            )
         else:
             wanted = (
                 [line.strip() for line in path.read_text().splitlines() if line.strip()]
@@ -126,10 +152,13 @@ def similar_command(
             graph = HNSWIndex(vectors)
             build = f", HNSW graph built in {time.perf_counter() - started:.1f} s"
         started = time.perf_counter()
+        # Within one modality a query never returns itself; across modalities an object's own
+        # other-modality vector is the answer hoped for (retrieval), so it is kept.
+        exclude = None if cross_modal else q_ids
         if approximate:
-            pos, sim = graph.search(q_vec, k, exclude=q_ids, index_ids=ids, ef_search=ef_search)
+            pos, sim = graph.search(q_vec, k, exclude=exclude, index_ids=ids, ef_search=ef_search)
         else:
-            pos, sim = search(q_vec, vectors, k, exclude=q_ids, index_ids=ids)
+            pos, sim = search(q_vec, vectors, k, exclude=exclude, index_ids=ids)
         seconds = time.perf_counter() - started
         found = pos >= 0  # HNSW may return fewer than k
     kk = pos.shape[1]

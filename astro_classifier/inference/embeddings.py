@@ -127,6 +127,15 @@ def read_embeddings(path: str | Path, modality: str | None = None) -> tuple[np.n
     return ids, values
 
 
+def embedding_models(path: str | Path) -> list[str]:
+    """The distinct ``model`` values (name and version) of an embedding Parquet file."""
+    try:
+        column = pq.read_table(path, columns=["model"]).column("model")
+    except (OSError, pa.ArrowInvalid, KeyError) as exc:
+        raise InputError(path, f"not a readable embedding Parquet file ({exc})") from exc
+    return sorted(set(column.to_pylist()))
+
+
 def search(
     queries: np.ndarray,
     index: np.ndarray,
