@@ -20,7 +20,7 @@ Facts found in the real files (and how the readers treat them):
   shape of an uncalibrated spectrum is still not physical). 1,217 spectra carry no error;
   415 carry an "error" column identical to the flux at every pixel (a copy in the
   catalogue's own JSON, see ``raw_json_examples/PTF12hni.json``): read as unknown (NaN) and
-  counted. 65 have scrambled wavelength columns (not increasing, negative values) and 9
+  counted (390 of them; the other 25 are refused for another reason). 65 have scrambled wavelength columns (not increasing, negative values) and 9
   repeat wavelengths: refused (``wavelengths not strictly increasing``). Three SN 2012au
   FIRE spectra are in microns though labelled Å: refused (``wavelengths outside 500-100000
   Å``). The redshift is the object's (``objects.parquet``).
