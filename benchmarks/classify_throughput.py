@@ -211,8 +211,11 @@ def main() -> None:
     try:
         import torch
     except ImportError:
+        torch = None
         print("torch not installed: skipping the torch eager comparison", file=sys.stderr)
-    else:
+    if torch is not None and meta.modalities:
+        print("multimodal (CLIP) model: the torch eager comparison covers ATAT models only")
+    elif torch is not None:
         from astro_classifier.training.registry import create_model
 
         cfg = dict(meta.architecture_config)

@@ -439,3 +439,13 @@ def test_a_pretraining_run_exports_an_embedding_only_model(pretrained, finetuned
     assert table.num_rows == 10
     with pytest.raises(ModelError, match="embedding-only"):
         classify(batch, loaded, n_jobs=1)
+
+
+def test_clip_towers_export_the_fused_attention_kernel(exported) -> None:
+    """The light-curve and metadata transformers' attention is ONNX Runtime's fused
+    MultiHeadAttention, one node per layer (parity is checked by the export itself)."""
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(exported[0])).graph.node]
+    cfg = read_metadata(exported[0]).architecture_config
+    assert ops.count("MultiHeadAttention") == cfg["lc_layers"] + cfg["tab_layers"]

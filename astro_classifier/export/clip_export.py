@@ -51,6 +51,7 @@ from astro_classifier.inference.model import (
     default_length_buckets,
 )
 from astro_classifier.taxonomy import broad_mapping
+from astro_classifier.training.atat import fused_attention_export
 from astro_classifier.training.clip import CLIP
 
 PARITY_TOLERANCE = 1e-5
@@ -278,16 +279,18 @@ def export_clip_run(
         tmp_path = Path(tmp) / "model.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                graph,
-                tuple(torch.from_numpy(v) for v in feeds.values()),
-                str(tmp_path),
-                input_names=names,
-                output_names=outputs,
-                dynamic_axes=dynamic,
-                opset_version=OPSET,
-                dynamo=False,
-            )
+            # The transformer towers' attention as ONNX Runtime's fused kernel (see atat.py).
+            with fused_attention_export():
+                torch.onnx.export(
+                    graph,
+                    tuple(torch.from_numpy(v) for v in feeds.values()),
+                    str(tmp_path),
+                    input_names=names,
+                    output_names=outputs,
+                    dynamic_axes=dynamic,
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
         proto = onnx.load(str(tmp_path))
         for key, value in meta.to_props().items():
             entry = proto.metadata_props.add()
