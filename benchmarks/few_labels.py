@@ -1,5 +1,5 @@
 """Does CLIP pretraining pay with few labels? Hold-out macro F1 at 1 %, 10 % and 100 % of
-the PLAsTiCC training labels, several seeds, four methods (issue 8, item 4):
+the PLAsTiCC training labels, several seeds, four methods:
 
 (a) ``clip``: CLIP pretrained without labels (configs/clip_plasticc.yaml, light curve <->
     metadata), then fine-tuned on the labelled fraction (configs/clip_finetune.yaml);

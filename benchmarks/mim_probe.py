@@ -1,4 +1,4 @@
-"""Image cutouts as a modality (issue 9, item 3): masked-image-modelling pretraining of the
+"""Image cutouts as a modality: masked-image-modelling pretraining of the
 tiny ViT of :mod:`astro_classifier.training.image` on every alert cutout under the shared
 ``alerts`` folder, then linear probes on the frozen embeddings against probes on the raw
 pixels, and the encoder's CPU speed through ONNX Runtime.
