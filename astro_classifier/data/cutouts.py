@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from astro_classifier.data.lightcurve import merge_counts
 from astro_classifier.errors import InputError
 
 STAMPS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")  # channel order
@@ -222,6 +223,20 @@ def _float(value: Any) -> float:
         return np.nan
 
 
+# The per-row arrays of a CutoutBatch (concatenated and indexed together).
+_ROW_ARRAYS = (
+    "images",
+    "valid",
+    "ok",
+    "failure",
+    "shape",
+    "survey",
+    "object_id",
+    "alert_id",
+    "source",
+)
+
+
 @dataclass
 class CutoutBatch:
     """N alerts' stamps, one row per alert in input order (failed alerts included)."""
@@ -262,46 +277,15 @@ class CutoutBatch:
     def concat(cls, batches: Sequence[CutoutBatch]) -> CutoutBatch:
         if not batches:
             raise ValueError("nothing to concatenate")
-        failures: dict[str, int] = {}
-        skipped: dict[str, int] = {}
-        for b in batches:
-            for k, v in b.failures.items():
-                failures[k] = failures.get(k, 0) + v
-            for k, v in b.skipped_files.items():
-                skipped[k] = skipped.get(k, 0) + v
-        arrays = {
-            name: np.concatenate([getattr(b, name) for b in batches])
-            for name in (
-                "images",
-                "valid",
-                "ok",
-                "failure",
-                "shape",
-                "survey",
-                "object_id",
-                "alert_id",
-                "source",
-            )
-        }
+        failures = merge_counts(b.failures for b in batches)
+        skipped = merge_counts(b.skipped_files for b in batches)
+        arrays = {name: np.concatenate([getattr(b, name) for b in batches]) for name in _ROW_ARRAYS}
         fields = {k: np.concatenate([b.fields[k] for b in batches]) for k in batches[0].fields}
         return cls(**arrays, fields=fields, failures=failures, skipped_files=skipped)
 
     def take(self, index: np.ndarray) -> CutoutBatch:
         """The rows ``index`` (indices or a boolean mask); counts are kept as they were."""
-        pick = {
-            name: getattr(self, name)[index]
-            for name in (
-                "images",
-                "valid",
-                "ok",
-                "failure",
-                "shape",
-                "survey",
-                "object_id",
-                "alert_id",
-                "source",
-            )
-        }
+        pick = {name: getattr(self, name)[index] for name in _ROW_ARRAYS}
         return CutoutBatch(
             **pick,
             fields={k: v[index] for k, v in self.fields.items()},

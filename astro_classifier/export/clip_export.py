@@ -23,7 +23,6 @@ import datetime as dt
 import itertools
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +34,11 @@ from astro_classifier.data.dataset import TrainingDataset
 from astro_classifier.errors import ModelError
 from astro_classifier.export.onnx_export import (
     CALIBRATION_BATCH,
-    OPSET,
     ParityError,
     ParityReport,
     calibrate,
     load_checkpoint,
+    trace_to_onnx,
     validation_calls,
 )
 from astro_classifier.features.preprocess import ModelInputs, PreprocessingSpec
@@ -51,7 +50,6 @@ from astro_classifier.inference.model import (
     default_length_buckets,
 )
 from astro_classifier.taxonomy import broad_mapping
-from astro_classifier.training.atat import fused_attention_export
 from astro_classifier.training.clip import CLIP
 
 PARITY_TOLERANCE = 1e-5
@@ -275,23 +273,10 @@ def export_clip_run(
         )
         for n in outputs
     ]
+    # The transformer towers' attention as ONNX Runtime's fused kernel (see atat.py).
+    proto = trace_to_onnx(graph, feeds, names, outputs, dynamic, fused_attention=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # The transformer towers' attention as ONNX Runtime's fused kernel (see atat.py).
-            with fused_attention_export():
-                torch.onnx.export(
-                    graph,
-                    tuple(torch.from_numpy(v) for v in feeds.values()),
-                    str(tmp_path),
-                    input_names=names,
-                    output_names=outputs,
-                    dynamic_axes=dynamic,
-                    opset_version=OPSET,
-                    dynamo=False,
-                )
-        proto = onnx.load(str(tmp_path))
         for key, value in meta.to_props().items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

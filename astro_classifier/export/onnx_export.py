@@ -283,6 +283,37 @@ def check_parity(
     )
 
 
+def trace_to_onnx(
+    model: torch.nn.Module,
+    feeds: dict[str, np.ndarray],
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    fused_attention: bool = True,
+) -> onnx.ModelProto:
+    """Trace ``model`` on ``feeds`` into an ONNX graph (opset :data:`OPSET`); with
+    ``fused_attention``, transformer attention becomes ONNX Runtime's fused kernel."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp) / "model.onnx"
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of torch.export, but it handles
+            # these models' dynamic axes and plain ops reliably across versions.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            fused = fused_attention_export() if fused_attention else contextlib.nullcontext()
+            with fused:
+                torch.onnx.export(
+                    model,
+                    tuple(torch.from_numpy(v) for v in feeds.values()),
+                    str(tmp_path),
+                    input_names=input_names,
+                    output_names=output_names,
+                    dynamic_axes=dynamic_axes,
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
+        return onnx.load(str(tmp_path))
+
+
 def export_run(
     run_dir: Path, out: Path, fp16: bool = False, parity_objects: int = 512
 ) -> ParityReport:
@@ -307,27 +338,13 @@ def export_run(
     names = ModelInputs.names()
     dynamic = {n: {0: "batch", 1: "length"} for n in names if n != "tabular"}
     dynamic |= {"tabular": {0: "batch"}} | {n: {0: "batch"} for n in OUTPUT_NAMES}
+    # fp32: ONNX Runtime's fused attention kernel; fp16 keeps the decomposed ops, which the
+    # float16 converter knows.
+    proto = trace_to_onnx(
+        model, example.as_dict(), names, OUTPUT_NAMES, dynamic, fused_attention=not fp16
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of torch.export, but it handles
-            # this model's dynamic axes and plain ops reliably across versions.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # fp32: ONNX Runtime's fused attention kernel; fp16 keeps the decomposed ops,
-            # which the float16 converter knows.
-            fused = contextlib.nullcontext() if fp16 else fused_attention_export()
-            with fused:
-                torch.onnx.export(
-                    model,
-                    tuple(torch.from_numpy(v) for v in example.as_dict().values()),
-                    str(tmp_path),
-                    input_names=names,
-                    output_names=OUTPUT_NAMES,
-                    dynamic_axes=dynamic,
-                    opset_version=OPSET,
-                    dynamo=False,
-                )
-        proto = onnx.load(str(tmp_path))
         if fp16:
             from onnxconverter_common import float16
 
