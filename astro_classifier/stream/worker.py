@@ -92,6 +92,9 @@ log = logging.getLogger("astro_classifier.stream")
 
 PROGRESS_LOG_INTERVAL_S = 30.0
 BROKER_PROBE_INTERVAL_S = 1.0
+# While nothing is fetched for this long, one metadata request checks that the brokers still
+# answer: librdkafka does not always report a broker that died while the worker was idle.
+IDLE_CHECK_S = 3.0
 BROKER_DOWN_ERRORS = frozenset({"_ALL_BROKERS_DOWN", "_TRANSPORT", "_RESOLVE"})
 AUTH_ERRORS = frozenset({"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "_SSL"})
 
@@ -119,6 +122,7 @@ class StreamWorker:
         self._revoked_during_consume = False
         self._assigned: set[tuple[str, int]] = set()
         self._next_probe = 0.0
+        self._last_answer = time.monotonic()  # last fetch or metadata answer from the brokers
         self._consumer: Any = None
         self._producer: Any = None
         self._delivery: Delivery | None = None
@@ -535,6 +539,7 @@ class StreamWorker:
             self._probe_broker()
             records = self._consume(timeout_s)
             if not records:
+                self._check_idle_broker()
                 self._log_progress()
                 continue
             self.metrics.consumed.inc(len(records))
@@ -617,8 +622,21 @@ class StreamWorker:
             self._reread(records, "fetched across a rebalance")
             return []
         if records:
+            self._last_answer = time.monotonic()
             self._set_not_ready("broker", None)  # fetched: the brokers answer
         return records
+
+    def _check_idle_broker(self) -> None:
+        """After IDLE_CHECK_S without a fetch, ask for metadata (once per IDLE_CHECK_S): no
+        answer makes the worker not ready; :meth:`_probe_broker` then watches for recovery."""
+        if "broker" in self._not_ready or time.monotonic() - self._last_answer < IDLE_CHECK_S:
+            return
+        try:
+            self._consumer.list_topics(self.settings.input_topics[0], timeout=2.0)
+        except Exception as exc:  # KafkaException: transport failure or timeout
+            self._set_not_ready("broker", f"no answer to a metadata request while idle ({exc})")
+            self._next_probe = time.monotonic() + BROKER_PROBE_INTERVAL_S
+        self._last_answer = time.monotonic()
 
     def _probe_broker(self) -> None:
         """While brokers were reported down or authentication failed, ask for metadata
@@ -632,6 +650,7 @@ class StreamWorker:
             self._consumer.list_topics(self.settings.input_topics[0], timeout=0.5)
         except Exception:  # still down
             return
+        self._last_answer = time.monotonic()
         self._set_not_ready("broker", None)
         self._set_not_ready("authentication", None)
 
