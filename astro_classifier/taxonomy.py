@@ -116,6 +116,15 @@ def broad_class_of(label: str) -> str | None:
     return None if canonical is None else _BROAD[canonical]
 
 
+def broad_mapping_or_none(labels: list[str]) -> dict[str, str]:
+    """:func:`broad_mapping`, or {} when no label has a broad kind (labels of another axis,
+    e.g. the alert labels Real/Bogus or SolarSystem/NotSolarSystem): such a model's output
+    leaves the broad columns null. A mix of known and unknown labels is still refused."""
+    if all(broad_class_of(label) is None for label in labels):
+        return {}
+    return broad_mapping(labels)
+
+
 def broad_mapping(labels: list[str]) -> dict[str, str]:
     """The fine -> broad mapping of a model's labels; raises ValueError naming any unknown."""
     unknown = [label for label in labels if broad_class_of(label) is None]

@@ -156,7 +156,7 @@ def main() -> None:
     import torch
     from rich.console import Console
 
-    from astro_classifier.training.clip_train import embed_dataset, spectrum_inputs, train_clip
+    from astro_classifier.training.clip_train import embed_dataset, extra_inputs, train_clip
     from astro_classifier.training.registry import load_model_dir
     from astro_classifier.training.train import seed_everything
 
@@ -218,7 +218,7 @@ def main() -> None:
                 sc = train_clip(sc_cfg, sc_dir, quiet, ds_lc, labels, y, splits, device)
 
                 _, model = load_model_dir(pre_dir)
-                spec_in = spectrum_inputs(model, ds)
+                spec_in = extra_inputs(model, ds)
                 emb = embed_dataset(model, ds, holdout, device, spectra=spec_in)
                 recall, rank = recall_at_k(emb["photometry"], emb["spectrum"], 10)
 

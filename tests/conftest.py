@@ -35,3 +35,31 @@ def shared_data() -> Path:
 
 
 pytest_plugins = ["tests.kafka_broker"]
+
+
+@pytest.fixture(scope="session")
+def image_model(shared_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """(run dir, exported ONNX file) of the tiny alert CLIP with an image tower
+    (configs/clip_tiny_alerts.yaml: stamps + light curve + metadata of real ZTF alerts,
+    labelled SolarSystem / NotSolarSystem by the alerts' own ssdistnr). Needs torch."""
+    pytest.importorskip("torch")
+    import torch
+    from rich.console import Console
+
+    from astro_classifier.export.onnx_export import export_run
+    from astro_classifier.training.config import TrainConfig
+    from astro_classifier.training.train import train
+
+    cfg = TrainConfig.from_yaml(
+        PROJECT_ROOT / "configs" / "clip_tiny_alerts.yaml",
+        [f"data.light_curves={shared_data / 'alerts' / 'ztf' / 'fink-v4.02'}"],
+    )
+    run_dir = tmp_path_factory.mktemp("image-model") / "run"
+    threads = torch.get_num_threads()
+    try:
+        train(cfg, run_dir, console=Console(quiet=True))
+    finally:
+        torch.set_num_threads(threads)
+    out = run_dir / "clip-tiny-alerts.onnx"
+    export_run(run_dir, out)
+    return run_dir, out

@@ -161,11 +161,11 @@ def test_same_input_same_output_in_eval_mode() -> None:
         np.testing.assert_allclose(a[name].norm(dim=-1).numpy(), 1.0, atol=1e-5)
 
 
-def test_image_modality_is_a_clear_placeholder() -> None:
-    model = _tiny(("photometry", "metadata", "image"))
-    assert "image" in model.modalities
-    with pytest.raises(NotImplementedError, match="issue 9"):
-        model.embed_image(torch.zeros(1, 3, 63, 63))
+def test_image_modality_embeds_stamps() -> None:  # more in test_clip_images.py
+    model = _tiny(("photometry", "metadata", "image")).eval()
+    with torch.no_grad():
+        z = model.embed_image(torch.zeros(2, 3, 63, 63))
+    assert z.shape == (2, model.cfg.embed_dim)
 
 
 def test_unknown_modality_is_refused() -> None:

@@ -713,6 +713,40 @@ def test_exactly_once_writes_only_committed_transactions(rubin_avro_exactly_once
     assert not log.aborted and not log.open and not log.plain
 
 
+# -- a model with an image tower: the worker decodes the stamps -----------------------------
+@pytest.fixture(scope="module")
+def image_model_run(
+    kafka_bootstrap: str, shared_data: Path, tmp_path_factory, workers, image_model
+) -> SmallRun:
+    files = sorted((shared_data / "alerts" / "ztf" / "fink-v3.3").glob("*.avro"))
+    assert len(files) == 50
+    return small_run(
+        kafka_bootstrap,
+        workers,
+        tmp_path_factory.mktemp("image"),
+        files,
+        container_bad_messages(files[0].read_bytes(), "ztf"),
+        ztf_alert_ids,
+        input_format="ztf-avro",
+        model=str(image_model[1]),
+    )
+
+
+def test_a_model_with_an_image_tower_classifies_every_alert_once(image_model_run) -> None:
+    """The worker decodes the stamps because the model has an image tower (issue 9): every
+    alert once, by that model, its own labels, broad columns null (labels of no broad kind)."""
+    run = image_model_run
+    check_exactly_one_each(run.outcome)
+    check_dead_letters(run.outcome, run.topics)
+    assert run.exit[0] == 0
+    for message in run.outcome.outputs:
+        record = decode_output(message.value())
+        assert record["classifierName"] == "clip-tiny-alerts"
+        assert record["classId"] in ("SolarSystem", "NotSolarSystem")
+        assert record["broadClass"] is None and record["probTransient"] is None
+        assert sum(c["probability"] for c in record["classifications"]) == pytest.approx(1, abs=1e-4)
+
+
 # -- a second worker joins: rebalance ---------------------------------------------------------
 def test_a_worker_joining_mid_stream_takes_over_partitions_without_duplicates(
     kafka_bootstrap: str, shared_data: Path, tmp_path: Path, workers

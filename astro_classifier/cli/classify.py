@@ -68,6 +68,11 @@ def classify_command(
         loaded = LoadedModel.load(model, provider=provider)  # type: ignore[arg-type]
         started = time.perf_counter()
         batch = read_light_curves(inputs, format=format, metadata=metadata, schema_dir=schema_dir)
+        if loaded.needs_images:  # stamps are decoded only for a model with an image tower
+            from astro_classifier.data.cutouts import align_cutouts, read_cutouts_of
+
+            size = int(loaded.metadata.image_size or 63)
+            batch.cutouts = align_cutouts(batch, read_cutouts_of(inputs, format, schema_dir, size))
         read_seconds = time.perf_counter() - started
         with progress_bar("classifying", console) as bar:
             task = bar.add_task("", total=len(batch))
@@ -130,6 +135,13 @@ def print_summary(
         console.print(
             f"[yellow]abstain on {n_abstain} of {n} object(s)[/yellow] ({reasons}); "
             "their rows carry abstain = true"
+        )
+    if model.needs_images:
+        without = sum(result.without_images.values())
+        reasons = ", ".join(f"{r}: {c}" for r, c in result.without_images.most_common())
+        console.print(
+            f"images: {n - without} of {n} object(s) classified with their stamps"
+            + (f"; [yellow]{without} without[/yellow] ({reasons})" if without else "")
         )
     t = result.timings
     rate = n / t.total if t.total else float("nan")

@@ -15,7 +15,7 @@ from astro_classifier.cli.common import atomic_output, console, user_errors
 from astro_classifier.data.readers import FORMATS
 from astro_classifier.errors import InputError
 
-MODALITY_CHOICES = ("photometry", "metadata", "spectrum", "fused")
+MODALITY_CHOICES = ("photometry", "metadata", "spectrum", "image", "fused")
 
 
 def embed_command(
@@ -29,7 +29,8 @@ def embed_command(
     modality: str = typer.Option(
         "photometry",
         "--modality",
-        help="Which embedding: a tower's (photometry, metadata, spectrum) or the fused one.",
+        help="Which embedding: a tower's (photometry, metadata, spectrum, image: the alert "
+        "stamps) or the fused one (of every modality the object has).",
     ),
     format: str | None = typer.Option(None, "--format", "-f", help="Input format (detected)."),
     metadata: Path | None = typer.Option(
@@ -54,6 +55,11 @@ def embed_command(
     with user_errors():
         loaded = LoadedModel.load(model, provider=provider)  # type: ignore[arg-type]
         batch = read_light_curves(inputs, format=format, metadata=metadata)
+        if loaded.needs_images:  # stamps are decoded only for a model with an image tower
+            from astro_classifier.data.cutouts import align_cutouts, read_cutouts_of
+
+            size = int(loaded.metadata.image_size or 63)
+            batch.cutouts = align_cutouts(batch, read_cutouts_of(inputs, format, None, size))
         started = time.perf_counter()
         table, skipped = embed_objects(batch, loaded, modality, batch_size=batch_size)
         seconds = time.perf_counter() - started

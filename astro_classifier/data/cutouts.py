@@ -86,9 +86,17 @@ CORRUPT_GZIP = "corrupt gzip"
 NOT_FITS = "not a FITS image"
 WRONG_SHAPE = "wrong shape"
 ALL_NAN = "all-NaN"
+NO_ALERT = "no alert with cutouts for this object"  # a row added by align_cutouts / missing()
 FAILURE_REASONS = (MISSING, CORRUPT_GZIP, NOT_FITS, WRONG_SHAPE, ALL_NAN)
 
 LABEL_FIELDS = ("ssdistnr", "sgscore1", "distpsnr1", "drb")
+# Class names of the labels the alert provides (CutoutBatch.labels() 1 -> first, 0 -> second),
+# for training classifiers on them (a training config's data.alert_label).
+ALERT_LABELS: dict[str, tuple[str, str]] = {
+    "solar_system": ("SolarSystem", "NotSolarSystem"),
+    "point_source": ("PointSource", "NotPointSource"),
+    "real": ("Real", "Bogus"),
+}
 SURVEYS = ("ztf", "rubin")
 CUTOUT_FORMATS = ("ztf-avro", "ztf-parquet", "rubin-avro", "rubin-parquet", "rubin-wire")
 
@@ -271,6 +279,24 @@ class CutoutBatch:
             alert_id=obj.copy(),
             source=obj.copy(),
             fields={name: np.zeros(0) for name in (*LABEL_FIELDS, "ss_object")},
+        )
+
+    @classmethod
+    def missing(cls, n: int, size: int = STAMP_SIZE) -> CutoutBatch:
+        """``n`` rows of objects that have no cutouts at all (``ok`` False, images zero); not
+        counted in ``failures`` (no stamp failed: there was none)."""
+        text = lambda value: np.full(n, value, dtype=object)  # noqa: E731
+        return cls(
+            images=np.zeros((n, 3, size, size), np.float32),
+            valid=np.zeros((n, 3, size, size), bool),
+            ok=np.zeros(n, bool),
+            failure=text(NO_ALERT),
+            shape=np.zeros((n, 3, 2), np.int32),
+            survey=text(""),
+            object_id=text(""),
+            alert_id=text(""),
+            source=text(""),
+            fields={name: np.full(n, np.nan) for name in (*LABEL_FIELDS, "ss_object")},
         )
 
     @classmethod
@@ -510,3 +536,59 @@ def read_cutouts(
     batch = CutoutBatch.concat(batches) if batches else CutoutBatch.empty(size)
     batch.skipped_files = skipped
     return batch
+
+
+# -- cutouts of light-curve batches ---------------------------------------------------------
+def align_cutouts(batch: Any, cutouts: CutoutBatch) -> CutoutBatch:
+    """The rows of ``cutouts`` for each object of the light-curve ``batch``, in its order:
+    matched by alert id (by object id where the batch has no alert ids). Objects without a
+    match get a :meth:`CutoutBatch.missing` row; ``failures`` and ``skipped_files`` are kept."""
+    size = cutouts.images.shape[-1]
+    keys = batch.alert_id if batch.alert_id is not None else batch.object_id
+    theirs = cutouts.alert_id if batch.alert_id is not None else cutouts.object_id
+    row_of: dict[str, int] = {}
+    for i, key in enumerate(theirs.tolist()):
+        row_of.setdefault(key, i)  # the first of repeated alerts
+    rows = np.array([row_of.get(k, -1) if k is not None else -1 for k in keys.tolist()], np.int64)
+    found = rows >= 0
+    if found.all():
+        out = cutouts.take(rows)
+    else:
+        out = CutoutBatch.concat([cutouts.take(rows[found]), CutoutBatch.missing(int((~found).sum()), size)])
+        order = np.empty(len(rows), np.int64)
+        order[np.flatnonzero(found)] = np.arange(int(found.sum()))
+        order[np.flatnonzero(~found)] = int(found.sum()) + np.arange(int((~found).sum()))
+        out = out.take(order)
+    out.failures = dict(cutouts.failures)
+    out.skipped_files = dict(cutouts.skipped_files)
+    return out
+
+
+def read_cutouts_of(
+    paths: Sequence[str | Path],
+    format: str | None = None,
+    schema_dir: str | Path | None = None,
+    size: int = STAMP_SIZE,
+) -> CutoutBatch:
+    """The cutouts of alert files and folders (the inputs of `astroclf classify`): each file
+    decoded with ``format`` (detected when None); files of formats without cutouts
+    contribute nothing (their objects get missing rows when aligned)."""
+    from astro_classifier.alerts.rubin import SchemaDirectory
+    from astro_classifier.data.readers import detect_format
+
+    batches: list[CutoutBatch] = []
+    skipped: dict[str, int] = {}
+    schemas = SchemaDirectory(schema_dir) if schema_dir is not None else None
+    for path in map(Path, paths):
+        if path.is_dir():
+            part = read_cutouts(path, size, schema_dir)
+            batches.append(part)
+            continue
+        fmt = format or detect_format(path)
+        if fmt not in CUTOUT_FORMATS:
+            skipped[f"format {fmt} carries no cutouts"] = skipped.get(f"format {fmt} carries no cutouts", 0) + 1
+            continue
+        batches.append(decode_cutouts(path.read_bytes(), fmt, str(path), schemas, size))
+    out = CutoutBatch.concat(batches) if batches else CutoutBatch.empty(size)
+    out.skipped_files = merge_counts([out.skipped_files, skipped])
+    return out

@@ -8,16 +8,23 @@ them on the fly would dominate training time, so they are computed once per trun
 that serving uses, and stored here. Layout::
 
     /lightcurves/{object_id, offsets, time, band, flux, flux_err, detected, label}
+    /lightcurves/alert_id   (N,) str, "" = none    only when the objects came from alerts
     /lightcurves/metadata/<name>
     /features            (T, N, F) float32, T = len(truncation_days)
     /spectra/{object_id, offsets, wavelength, flux, flux_err, time, redshift, flux_unit,
               source}, /spectra/row (N,) int64    only when spectra are attached
+    /images/{images (N, 3, S, S) float32, ok (N,) bool, failure (N,) str}
+                                                  only when cutouts are attached
     attrs: truncation_days, spec (JSON), content_hash, source
 
 Spectra (multimodal models): :meth:`TrainingDataset.attach_spectra` keeps one canonical
 spectrum per object (:meth:`Spectra.one_per_object`, closest to the light curve's brightest
 point) and ``spectrum_row[i]`` is object ``i``'s row in ``spectra`` (-1: none). Resampling and
 normalisation onto a model's grid happen later, in :func:`astro_classifier.data.spectra.model_input`.
+
+Images (models with the ``image`` modality): :meth:`TrainingDataset.attach_cutouts` keeps
+each object's alert stamps, decoded and normalised by :mod:`astro_classifier.data.cutouts`
+(the decoding serving uses), ``image_ok[i]`` False where the object has none usable.
 """
 
 from __future__ import annotations
@@ -69,6 +76,17 @@ class TrainingDataset:
     source: str
     spectra: Spectra | None = None  # one per object that has one; None: none attached
     spectrum_row: np.ndarray | None = None  # (N,) int64 row in spectra, -1 = none
+    images: np.ndarray | None = None  # (N, 3, S, S) float32 normalised stamps; None: none
+    image_ok: np.ndarray | None = None  # (N,) bool: the object's stamps are usable
+    image_failure: np.ndarray | None = None  # (N,) str: why not ("" when ok)
+
+    def attach_cutouts(self, cutouts) -> None:
+        """Keep the stamps of each object's alert (a CutoutBatch, aligned by alert id)."""
+        from astro_classifier.data.cutouts import align_cutouts
+
+        aligned = align_cutouts(self.batch, cutouts)
+        self.images, self.image_ok = aligned.images, aligned.ok
+        self.image_failure = np.asarray(aligned.failure, dtype=str)
 
     def attach_spectra(self, spectra: Spectra) -> None:
         """Keep one spectrum per object of this dataset (the one closest to the light
@@ -110,6 +128,11 @@ class TrainingDataset:
             g["label"] = self.batch.label.astype("S")
             for name in _ARRAYS:
                 g.create_dataset(name, data=getattr(self.batch, name), compression="lzf")
+            if self.batch.alert_id is not None:
+                g["alert_id"] = np.char.encode(
+                    np.array(["" if a is None else a for a in self.batch.alert_id], dtype=str),
+                    "utf-8",
+                )
             m = g.create_group("metadata")
             for key, col in self.batch.metadata.items():
                 m[key] = col
@@ -126,14 +149,24 @@ class TrainingDataset:
                     sp[name] = np.char.encode(getattr(self.spectra, name), "utf-8")
                 sp["row"] = self.spectrum_row
                 sp.attrs["dropped"] = json.dumps(self.spectra.dropped)
+            if self.images is not None:
+                im = f.create_group("images")
+                im.create_dataset("images", data=self.images, compression="lzf")
+                im["ok"] = self.image_ok
+                im["failure"] = np.char.encode(self.image_failure.astype(str), "utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainingDataset:
         with h5py.File(path, "r") as f:
             g = f["lightcurves"]
+            alert_id = None
+            if "alert_id" in g:
+                alert_id = np.char.decode(g["alert_id"][:], "utf-8").astype(object)
+                alert_id[alert_id == ""] = None
             batch = LightCurveBatch(
                 object_id=g["object_id"][:].astype(str),
                 label=g["label"][:].astype(str),
+                alert_id=alert_id,
                 metadata={k: v[:] for k, v in g["metadata"].items()},
                 **{name: g[name][:] for name in _ARRAYS},
             )
@@ -146,6 +179,10 @@ class TrainingDataset:
                     dropped=json.loads(sp.attrs["dropped"]),
                 )
                 row = sp["row"][:]
+            images = ok = failure = None
+            if "images" in f:
+                images, ok = f["images/images"][:], f["images/ok"][:]
+                failure = np.char.decode(f["images/failure"][:], "utf-8")
             return cls(
                 batch=batch,
                 features=f["features"][:],
@@ -155,6 +192,9 @@ class TrainingDataset:
                 source=str(f.attrs["source"]),
                 spectra=spectra,
                 spectrum_row=row,
+                images=images,
+                image_ok=ok,
+                image_failure=failure,
             )
 
     def __len__(self) -> int:

@@ -12,12 +12,17 @@ A batch holds N objects in compressed-row form: the points of object ``k`` are
 Per-object columns live in ``metadata`` (name -> array of length N, float64 unless the
 reader says otherwise). ``alert_id`` is the alert identifier where the input was an alert
 (``None`` for batch light-curve files), ``label`` the class label where the input is labelled.
+``cutouts`` is None unless a model that uses images asked for them: then a
+:class:`astro_classifier.data.cutouts.CutoutBatch` with one row per object (its alert's three
+stamps, ``ok`` False where they are missing or unusable), carried through ``select`` and
+``concat`` like the other per-object columns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +63,19 @@ def merge_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
     return total
 
 
+def _joined_cutouts(batches: Sequence[LightCurveBatch]) -> Any:
+    """The batches' cutouts concatenated (None when none has any; a batch without them
+    contributes rows marked missing)."""
+    if all(b.cutouts is None for b in batches):
+        return None
+    from astro_classifier.data.cutouts import CutoutBatch  # cutouts imports this module
+
+    size = next(b.cutouts for b in batches if b.cutouts is not None).images.shape[-1]
+    return CutoutBatch.concat(
+        [b.cutouts if b.cutouts is not None else CutoutBatch.missing(len(b), size) for b in batches]
+    )
+
+
 @dataclass
 class LightCurveBatch:
     """N light curves in compressed-row form (see module docstring for units)."""
@@ -72,6 +90,7 @@ class LightCurveBatch:
     metadata: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N,)
     alert_id: np.ndarray | None = None  # (N,) object: str, or None for an object without alert
     label: np.ndarray | None = None  # (N,) str or None
+    cutouts: Any = None  # CutoutBatch (N rows) or None; see the module docstring
     # Points the reader could not use, by reason ("non-finite flux", ...): counted, never silent.
     dropped: dict[str, int] = field(default_factory=dict)
 
@@ -105,6 +124,8 @@ class LightCurveBatch:
             )
         if self.label is not None:
             self.label = np.asarray(self.label).astype(str)
+        if self.cutouts is not None and len(self.cutouts) != n:
+            raise ValueError(f"cutouts have {len(self.cutouts)} rows, expected {n}")
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -201,6 +222,7 @@ class LightCurveBatch:
             metadata=metadata,
             alert_id=joined("alert_id", None),  # objects from light-curve files have no alert
             label=joined("label", ""),
+            cutouts=_joined_cutouts(batches),
             dropped=merge_counts(b.dropped for b in batches),
         )
 
@@ -243,6 +265,7 @@ class LightCurveBatch:
             metadata={k: v[index] for k, v in self.metadata.items()},
             alert_id=None if self.alert_id is None else self.alert_id[index],
             label=None if self.label is None else self.label[index],
+            cutouts=None if self.cutouts is None else self.cutouts.take(index),
             dropped=dict(self.dropped),
         )
 
@@ -261,6 +284,7 @@ class LightCurveBatch:
             metadata=dict(self.metadata),
             alert_id=self.alert_id,
             label=self.label,
+            cutouts=self.cutouts,
             dropped=dict(self.dropped),
         )
 

@@ -505,6 +505,8 @@ def read_light_curves(
         raise InputError("input", "no input files given")
     if format is not None:
         get_format(format)
+    if format is not None and REGISTRY[format].message_per_file:
+        paths = _expand_alert_folders(paths, format)
     groups: dict[str, list[Path]] = {}
     for path in paths:
         groups.setdefault(format or detect_format(path), []).append(path)
@@ -527,10 +529,39 @@ def read_light_curves(
     return LightCurveBatch.concat(batches)
 
 
+def _expand_alert_folders(paths: list[Path], format: str) -> list[Path]:
+    """Folders of alert files (one alert container per file) -> their files of ``format``,
+    recursively in sorted order; other files in them (schemas, samples) are left out."""
+    out: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = []
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            try:
+                if detect_format(file) == format:
+                    found.append(file)
+            except InputError:
+                continue
+        if not found:
+            raise InputError(path, f"no {format} files in this folder; expected {REGISTRY[format].description}")
+        out += found
+    return out
+
+
 def decode_message(
-    value: bytes | None, input_format: str, schemas: Any, source: str
+    value: bytes | None,
+    input_format: str,
+    schemas: Any,
+    source: str,
+    cutout_size: int | None = None,
 ) -> LightCurveBatch:
     """One Kafka message value -> the light curves of the alerts it carries.
+
+    ``cutout_size`` (models with an image tower only): also decode the alerts' stamps into
+    ``batch.cutouts`` at that size; a format without stamps, or stamps that cannot be
+    decoded, give rows marked missing with the reason (the light curves still classify).
 
     Raises :class:`InputError` (naming ``source``, e.g. ``topic[partition]@offset``) for
     anything that is not a valid alert of ``input_format``; the worker dead-letters those.
@@ -547,7 +578,32 @@ def decode_message(
         batch = clean_points(fmt.decode(value, schemas, source), fmt.absolute_time)
     if len(batch) == 0:
         raise InputError(source, "the message holds no alert")
+    if cutout_size is not None:
+        batch.cutouts = message_cutouts(batch, value, input_format, schemas, source, cutout_size)
     return batch
+
+
+def message_cutouts(
+    batch: LightCurveBatch, value: bytes, input_format: str, schemas: Any, source: str, size: int
+):
+    """The stamps of a message's alerts, one row per object of ``batch``."""
+    from astro_classifier.data.cutouts import (
+        CUTOUT_FORMATS,
+        CutoutBatch,
+        align_cutouts,
+        decode_cutouts,
+    )
+
+    if input_format not in CUTOUT_FORMATS:
+        missing = CutoutBatch.missing(len(batch), size)
+        missing.failure[:] = f"format {input_format} carries no cutouts"
+        return missing
+    try:
+        return align_cutouts(batch, decode_cutouts(value, input_format, source, schemas, size))
+    except InputError as exc:
+        missing = CutoutBatch.missing(len(batch), size)
+        missing.failure[:] = f"cutouts not decodable: {exc.reason}"
+        return missing
 
 
 def file_messages(path: Path, format: str | None = None) -> list[tuple[str | None, bytes]] | None:

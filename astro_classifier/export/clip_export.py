@@ -1,7 +1,8 @@
 """Fine-tuned CLIP run -> one ONNX file: every tower, the fusion, the head, the embeddings.
 
 Inputs: the :class:`ModelInputs` arrays, then ``spectrum`` (B, 2, G) when the model has the
-spectrum tower, then one presence mask ``has_<modality>`` (B,) bool per modality (see
+spectrum tower, ``image`` (B, 3, S, S) (normalised stamps, :mod:`astro_classifier.data.cutouts`)
+when it has the image tower, then one presence mask ``has_<modality>`` (B,) bool per modality (see
 :mod:`astro_classifier.inference.model`). Outputs: ``probabilities`` (softmax(logits / T), T
 fitted on the run's validation split as for ATAT), ``logits``, ``embedding`` (fused) and
 ``embedding_<modality>`` per tower. Every tower runs on every row; the presence masks decide
@@ -10,9 +11,9 @@ photometry and metadata towers only.
 
 Checks before the file is kept: ``onnx.checker``; then, for every non-empty combination of
 present modalities, ONNX Runtime against torch on real validation light curves, with the
-objects' real spectra where the run's dataset carries them (resampled and normalised by
-:func:`astro_classifier.data.spectra.model_input`) and synthetic ones for the others where a
-spectrum is present: every output within :data:`PARITY_TOLERANCE` (1e-5;
+objects' real spectra and stamps where the run's dataset carries them (spectra resampled and
+normalised by :func:`astro_classifier.data.spectra.model_input`) and synthetic ones for the
+others where the modality is present: every output within :data:`PARITY_TOLERANCE` (1e-5;
 logits relative to max(1, |logit|)) and the same top class; and the same input run twice
 gives bit-identical outputs.
 """
@@ -49,7 +50,7 @@ from astro_classifier.inference.model import (
     default_extra_inputs,
     default_length_buckets,
 )
-from astro_classifier.taxonomy import broad_mapping
+from astro_classifier.taxonomy import broad_mapping_or_none
 from astro_classifier.training.clip import CLIP
 
 PARITY_TOLERANCE = 1e-5
@@ -62,15 +63,16 @@ class ClipGraph(torch.nn.Module):
     def __init__(self, model: CLIP, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
-        self.modalities = [m for m in model.modalities if m != "image"]
+        self.modalities = list(model.modalities)
         self.classifier = model.head is not None  # else: an embedding-only (pretrained) model
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
 
     def forward(self, flux, flux_err, time, band, mask, tabular, *extra):
         extra = list(extra)
         spectrum = extra.pop(0) if "spectrum" in self.modalities else None
+        image = extra.pop(0) if "image" in self.modalities else None
         presence = dict(zip(self.modalities, extra, strict=True))
-        emb = self.model.embeddings(flux, flux_err, time, band, mask, tabular, spectrum)
+        emb = self.model.embeddings(flux, flux_err, time, band, mask, tabular, spectrum, image)
         fused = self.model.fuse(emb, presence)
         if not self.classifier:
             return (fused, *[emb[m] for m in self.modalities])
@@ -83,8 +85,19 @@ class ClipGraph(torch.nn.Module):
         return first + [f"embedding_{m}" for m in self.modalities]
 
 
-def _feeds(meta: ModelMetadata, x: ModelInputs, presence, spectrum) -> dict[str, np.ndarray]:
-    return x.as_dict() | default_extra_inputs(meta, x, presence, spectrum)
+def _feeds(
+    meta: ModelMetadata, x: ModelInputs, presence, spectrum, image=None
+) -> dict[str, np.ndarray]:
+    return x.as_dict() | default_extra_inputs(meta, x, presence, spectrum, image)
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """(n, 3, size, size) float32 noise stamps with a central source, for parity checks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    source = np.exp(-(xx**2 + yy**2) / 8.0)
+    images = rng.normal(0, 1, (n, 3, size, size)) + rng.uniform(0, 5, (n, 3, 1, 1)) * source
+    return np.arcsinh(images).astype(np.float32)
 
 
 def synthetic_spectra(n: int, bins: int, seed: int = 0) -> np.ndarray:
@@ -108,12 +121,14 @@ def check_parity(
     path: Path,
     inputs: list[ModelInputs],
     real_spectra: list[np.ndarray | None] | None = None,
+    real_images: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[float, float, float, dict[str, float]]:
     """(max |Δ| over probabilities and embeddings, max relative |Δlogit|, top-class agreement,
     max |Δ| per combination) over every combination of present modalities.
 
     ``real_spectra[k]``: (len(inputs[k]), 2, G) spectra of call k, NaN rows where the object
-    has none (those get a synthetic one)."""
+    has none (those get a synthetic one); ``real_images[k]``: (images, ok) of call k, rows
+    not ok get synthetic stamps."""
     session = LoadedModel.load(path, provider="cpu")
     names = graph.output_names()
     worst, worst_logit, agree, n = 0.0, 0.0, 0, 0
@@ -131,7 +146,13 @@ def check_parity(
                 real = real_spectra[k]
                 has = np.isfinite(real).any(axis=(1, 2))
                 spectrum[has] = real[has]
-            feeds = _feeds(meta, x, presence, spectrum)
+            image = None
+            if "image" in graph.modalities:
+                image = synthetic_images(len(x), int(meta.image_size or 63), seed=k)
+                if real_images is not None:
+                    real, ok = real_images[k]
+                    image[ok] = real[ok]
+            feeds = _feeds(meta, x, presence, spectrum, image)
             got = session.session.run(names, feeds)
             again = session.session.run(names, feeds)
             for a, b in zip(got, again, strict=True):
@@ -177,6 +198,27 @@ def _real_spectra(
     return out
 
 
+def _real_images(
+    run_dir: Path, model: CLIP, calls, index: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Per call, the stamps of its objects (``index``: dataset rows of the calls' positions)
+    and whether they are usable (padding rows: not)."""
+    if "image" not in model.modalities:
+        return None
+    ds = TrainingDataset.load(run_dir / "dataset.h5")
+    if ds.images is None:
+        return None
+    size = model.cfg.image_size
+    out = []
+    for positions, x in calls:
+        images = np.zeros((len(x), 3, size, size), np.float32)
+        ok = np.zeros(len(x), bool)
+        images[: len(positions)] = ds.images[index[positions]]
+        ok[: len(positions)] = ds.image_ok[index[positions]]
+        out.append((images, ok))
+    return out
+
+
 def export_clip_run(
     run_dir: Path, out: Path, fp16: bool = False, parity_objects: int = 512
 ) -> ParityReport:
@@ -189,8 +231,6 @@ def export_clip_run(
     if not isinstance(model, CLIP):
         raise ModelError(f"{run_dir} holds a {type(model).__name__}, not a CLIP model")
     classifier = model.head is not None
-    if "image" in model.modalities:
-        raise ModelError("the image tower is not built yet (issue 9): cannot export")
     if fp16:
         raise ModelError("--fp16 is not supported for CLIP models yet")
     spec = PreprocessingSpec.model_validate(ckpt["spec"])
@@ -215,26 +255,31 @@ def export_clip_run(
         precision="fp32",
         package_version=__version__,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        broad_classes=broad_mapping(ckpt["labels"]) if classifier else {},
+        broad_classes=broad_mapping_or_none(ckpt["labels"]) if classifier else {},
         modalities=modalities,
         required_modalities=["photometry"],
         spectrum_grid=list(model.cfg.spectrum_grid) if "spectrum" in modalities else None,
+        image_size=model.cfg.image_size if "image" in modalities else None,
         embedding_dim=model.cfg.embed_dim,
     )
     calibration = ood = None
-    if classifier:  # calibration on the validation split, as alerts arrive: no spectrum
+    validation = np.asarray(ckpt["split"]["validation"], np.int64)
+    if classifier:  # calibration on the validation split as alerts arrive: stamps, no spectrum
         calls, y = validation_calls(run_dir, ckpt, spec, batch_size=CALIBRATION_BATCH)
+        images = _real_images(run_dir, model, calls, validation)
         graph = ClipGraph(model).eval()
         logits = np.empty((len(y), len(ckpt["labels"])), np.float64)
         with torch.no_grad():
-            for index, x in calls:
-                feeds = _feeds(meta, x, None, None)
+            for k, (index, x) in enumerate(calls):
+                image, has = images[k] if images else (None, None)
+                presence = None if has is None else {"image": has}
+                feeds = _feeds(meta, x, presence, None, image)
                 logits[index] = graph(*[torch.from_numpy(v) for v in feeds.values()])[1].numpy()
         calibration, ood = calibrate(
             logits,
             y,
             fitted_on=f"validation split of run {run_dir.name}: {len(y)} objects, whole light "
-            "curves, photometry + metadata",
+            "curves, photometry + metadata" + (" + images" if images else ""),
         )
         meta.calibration, meta.ood = calibration, ood
     graph = ClipGraph(model, calibration.temperature if calibration else 1.0).eval()
@@ -242,6 +287,7 @@ def export_clip_run(
     parity_calls, _ = validation_calls(run_dir, ckpt, spec, limit=parity_objects)
     inputs = [x for _, x in parity_calls]
     real_spectra = _real_spectra(run_dir, ckpt, model, parity_calls, parity_objects)
+    real_images = _real_images(run_dir, model, parity_calls, validation[:parity_objects])
     example = inputs[0].take(np.arange(min(2, len(inputs[0]))))
     feeds = _feeds(meta, example, None, None)
     names = list(feeds)
@@ -258,6 +304,8 @@ def export_clip_run(
                 if n == "tabular"
                 else ["batch", 2, int(v.shape[2])]
                 if n == "spectrum"
+                else ["batch", 3, int(v.shape[2]), int(v.shape[3])]
+                if n == "image"
                 else ["batch"]
                 if n.startswith("has_")
                 else ["batch", "length"]
@@ -285,7 +333,7 @@ def export_clip_run(
         onnx.save(proto, str(tmp_path))
 
         worst, worst_logit, agreement, per_combo = check_parity(
-            graph, meta, tmp_path, inputs, real_spectra
+            graph, meta, tmp_path, inputs, real_spectra, real_images
         )
         report = ParityReport(
             sum(len(x) for x in inputs),
@@ -300,6 +348,9 @@ def export_clip_run(
         report.per_combination = per_combo  # type: ignore[attr-defined]
         report.real_spectra = sum(  # type: ignore[attr-defined]
             int(np.isfinite(r).any(axis=(1, 2)).sum()) for r in real_spectra or [] if r is not None
+        )
+        report.real_images = sum(  # type: ignore[attr-defined]
+            int(ok.sum()) for _, ok in real_images or []
         )
         if not report.ok or agreement < 1.0:
             raise ParityError(

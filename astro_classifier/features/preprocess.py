@@ -29,6 +29,8 @@ KNOWN_METADATA_FEATURES = (
     "decl",
 )
 
+METADATA_ALIASES = {"decl": "dec"}  # feature -> the readers' column used when it is absent
+
 
 class PreprocessingSpec(BaseModel):
     """Constants of the preprocessing, stored in the model so serving repeats training."""
@@ -136,9 +138,15 @@ def truncate_for_model(
 def tabular_features(
     batch: LightCurveBatch, spec: PreprocessingSpec, n_jobs: int = 1
 ) -> np.ndarray:
-    """(N, F) float32 tabular inputs: metadata columns (NaN when absent) + light-curve features."""
+    """(N, F) float32 tabular inputs: metadata columns (NaN when absent) + light-curve features.
+
+    ``decl`` (PLAsTiCC's name) is read from ``dec`` (every alert reader's) when absent."""
+    missing = np.full(len(batch), np.nan)
     columns = [
-        np.asarray(batch.metadata.get(name, np.full(len(batch), np.nan)), np.float32)[:, None]
+        np.asarray(
+            batch.metadata.get(name, batch.metadata.get(METADATA_ALIASES.get(name, ""), missing)),
+            np.float32,
+        )[:, None]
         for name in spec.metadata_features
     ]
     if spec.light_curve_features:

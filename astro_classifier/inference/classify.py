@@ -11,7 +11,14 @@ Output columns, in order: ``object_id``, ``alert_id``, ``model``, ``model_versio
 ``abstain``: True when the ood score is above the model's threshold, when the object has fewer
 than ``ood.min_points`` points in the model's bands, or when it is a known solar-system object
 (metadata ``solar_system`` == 1). Abstaining objects keep their row and probabilities: a broker
-decides what to do with them; ``ClassifyResult.abstained`` counts them per reason.
+decides what to do with them; ``ClassifyResult.abstained`` counts them per reason. A model whose
+labels have no broad kind (``broad_classes`` empty, e.g. a real/bogus model) leaves the four
+broad columns null.
+
+Models with an image tower get the stamps the batch carries (``batch.cutouts``, decoded by the
+caller only for such models); objects whose stamps are missing or unusable are classified
+without the image tower (``has_image`` False) and counted in ``ClassifyResult.without_images``
+by reason.
 """
 
 from __future__ import annotations
@@ -72,6 +79,8 @@ class ClassifyResult:
     abstained: Counter[str] = field(default_factory=Counter)
     # reason -> row positions (in the input batch) of those objects
     abstained_rows: dict[str, np.ndarray] = field(default_factory=dict)
+    # image models only: reason -> classified objects fed without stamps
+    without_images: Counter[str] = field(default_factory=Counter)
 
     @property
     def padding_efficiency(self) -> float:
@@ -130,6 +139,19 @@ def bucketed_inputs(
             yield index, layout.inputs(index, tabular[index], width=buckets[b])
 
 
+def _model_cutouts(batch: LightCurveBatch, size: int, model: LoadedModel):
+    """The batch's stamps (rows marked missing where it carries none) at the model's size."""
+    from astro_classifier.data.cutouts import CutoutBatch
+
+    cutouts = batch.cutouts if batch.cutouts is not None else CutoutBatch.missing(len(batch), size)
+    if cutouts.images.shape[-1] != size:
+        raise ModelError(
+            f"{model.path}: the model takes {size}x{size} stamps; the batch carries "
+            f"{cutouts.images.shape[-1]}x{cutouts.images.shape[-1]}"
+        )
+    return cutouts
+
+
 def classify(
     batch: LightCurveBatch,
     model: LoadedModel,
@@ -177,12 +199,23 @@ def classify(
     tabular = tabular_features(batch, spec, n_jobs=n_jobs)
     result.timings.features = time.perf_counter() - t0
 
+    cutouts = None
+    if model.needs_images:
+        cutouts = _model_cutouts(batch, int(meta.image_size or 63), model)
+        for failure in cutouts.failure[~cutouts.ok]:
+            result.without_images[str(failure).split(":")[0] or "no stamps"] += 1
+
     proba = np.empty((len(batch), len(meta.labels)), np.float32)
     ood_score = np.empty(len(batch), np.float64)
     done = 0
     for index, inputs in bucketed_inputs(batch, spec, tabular, meta.length_buckets, batch_size):
         t0 = time.perf_counter()
-        prediction = model.predict(inputs)
+        if cutouts is None:
+            prediction = model.predict(inputs)
+        else:
+            prediction = model.predict(
+                inputs, presence={"image": cutouts.ok[index]}, image=cutouts.images[index]
+            )
         proba[index] = prediction.probabilities
         ood_score[index] = model.ood_scores(prediction)
         result.timings.inference += time.perf_counter() - t0
@@ -194,7 +227,11 @@ def classify(
 
     top = proba.argmax(axis=1)
     labels = np.asarray(meta.labels)
-    broad = broad_probabilities(proba, meta.labels, broad_map)
+    broad = (
+        broad_probabilities(proba, meta.labels, broad_map)
+        if broad_map
+        else np.full((len(batch), len(BROAD_CLASSES)), np.nan, np.float32)
+    )
     ood_score = ood_score.astype(np.float32)
     solar = batch.metadata.get(SOLAR_SYSTEM)
     reasons = {
@@ -218,8 +255,15 @@ def classify(
         "class": labels[top],
         "probability": proba[np.arange(len(batch)), top],
         **{f"prob_{label}": proba[:, j] for j, label in enumerate(meta.labels)},
-        "broad_class": np.asarray(BROAD_CLASSES)[broad.argmax(axis=1)],
-        **{f"prob_{kind}": broad[:, k] for k, kind in enumerate(BROAD_CLASSES)},
+        "broad_class": (
+            np.asarray(BROAD_CLASSES, dtype=object)[broad.argmax(axis=1)]
+            if broad_map
+            else np.full(len(batch), None, dtype=object)
+        ),
+        **{
+            f"prob_{kind}": broad[:, k] if broad_map else [None] * len(batch)
+            for k, kind in enumerate(BROAD_CLASSES)
+        },
         "ood_score": ood_score,
         "abstain": abstain,
     }

@@ -74,12 +74,23 @@ def embed_objects(
             "light-curve and alert inputs carry no spectra: spectrum embeddings need spectra "
             "readers (issue 9)"
         )
+    cutouts = None
+    if model.needs_images:  # the stamps the batch carries (the caller decoded them)
+        from astro_classifier.data.cutouts import CutoutBatch
+
+        size = int(meta.image_size or 63)
+        cutouts = batch.cutouts if batch.cutouts is not None else CutoutBatch.missing(len(batch), size)
+    elif modality == "image":
+        raise ModelError(f"{model.path}: {meta.name} has no image tower")
     tabular = tabular_features(batch, spec, n_jobs=n_jobs)
     if modality == "metadata":  # objects without any metadata value have no such embedding
         ok &= np.isfinite(tabular).any(axis=1)
+    if modality == "image":  # objects without usable stamps have no image embedding
+        ok &= cutouts.ok
     keep = np.flatnonzero(ok)
     if len(keep) < len(batch):
         batch, tabular = batch.select(keep), tabular[keep]
+        cutouts = None if cutouts is None else cutouts.take(keep)
     dim = int(meta.embedding_dim or 0)
     vectors = np.empty((len(batch), dim), np.float32)
     if len(batch):
@@ -89,7 +100,16 @@ def embed_objects(
             for start in range(0, len(index), step):
                 rows = np.arange(start, min(start + step, len(index)))
                 padded = np.concatenate([rows, np.full(step - len(rows), rows[0])])
-                vectors[index[rows]] = model.embed(inputs.take(padded), which)[: len(rows)]
+                extra = {}
+                if cutouts is not None:
+                    objects = index[padded]
+                    extra = {
+                        "presence": {"image": cutouts.ok[objects]},
+                        "image": cutouts.images[objects],
+                    }
+                vectors[index[rows]] = model.embed(inputs.take(padded), which, **extra)[
+                    : len(rows)
+                ]
     flat = pa.array(vectors.reshape(-1), pa.float32())
     table = pa.table(
         {

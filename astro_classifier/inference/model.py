@@ -22,13 +22,17 @@ Out-of-distribution score (``ood``; higher = less like the training data):
 Multimodal (CLIP) models: the graph inputs are the :class:`ModelInputs` arrays, in their
 order, followed by the inputs of :func:`extra_input_names`: ``spectrum`` (B, 2, G) float32
 (flux and flux error on the model's wavelength grid ``spectrum_grid``, NaN = no data) when the
-model has the spectrum modality, then one presence mask ``has_<modality>`` (B,) bool per
+model has the spectrum modality, ``image`` (B, 3, S, S) float32 (the alert's science, template
+and difference stamps, normalised by :mod:`astro_classifier.data.cutouts`; S = ``image_size``)
+when it has the image modality, then one presence mask ``has_<modality>`` (B,) bool per
 modality of the model, in ``metadata.modalities`` order (True = the object has it).
 ``modalities`` lists the towers in the file, ``required_modalities`` those every object must
 have (photometry). :meth:`LoadedModel.load` checks the graph's inputs against that list, and
 :meth:`LoadedModel.predict` fills the extra inputs when the caller gives only
 :class:`ModelInputs` (alerts and light-curve files): photometry present, metadata present
-where any tabular value is finite, spectrum absent (zeros). Extra outputs ``embedding`` (the
+where any tabular value is finite, spectrum and image absent (zeros). :func:`classify` feeds a
+model that :func:`needs_images` the stamps its batch carries (``LightCurveBatch.cutouts``),
+present where they decoded. Extra outputs ``embedding`` (the
 fused, L2-normalised embedding) and ``embedding_<modality>`` per tower serve `astroclf embed`.
 Models without ``modalities`` (ATAT) have exactly the ModelInputs contract.
 """
@@ -115,6 +119,7 @@ class ModelMetadata(BaseModel):
     modalities: list[str] | None = None
     required_modalities: list[str] | None = None
     spectrum_grid: list[float] | None = None  # first, last wavelength (Angstrom), bins
+    image_size: int | None = None  # side of the (3, S, S) stamp input (image tower only)
     embedding_dim: int | None = None
 
     def broad_mapping(self) -> dict[str, str]:
@@ -147,11 +152,17 @@ class ModelMetadata(BaseModel):
 
 
 def extra_input_names(metadata: ModelMetadata) -> list[str]:
-    """Graph inputs after the ModelInputs ones: none for ATAT, else (spectrum,) has_<m>..."""
+    """Graph inputs after the ModelInputs ones: none for ATAT, else (spectrum,) (image,)
+    has_<m>..."""
     if not metadata.modalities:
         return []
-    names = ["spectrum"] if "spectrum" in metadata.modalities else []
+    names = [m for m in ("spectrum", "image") if m in metadata.modalities]
     return names + [f"has_{m}" for m in metadata.modalities]
+
+
+def needs_images(metadata: ModelMetadata) -> bool:
+    """Whether the model has an image tower (callers then decode the alerts' cutouts)."""
+    return bool(metadata.modalities) and "image" in metadata.modalities
 
 
 def default_extra_inputs(
@@ -159,8 +170,10 @@ def default_extra_inputs(
     inputs: ModelInputs,
     presence: dict[str, np.ndarray] | None = None,
     spectrum: np.ndarray | None = None,
+    image: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Extra feeds of a multimodal model: what alerts carry unless ``presence`` says more."""
+    """Extra feeds of a multimodal model: what alerts carry unless ``presence`` says more.
+    A missing ``spectrum`` or ``image`` is fed as zeros and marked absent."""
     if not metadata.modalities:
         return {}
     n = len(inputs)
@@ -175,6 +188,14 @@ def default_extra_inputs(
         )
         has = np.zeros(n, bool) if spectrum is None else np.isfinite(feeds["spectrum"]).any((1, 2))
         presence.setdefault("spectrum", has)
+    if "image" in metadata.modalities:
+        size = int(metadata.image_size or 63)
+        feeds["image"] = (
+            np.zeros((n, 3, size, size), np.float32)
+            if image is None
+            else np.ascontiguousarray(image, np.float32)
+        )
+        presence.setdefault("image", np.full(n, image is not None))
     defaults = {
         "photometry": lambda: inputs.mask.any(axis=1),
         "metadata": lambda: np.isfinite(inputs.tabular).any(axis=1),
@@ -361,15 +382,22 @@ class LoadedModel:
         inputs: ModelInputs,
         presence: dict[str, np.ndarray] | None = None,
         spectrum: np.ndarray | None = None,
+        image: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Session feeds: the ModelInputs arrays plus a multimodal model's extra inputs."""
-        return inputs.as_dict() | default_extra_inputs(self.metadata, inputs, presence, spectrum)
+        extra = default_extra_inputs(self.metadata, inputs, presence, spectrum, image)
+        return inputs.as_dict() | extra
+
+    @property
+    def needs_images(self) -> bool:
+        return needs_images(self.metadata)
 
     def predict(
         self,
         inputs: ModelInputs,
         presence: dict[str, np.ndarray] | None = None,
         spectrum: np.ndarray | None = None,
+        image: np.ndarray | None = None,
     ) -> Prediction:
         """Probabilities (B, n_classes) float32 for one padded call, and the raw logits when
         the graph has them. ``presence``/``spectrum``: multimodal models only (see above)."""
@@ -379,7 +407,7 @@ class LoadedModel:
                 "pretraining without classifier head): use `astroclf embed`, or fine-tune it"
             )
         names = ["probabilities", "logits"] if self.has_logits else ["probabilities"]
-        out = self.session.run(names, self.feeds(inputs, presence, spectrum))
+        out = self.session.run(names, self.feeds(inputs, presence, spectrum, image))
         return Prediction(
             probabilities=np.asarray(out[0], dtype=np.float32),
             logits=np.asarray(out[1], dtype=np.float32) if len(out) > 1 else None,
@@ -391,6 +419,7 @@ class LoadedModel:
         modality: str | None = None,
         presence: dict[str, np.ndarray] | None = None,
         spectrum: np.ndarray | None = None,
+        image: np.ndarray | None = None,
     ) -> np.ndarray:
         """(B, D) float32 L2-normalised embeddings: of one tower (``modality``) or the fused
         one (None) of a multimodal model."""
@@ -404,7 +433,7 @@ class LoadedModel:
         outputs = [o.name for o in self.session.get_outputs()]
         if name not in outputs:
             raise ModelError(f"{self.path}: the graph has no {name!r} output ({outputs})")
-        out = self.session.run([name], self.feeds(inputs, presence, spectrum))
+        out = self.session.run([name], self.feeds(inputs, presence, spectrum, image))
         return np.asarray(out[0], np.float32)
 
     def warm_up(self) -> None:

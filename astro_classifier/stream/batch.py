@@ -219,9 +219,14 @@ class BatchProcessor:
         self.output_format = output_format
         self.schemas = schemas
         self._features_seconds = 0.0
+        # Stamps are decoded only for a model with an image tower (the costliest part of a
+        # ZTF alert); the light-curve decoders never touch them.
+        self.cutout_size = int(model.metadata.image_size or 63) if model.needs_images else None
         # decode_workers > 0: a pool of processes decodes (stream/decoding.py), same results.
         self._pool = (
-            DecodePool(decode_workers, input_format, schemas) if decode_workers > 0 else None
+            DecodePool(decode_workers, input_format, schemas, self.cutout_size)
+            if decode_workers > 0
+            else None
         )
 
     def start(self) -> BatchProcessor:
@@ -249,7 +254,9 @@ class BatchProcessor:
             source = str(message_ref(message))
             try:
                 results.append(
-                    decode_message(message.value(), self.input_format, self.schemas, source)
+                    decode_message(
+                        message.value(), self.input_format, self.schemas, source, self.cutout_size
+                    )
                 )
             except InputError as exc:  # the message's fault; anything else is not
                 results.append(exc)

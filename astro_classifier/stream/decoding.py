@@ -64,13 +64,15 @@ def _die_with_parent() -> None:
             pass
 
 
-def _initialise(input_format: str, schemas: Any) -> None:
+def _initialise(input_format: str, schemas: Any, cutout_size: int | None = None) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from astro_classifier.data.readers import decode_message
 
-    _STATE.update(decode=decode_message, input_format=input_format, schemas=schemas)
+    _STATE.update(
+        decode=decode_message, input_format=input_format, schemas=schemas, cutout_size=cutout_size
+    )
 
 
 def _ping(hold_s: float) -> int:
@@ -83,7 +85,18 @@ def _decode_chunk(items: list[tuple[bytes | None, str]]) -> list[tuple]:
     out: list[tuple] = []
     for value, source in items:
         try:
-            out.append(("ok", decode(value, _STATE["input_format"], _STATE["schemas"], source)))
+            out.append(
+                (
+                    "ok",
+                    decode(
+                        value,
+                        _STATE["input_format"],
+                        _STATE["schemas"],
+                        source,
+                        _STATE["cutout_size"],
+                    ),
+                )
+            )
         except InputError as exc:
             out.append(("input", exc.source, exc.reason))
         except TransientError as exc:
@@ -97,12 +110,19 @@ def _decode_chunk(items: list[tuple[bytes | None, str]]) -> list[tuple]:
 class DecodePool:
     """``workers`` processes decoding messages of ``input_format``; see the module docstring."""
 
-    def __init__(self, workers: int, input_format: str, schemas: Any = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        input_format: str,
+        schemas: Any = None,
+        cutout_size: int | None = None,
+    ) -> None:
         if workers < 1:
             raise ValueError(f"a decode pool needs at least one process, not {workers}")
         self.workers = workers
         self.input_format = input_format
         self.schemas = schemas
+        self.cutout_size = cutout_size  # decode stamps too (models with an image tower)
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self.pids: list[int] = []  # of the processes, once started
 
@@ -113,7 +133,7 @@ class DecodePool:
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_initialise,
-                initargs=(self.input_format, self.schemas),
+                initargs=(self.input_format, self.schemas, self.cutout_size),
             )
             # Every process started and warm (imports done) before the first batch.
             pids: set[int] = set()

@@ -222,6 +222,9 @@ class TimeModulatedTokens(nn.Module):
         return x * (1.0 + self.gamma(per_band)) + self.beta(per_band)
 
 
+TIE_TOLERANCE = 1e-5  # relative margin above a tied quantile before its step counts
+
+
 class QuantileFeatureTokens(nn.Module):
     """One token per tabular feature, after a quantile transform stored in the model.
 
@@ -259,10 +262,14 @@ class QuantileFeatureTokens(nn.Module):
         v = torch.where(missing, torch.zeros_like(values), values).unsqueeze(-1)  # (B, F, 1)
         lo, hi = self.quantiles[:, :-1], self.quantiles[:, 1:]  # (F, Q-1)
         width = hi - lo
-        # Piecewise-linear CDF; a tied pair of quantiles (width 0) is a step, 1 only above it.
-        # (Written with 0/1 constants only, which survive float16 conversion.)
+        # Piecewise-linear CDF; a tied pair of quantiles (width 0) is a step, 1 only above it
+        # by more than TIE_TOLERANCE (relative): a value computed in the graph (the galactic
+        # latitude of CLIP's metadata tower) that equals a training value must not flip the
+        # step on a last-bit difference between torch and ONNX Runtime (ties are common:
+        # objects repeat coordinates). (0/1 constants survive float16 conversion.)
         ramp = torch.clamp((v - lo) / torch.where(width > 0, width, 1.0), 0.0, 1.0)
-        step = torch.where(width > 0, ramp, torch.where(v > hi, 1.0, 0.0))  # (B, F, Q-1)
+        above = v > hi + TIE_TOLERANCE * torch.abs(hi)
+        step = torch.where(width > 0, ramp, torch.where(above, 1.0, 0.0))  # (B, F, Q-1)
         u = step.mean(dim=-1, keepdim=True)  # (B, F, 1), empirical CDF
         tokens = (2.0 * u - 1.0) * self.weight + self.bias  # (B, F, C)
         return torch.where(missing.unsqueeze(-1), self.missing.expand_as(tokens), tokens)

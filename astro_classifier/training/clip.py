@@ -14,8 +14,11 @@ Modalities (``ClipConfig.modalities``, any subset holding ``photometry``):
   :func:`astro_classifier.data.spectra.normalise`, repeated in the graph (idempotent). Real
   spectra come through :func:`astro_classifier.data.spectra.model_input` (the one resampling
   and normalisation of training and serving).
-- ``image``: a placeholder (issue 9): the modality may be listed, it has a presence flag, and
-  asking for an image embedding raises :class:`NotImplementedError`.
+- ``image``: the alert's three cutouts (science, template, difference), centred and
+  normalised by :mod:`astro_classifier.data.cutouts` (the one decoding of training and
+  serving) into (B, 3, ``image_size``, ``image_size``), through the tiny ViT of
+  :mod:`astro_classifier.training.image` (``image_patch`` pixel patches, ``image_layers``
+  blocks, width ``d_model``).
 
 Each encoder output goes through a projection head (Linear-GELU-Linear) to ``embed_dim`` and is
 L2-normalised. Pretraining minimises the symmetric InfoNCE loss of every pair of modalities
@@ -44,6 +47,7 @@ from astro_classifier.training.atat import (
     QuantileFeatureTokens,
     TimeModulatedTokens,
 )
+from astro_classifier.training.image import ImageEncoder, ImageEncoderConfig
 
 MODALITIES = ("photometry", "metadata", "spectrum", "image")
 # Galactic north pole (J2000): RA 192.85948 deg, Dec 27.12825 deg.
@@ -73,6 +77,9 @@ class ClipConfig:
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0  # temperature >= 0.01
     modality_dropout: float = 0.2
+    image_size: int = 63  # data.cutouts.STAMP_SIZE
+    image_patch: int = 7
+    image_layers: int = 2
 
     def __post_init__(self) -> None:
         for name in ("feature_names", "modalities", "spectrum_grid"):  # YAML gives lists
@@ -83,6 +90,8 @@ class ClipConfig:
                 f"modalities must hold 'photometry' and only {list(MODALITIES)}, got "
                 f"{list(self.modalities)}"
             )
+        if "image" in self.modalities:
+            self.image_encoder()  # a patch size that does not divide the stamp is refused here
         if "metadata" in self.modalities and not self.feature_names:
             raise ValueError("the metadata modality needs tabular features (feature_names)")
 
@@ -97,6 +106,18 @@ class ClipConfig:
         if all(c in names for c in COORDINATES):
             names = [n for n in names if n not in COORDINATES] + ["gal_b"]
         return names
+
+    def image_encoder(self) -> ImageEncoderConfig:
+        return ImageEncoderConfig(
+            in_channels=3,
+            image_size=self.image_size,
+            patch_size=self.image_patch,
+            d_model=self.d_model,
+            n_layers=self.image_layers,
+            n_heads=self.n_heads,
+            ff_mult=self.ff_mult,
+            dropout=self.dropout,
+        )
 
     def atat(self, n_features: int) -> ATATConfig:
         return ATATConfig(
@@ -126,6 +147,8 @@ CLIP_TINY = dict(
     spectrum_grid=(3500.0, 9500.0, 64),
     spectrum_channels=8,
     spectrum_layers=2,
+    image_patch=9,
+    image_layers=1,
 )
 
 
@@ -202,6 +225,9 @@ class CLIP(nn.Module):
         if "spectrum" in cfg.modalities:
             self.spectrum_encoder = SpectrumEncoder(cfg)
             self.proj["spectrum"] = projection(cfg.d_model, cfg.embed_dim)
+        if "image" in cfg.modalities:
+            self.image_encoder = ImageEncoder(cfg.image_encoder())
+            self.proj["image"] = projection(cfg.d_model, cfg.embed_dim)
         n_pairs = len(cfg.pairs)
         self.logit_scale = nn.Parameter(
             torch.full((max(n_pairs, 1),), math.log(1.0 / cfg.init_temperature))
@@ -221,11 +247,8 @@ class CLIP(nn.Module):
     def embed_spectrum(self, spectrum: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj["spectrum"](self.spectrum_encoder(spectrum)), dim=-1)
 
-    def embed_image(self, *_: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(
-            "the image tower is not built yet (issue 9, CLIP part 2): this model cannot embed "
-            "images; mark images absent (has_image = 0)"
-        )
+    def embed_image(self, image: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj["image"](self.image_encoder(image)), dim=-1)
 
     def embeddings(
         self,
@@ -236,9 +259,11 @@ class CLIP(nn.Module):
         mask: torch.Tensor,
         tabular: torch.Tensor,
         spectrum: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-modality L2-normalised embeddings (B, embed_dim) of every tower but images
-        (every row is computed; presence only matters to the loss and the fusion)."""
+        """Per-modality L2-normalised embeddings (B, embed_dim) of every tower (every row is
+        computed, zeros where an input is absent; presence only matters to the loss and the
+        fusion)."""
         out = {"photometry": self.embed_photometry(flux, flux_err, time, band, mask)}
         if self.has_tabular:
             out["metadata"] = self.embed_metadata(tabular)
@@ -246,6 +271,11 @@ class CLIP(nn.Module):
             if spectrum is None:
                 spectrum = flux.new_zeros((flux.shape[0], 2, self.cfg.spectrum_grid[2]))
             out["spectrum"] = self.embed_spectrum(spectrum)
+        if "image" in self.modalities:
+            if image is None:
+                size = self.cfg.image_size
+                image = flux.new_zeros((flux.shape[0], 3, size, size))
+            out["image"] = self.embed_image(image)
         return out
 
     def fuse(self, emb: dict[str, torch.Tensor], presence: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -311,11 +341,12 @@ class CLIP(nn.Module):
         tabular: torch.Tensor,
         presence: dict[str, torch.Tensor] | None = None,
         spectrum: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """{'mix': logits of the head on the fused embedding} (training's loss heads)."""
         if self.head is None:
             raise ValueError("this CLIP model has no classifier head (n_classes 0): fine-tune it")
-        emb = self.embeddings(flux, flux_err, time, band, mask, tabular, spectrum)
+        emb = self.embeddings(flux, flux_err, time, band, mask, tabular, spectrum, image)
         presence = presence or default_presence(self, tabular)
         return {"mix": self.head(self.fuse(emb, presence))}
 
@@ -326,13 +357,16 @@ class CLIP(nn.Module):
 
 
 def default_presence(model: CLIP, tabular: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What alerts carry: photometry; metadata where any value is finite; no spectrum."""
+    """Photometry; metadata where any value is finite; no spectrum, no image (callers that
+    have them set those flags)."""
     n = tabular.shape[0]
     presence = {"photometry": torch.ones(n, dtype=torch.bool, device=tabular.device)}
     if model.has_tabular:
         presence["metadata"] = torch.isfinite(tabular).any(dim=1)
     if "spectrum" in model.modalities:
         presence["spectrum"] = torch.zeros(n, dtype=torch.bool, device=tabular.device)
+    if "image" in model.modalities:
+        presence["image"] = torch.zeros(n, dtype=torch.bool, device=tabular.device)
     return presence
 
 

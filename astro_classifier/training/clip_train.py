@@ -12,6 +12,9 @@
 
 Both write model.yaml + weights.pt + checkpoint.pt + metrics.json like ATAT runs.
 
+Inputs beyond light curve and metadata travel as :data:`ExtraInputs`: per modality, the
+model's input array of every dataset object and whether the object has it.
+
 Spectra: a model with the ``spectrum`` modality gets the spectra of every source whose format
 has them (:data:`SPECTRA_READERS`: ``osc``, ``slsne``), one per object, attached to the
 run's dataset.h5 (:meth:`TrainingDataset.attach_spectra`) and resampled and normalised onto the
@@ -20,6 +23,11 @@ model's grid by :func:`astro_classifier.data.spectra.model_input`. Objects with 
 and every object of a model without the modality, train exactly as before. Validation (early
 stopping) and ``holdout`` are scored as alerts arrive, without spectra; ``holdout_with_spectra``
 adds the spectra where objects have one.
+
+Images: a model with the ``image`` modality gets the stamps of each object's alert, decoded
+from every source whose format carries cutouts (:func:`read_config_cutouts`) and attached to
+dataset.h5 (:meth:`TrainingDataset.attach_cutouts`). Alerts carry their stamps, so unlike
+spectra images are present in validation and hold-out scoring too (as they arrive).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import dataclasses
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +74,9 @@ from astro_classifier.training.train import (
 SPECTRA_READERS = {"osc": read_osc_spectra, "slsne": read_slsne_spectra}
 # (N, 2, G) float32 spectra on the model's grid (NaN: none) and (N,) bool presence
 SpectrumInputs = tuple[np.ndarray, np.ndarray]
+# modality ("spectrum", "image") -> (its input for every dataset object, (N,) bool presence)
+ExtraInputs = dict[str, tuple[np.ndarray, np.ndarray]]
+ALERT_MODALITIES = ("image",)  # extras every alert carries (scored with them)
 
 
 def read_config_spectra(cfg: TrainConfig) -> Spectra:
@@ -73,6 +85,43 @@ def read_config_spectra(cfg: TrainConfig) -> Spectra:
     sources += [(s.format, s.path) for s in cfg.data.extra_sources]
     parts = [SPECTRA_READERS[fmt](path) for fmt, path in sources if fmt in SPECTRA_READERS]
     return Spectra.concat(parts)
+
+
+def read_config_cutouts(cfg: TrainConfig):
+    """Stamps of every alert of the config's sources whose format carries cutouts."""
+    from astro_classifier.data.cutouts import CUTOUT_FORMATS, CutoutBatch, read_cutouts_of
+    from astro_classifier.data.readers import detect_format
+
+    sources = [(cfg.data.format, cfg.data.light_curves)]
+    sources += [(s.format, s.path) for s in cfg.data.extra_sources]
+    parts = []
+    for fmt, path in sources:
+        if Path(path).is_dir() or (fmt or detect_format(path)) in CUTOUT_FORMATS:
+            parts.append(read_cutouts_of([path], None if Path(path).is_dir() else fmt))
+    return CutoutBatch.concat(parts) if parts else CutoutBatch.empty()
+
+
+def image_inputs(model: CLIP, ds: TrainingDataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """The model's image input of every object of ``ds`` (None: no image tower or none)."""
+    if "image" not in model.modalities or ds.images is None:
+        return None
+    return ds.images, np.asarray(ds.image_ok, bool)
+
+
+def extra_inputs(model: CLIP, ds: TrainingDataset) -> ExtraInputs:
+    out: ExtraInputs = {}
+    spectra = spectrum_inputs(model, ds)
+    if spectra is not None:
+        out["spectrum"] = spectra
+    images = image_inputs(model, ds)
+    if images is not None:
+        out["image"] = images
+    return out
+
+
+def alert_inputs(extras: ExtraInputs) -> ExtraInputs:
+    """The extras alerts carry (images), for scoring as alerts arrive."""
+    return {k: v for k, v in extras.items() if k in ALERT_MODALITIES}
 
 
 def spectrum_inputs(model: CLIP, ds: TrainingDataset) -> SpectrumInputs | None:
@@ -94,22 +143,22 @@ def _inputs(
     index: np.ndarray,
     level: np.ndarray,
     device: torch.device,
-    spectra: SpectrumInputs | None = None,
+    extras: ExtraInputs | None = None,
 ):
     sub, feats = ds.truncated(index, level)
     x = to_tensors(light_curves_to_inputs(sub, ds.spec, tabular=feats), device)
-    if spectra is not None:
-        x["spectrum"] = torch.from_numpy(spectra[0][index]).to(device)
+    for name, (values, _) in (extras or {}).items():
+        x[name] = torch.from_numpy(values[index]).to(device)
     return x
 
 
 def presence_of(
-    model: CLIP, x: dict[str, torch.Tensor], index: np.ndarray, spectra: SpectrumInputs | None
+    model: CLIP, x: dict[str, torch.Tensor], index: np.ndarray, extras: ExtraInputs | None
 ) -> dict[str, torch.Tensor]:
-    """:func:`default_presence`, with spectrum present where the object has one."""
+    """:func:`default_presence`, with each extra modality present where the object has it."""
     presence = default_presence(model, x["tabular"])
-    if spectra is not None:
-        presence["spectrum"] = torch.from_numpy(spectra[1][index]).to(x["tabular"].device)
+    for name, (_, has) in (extras or {}).items():
+        presence[name] = torch.from_numpy(has[index]).to(x["tabular"].device)
     return presence
 
 
@@ -120,10 +169,10 @@ def embed_dataset(
     index: np.ndarray,
     device: torch.device,
     batch_size: int = 256,
-    spectra: SpectrumInputs | None = None,
+    spectra: ExtraInputs | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-modality and fused embeddings (whole light curves) of ``index``, in its order
-    (``spectrum``: meaningful only where the object has one, see ``spectra[1]``)."""
+    (an extra modality's: meaningful only where the object has it, see ``spectra[m][1]``)."""
     model.eval()
     full = np.full(len(index), len(ds.truncation_days) - 1)
     out: dict[str, np.ndarray] = {}
@@ -140,15 +189,16 @@ def embed_dataset(
 
 
 @torch.no_grad()
-def predict_with_spectra(
+def predict_with_extras(
     model: CLIP,
     ds: TrainingDataset,
     index: np.ndarray,
     device: torch.device,
-    spectra: SpectrumInputs,
+    spectra: ExtraInputs,
     batch_size: int = 256,
 ) -> np.ndarray:
-    """Probabilities (whole light curves) with every modality the object has, spectra too."""
+    """Probabilities (whole light curves) with the extra modalities (spectra, images) where
+    the object has them."""
     model.eval()
     full = np.full(len(index), len(ds.truncation_days) - 1)
     out = np.empty((len(index), model.cfg.n_classes), np.float32)
@@ -265,11 +315,21 @@ def train_clip(
     if "spectrum" in model.modalities and ds.spectra is None:
         ds.attach_spectra(read_config_spectra(cfg))
         ds.save(run_dir / "dataset.h5")  # export checks parity on these spectra
-    spectra = spectrum_inputs(model, ds)
-    if spectra is not None:
+    if "image" in model.modalities and ds.images is None:
+        ds.attach_cutouts(read_config_cutouts(cfg))
+        ds.save(run_dir / "dataset.h5")
+    spectra = extra_inputs(model, ds)  # spectra and images, where objects have them
+    alerts = alert_inputs(spectra)
+    if "spectrum" in spectra:
         console.print(
-            f"spectra: {int(spectra[1].sum())} of {len(ds)} objects have one on the model grid "
-            f"(refused by the readers: {ds.spectra.dropped})"
+            f"spectra: {int(spectra['spectrum'][1].sum())} of {len(ds)} objects have one on "
+            f"the model grid (refused by the readers: {ds.spectra.dropped})"
+        )
+    if "image" in spectra:
+        failed = dict(Counter(f.split(":")[0] for f in ds.image_failure[~ds.image_ok]))
+        console.print(
+            f"images: {int(ds.image_ok.sum())} of {len(ds)} objects have usable stamps"
+            + (f" (not: {failed})" if failed else "")
         )
     model.to(device)
     if cfg.model.freeze:
@@ -302,6 +362,12 @@ def train_clip(
             for name, module in model.named_children():
                 if name != "head":
                     module.eval()
+
+    def alert_proba(index: np.ndarray) -> np.ndarray:
+        """Probabilities as alerts arrive: light curve, metadata and images, no spectra."""
+        if alerts:
+            return predict_with_extras(model, ds, index, device, alerts)
+        return predict(model, ds, index, device)
 
     @torch.no_grad()
     def val_contrastive() -> float:
@@ -344,7 +410,7 @@ def train_clip(
             row["temperatures"] = (1.0 / model.scales().detach().cpu()).tolist()
             text = f"val contrastive loss {row['val_loss']:.3f}"
         else:
-            proba = predict(model, ds, val_idx, device)
+            proba = alert_proba(val_idx)
             report = classification_report(y[val_idx], proba, labels)
             row["val_loss"] = float(
                 F.nll_loss(
@@ -394,10 +460,10 @@ def train_clip(
         metrics["zero_shot"] = {}
         for name in emb_tr:
             tr, va = np.ones(len(train_idx), bool), np.ones(len(val_idx), bool)
-            if name == "spectrum":  # only objects that have one
-                if spectra is None:
+            if name in ("spectrum", "image"):  # only objects that have one
+                if name not in spectra:
                     continue
-                tr, va = spectra[1][train_idx], spectra[1][val_idx]
+                tr, va = spectra[name][1][train_idx], spectra[name][1][val_idx]
                 if tr.sum() < 2 or va.sum() < 1:
                     continue
             metrics["zero_shot"][name] = zero_shot(
@@ -405,18 +471,14 @@ def train_clip(
             )
         seen = ds.batch.object_id[np.concatenate([train_idx, val_idx])].tolist()
     else:
-        metrics["validation"] = classification_report(
-            y[val_idx], predict(model, ds, val_idx, device), labels
-        ).to_dict()
+        metrics["validation"] = classification_report(y[val_idx], alert_proba(val_idx), labels).to_dict()
         shown, title = "validation", "validation set"
         if len(holdout):
-            metrics["holdout"] = classification_report(
-                y[holdout], predict(model, ds, holdout, device), labels
-            ).to_dict()
+            metrics["holdout"] = classification_report(y[holdout], alert_proba(holdout), labels).to_dict()
             shown, title = "holdout", f"hold-out fold {cfg.data.holdout_fold}"
-            if spectra is not None:
+            if "spectrum" in spectra:
                 metrics["holdout_with_spectra"] = classification_report(
-                    y[holdout], predict_with_spectra(model, ds, holdout, device, spectra), labels
+                    y[holdout], predict_with_extras(model, ds, holdout, device, spectra), labels
                 ).to_dict()
         seen = ds.batch.object_id[np.concatenate([fit_idx, val_idx])].tolist()
     torch.save(

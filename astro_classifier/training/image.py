@@ -68,7 +68,8 @@ class _Block(nn.Module):
 
     def __init__(self, d: int, heads: int, ff_mult: int, dropout: float) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.width = heads, d
+        self.scale = 1.0 / math.sqrt(d // heads)
         self.norm1 = nn.LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
@@ -79,11 +80,13 @@ class _Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        h = self.heads
-        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d // h))
-        attn = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+        # patches and width are fixed; the batch stays dynamic (-1) so that an exported
+        # graph takes any batch size
+        n, d, h = x.shape[1], self.width, self.heads
+        qkv = self.qkv(self.norm1(x)).reshape(-1, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        attn = (scores.softmax(-1) @ v).transpose(1, 2).reshape(-1, n, d)
         x = x + self.drop(self.proj(attn))
         return x + self.drop(self.ff(self.norm2(x)))
 

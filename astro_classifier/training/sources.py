@@ -39,8 +39,14 @@ def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch
     batches = []
     for index, src in enumerate([main, *data.extra_sources]):
         batch = read_light_curves([src.path], format=src.format, metadata=src.metadata)
+        if batch.label is None and data.alert_label is not None:
+            batch = label_alerts(batch, src, data.alert_label, console)
         if batch.label is None:
-            raise InputError(src.path, "no labels found; training needs labelled data")
+            raise InputError(
+                src.path,
+                "no labels found; training needs labelled data (or, for alerts, "
+                "data.alert_label)",
+            )
         if src.split == "real-sky-train":
             batch = batch.select(np.flatnonzero(~real_sky_split(batch.object_id)))
         batch.label = np.asarray([data.label_map.get(lab, lab) for lab in batch.label])
@@ -55,7 +61,9 @@ def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch
         if index == 0 and data.max_objects is not None and data.max_objects < len(batch):
             _, keep = stratified_split(batch.label, data.max_objects / len(batch), data.seed)
             batch = batch.select(keep)
-        groups = index * GROUP_STRIDE + np.arange(len(batch), dtype=np.float64)
+        # alerts of one object (a later alert repeats the earlier ones' history) form a group
+        _, first, inverse = np.unique(batch.object_id.astype(str), return_index=True, return_inverse=True)
+        groups = index * GROUP_STRIDE + first[inverse].astype(np.float64)
         if src.augment is not None:
             spec = AugmentSpec(**src.augment.model_dump())
             batch = augment(batch, spec)
@@ -70,6 +78,30 @@ def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch
         console.print(f"{src.path}: {len(batch)} objects ({dict(Counter(batch.label.tolist()))})")
         batches.append(batch)
     return LightCurveBatch.concat(batches)
+
+
+def label_alerts(
+    batch: LightCurveBatch, src: SourceSection, kind: str, console: Console
+) -> LightCurveBatch:
+    """Alerts labelled by what they provide themselves (``data.alert_label``; see
+    :data:`astro_classifier.data.cutouts.ALERT_LABELS`); alerts whose label is unknown are
+    counted, reported and left out."""
+    from astro_classifier.data.cutouts import ALERT_LABELS, align_cutouts, read_cutouts_of
+
+    if batch.alert_id is None:
+        raise InputError(src.path, f"data.alert_label {kind!r} needs alerts; these are light curves")
+    fields = align_cutouts(batch, read_cutouts_of([src.path], src.format))
+    value = fields.labels()[kind]
+    positive, negative = ALERT_LABELS[kind]
+    known = np.isfinite(value)
+    if not known.all():
+        console.print(
+            f"[yellow]{src.path}: {int((~known).sum())} alerts without the fields of "
+            f"alert_label {kind!r}: not trained on[/yellow]"
+        )
+        batch, value = batch.select(np.flatnonzero(known)), value[known]
+    batch.label = np.where(value == 1.0, positive, negative)
+    return batch
 
 
 def grouped_splits(
