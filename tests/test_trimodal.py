@@ -133,3 +133,52 @@ def test_graph_normalisation_is_the_numpy_one() -> None:
     assert torch.allclose(a, b_, atol=1e-5)
     # different spectra, different vectors (by far more than the tolerance above)
     assert float((a[0] - a[1]).abs().max()) > 1e-4
+
+
+def test_embed_spectra_and_search_light_curves_against_them(
+    runs, shared_data: Path, tmp_path: Path
+) -> None:
+    """`astroclf embed --modality spectrum` reads the spectra beside OSC light curves (one
+    per object, as training picks it); `similar` then searches light curves against them."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from astro_classifier.cli.app import app
+    from astro_classifier.export.onnx_export import export_run
+
+    pre_dir, _, _, _ = runs
+    model = tmp_path / "pre.onnx"
+    export_run(pre_dir, model, parity_objects=48)  # embedding-only (pretraining) file
+    osc = shared_data / "multimodal" / "osc-sne"
+    runner = CliRunner()
+    for modality in ("spectrum", "photometry"):
+        result = runner.invoke(
+            app,
+            ["embed", str(osc), "-f", "osc", "-m", str(model), "--modality", modality,
+             "-o", str(tmp_path / f"{modality}.parquet")],
+        )
+        assert result.exit_code == 0, result.output
+    spectra = pq.read_table(tmp_path / "spectrum.parquet")
+    photometry = pq.read_table(tmp_path / "photometry.parquet")
+    # only objects with a usable spectrum get a spectrum embedding (the others are counted)
+    assert 100 < spectra.num_rows < photometry.num_rows
+    from astro_classifier.training.clip_train import spectrum_inputs
+    from astro_classifier.training.registry import load_model_dir
+
+    ds = TrainingDataset.load(pre_dir / "dataset.h5")
+    _, pretrained = load_model_dir(pre_dir)
+    # the objects the training run had a usable spectrum for have one here too (those with
+    # a light-curve point in the model's bands: embed skips, and counts, the others)
+    usable = spectrum_inputs(pretrained, ds)[1] & (ds.batch.lengths > 0)
+    trained_with = set(ds.batch.object_id[usable].tolist())
+    assert len(trained_with) > 10
+    assert trained_with <= set(spectra.column("object_id").to_pylist())
+    result = runner.invoke(
+        app,
+        ["similar", str(tmp_path / "photometry.parquet"), "--index",
+         str(tmp_path / "spectrum.parquet"), "--query-modality", "photometry",
+         "--modality", "spectrum", "-k", "5", "-o", str(tmp_path / "hits.parquet")],
+    )
+    assert result.exit_code == 0, result.output
+    hits = pq.read_table(tmp_path / "hits.parquet")
+    assert hits.num_rows == 5 * photometry.num_rows

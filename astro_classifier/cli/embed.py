@@ -60,8 +60,15 @@ def embed_command(
 
             size = int(loaded.metadata.image_size or 63)
             batch.cutouts = align_cutouts(batch, read_cutouts_of(inputs, format, None, size))
+        spectra = None
+        if loaded.metadata.modalities and "spectrum" in loaded.metadata.modalities:
+            from astro_classifier.data.spectra import read_spectra_of
+
+            spectra = read_spectra_of(inputs, format)  # osc / slsne inputs hold spectra
         started = time.perf_counter()
-        table, skipped = embed_objects(batch, loaded, modality, batch_size=batch_size)
+        table, skipped = embed_objects(
+            batch, loaded, modality, batch_size=batch_size, spectra=spectra
+        )
         seconds = time.perf_counter() - started
         if table.num_rows == 0:
             raise InputError(", ".join(map(str, inputs)), "no object could be embedded")

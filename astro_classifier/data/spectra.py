@@ -518,3 +518,41 @@ def peak_times(object_id: np.ndarray, time: np.ndarray, flux: np.ndarray, owner:
     for p in order[np.asarray(first, bool)]:
         out[str(object_id[owner[p]])] = float(time[p])
     return out
+
+
+SPECTRA_FORMATS = ("osc", "slsne")  # light-curve formats whose sources also hold spectra
+
+
+def read_spectra_of(paths: Sequence[str | Path], format: str | None = None) -> Spectra:
+    """The spectra beside light-curve inputs (the inputs of `astroclf embed`): an ``osc``
+    folder's ``spectra.parquet``, an ``slsne`` folder's spectrum files. Inputs of other
+    formats hold none."""
+    from astro_classifier.data.readers import detect_format
+
+    readers = {"osc": read_osc_spectra, "slsne": read_slsne_spectra}
+    parts = []
+    for path in map(Path, paths):
+        fmt = format or detect_format(path)
+        if fmt in readers:
+            parts.append(readers[fmt](path))
+    return Spectra.concat(parts) if parts else Spectra.empty()
+
+
+def spectra_for(batch, spectra: Spectra, grid: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """((N, 2, G) model-grid input, (N,) bool has one) for each object of the light-curve
+    ``batch``: its spectrum closest to the light curve's brightest point, resampled and
+    normalised as in training (:func:`model_input`)."""
+    n_bins = int(grid[2])
+    out = np.full((len(batch), 2, n_bins), np.nan, np.float32)
+    has = np.zeros(len(batch), bool)
+    if len(spectra) == 0 or len(batch) == 0:
+        return out, has
+    mine = spectra.select(np.flatnonzero(np.isin(spectra.object_id, batch.object_id)))
+    peaks = peak_times(batch.object_id, batch.time, batch.flux, batch.point_object_index())
+    one = mine.one_per_object(peaks)
+    row = one.index_of(batch.object_id)
+    arr, usable, _ = model_input(one, grid)
+    has = row >= 0
+    has[has] = usable[row[has]]
+    out[has] = arr[row[has]]
+    return out, has

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.data.spectra import Spectra, spectra_for
 from astro_classifier.errors import InputError, ModelError
 from astro_classifier.features.preprocess import keep_model_bands, tabular_features
 from astro_classifier.inference.classify import bucketed_inputs
@@ -58,9 +59,13 @@ def embed_objects(
     batch_size: int = 512,
     n_jobs: int = 1,
     call_rows: int | None = None,
+    spectra: Spectra | None = None,
 ) -> tuple[pa.Table, int]:
     """(embedding table, number of objects skipped: no finite point in the model's bands,
-    or for ``metadata`` no finite metadata value)."""
+    for ``metadata`` no finite metadata value, for ``spectrum`` / ``image`` no usable
+    spectrum / stamps). ``spectra``: the spectra beside the light curves (a model with a
+    spectrum tower uses each object's, see :func:`astro_classifier.data.spectra.spectra_for`);
+    images come with the batch (``batch.cutouts``)."""
     meta = model.metadata
     if not meta.modalities:
         raise ModelError(f"{model.path}: {meta.name} is not a multimodal (CLIP) model")
@@ -69,11 +74,15 @@ def embed_objects(
     finite = np.isfinite(batch.time) & np.isfinite(batch.flux) & np.isfinite(batch.flux_err)
     ok = np.bincount(batch.point_object_index()[~finite], minlength=len(batch)) == 0
     ok &= batch.lengths > 0
-    if modality == "spectrum":
+    if modality == "spectrum" and spectra is None:
         raise ModelError(
-            "light-curve and alert inputs carry no spectra: spectrum embeddings need spectra "
-            "readers (issue 9)"
+            "no spectra given: spectrum embeddings need inputs that hold spectra (the osc and "
+            "slsne formats)"
         )
+    if spectra is not None and not (meta.modalities and "spectrum" in meta.modalities):
+        if modality == "spectrum":
+            raise ModelError(f"{model.path}: {meta.name} has no spectrum tower")
+        spectra = None
     cutouts = None
     if model.needs_images:  # the stamps the batch carries (the caller decoded them)
         from astro_classifier.data.cutouts import CutoutBatch
@@ -87,10 +96,17 @@ def embed_objects(
         ok &= np.isfinite(tabular).any(axis=1)
     if modality == "image":  # objects without usable stamps have no image embedding
         ok &= cutouts.ok
+    spectrum = has_spectrum = None
+    if spectra is not None:
+        spectrum, has_spectrum = spectra_for(batch, spectra, meta.spectrum_grid)
+        if modality == "spectrum":
+            ok &= has_spectrum
     keep = np.flatnonzero(ok)
     if len(keep) < len(batch):
         batch, tabular = batch.select(keep), tabular[keep]
         cutouts = None if cutouts is None else cutouts.take(keep)
+        if spectrum is not None:
+            spectrum, has_spectrum = spectrum[keep], has_spectrum[keep]
     dim = int(meta.embedding_dim or 0)
     vectors = np.empty((len(batch), dim), np.float32)
     if len(batch):
@@ -100,13 +116,14 @@ def embed_objects(
             for start in range(0, len(index), step):
                 rows = np.arange(start, min(start + step, len(index)))
                 padded = np.concatenate([rows, np.full(step - len(rows), rows[0])])
-                extra = {}
+                objects = index[padded]
+                extra: dict = {"presence": {}}
                 if cutouts is not None:
-                    objects = index[padded]
-                    extra = {
-                        "presence": {"image": cutouts.ok[objects]},
-                        "image": cutouts.images[objects],
-                    }
+                    extra["presence"]["image"] = cutouts.ok[objects]
+                    extra["image"] = cutouts.images[objects]
+                if spectrum is not None:
+                    extra["presence"]["spectrum"] = has_spectrum[objects]
+                    extra["spectrum"] = spectrum[objects]
                 vectors[index[rows]] = model.embed(inputs.take(padded), which, **extra)[
                     : len(rows)
                 ]
