@@ -299,18 +299,86 @@ def providers_for(provider: Provider) -> list[str]:
     )
 
 
+class BoundCalls:
+    """Session calls through ONNX Runtime's IOBinding with device buffers kept per call shape.
+
+    On a GPU, ``session.run`` allocates device memory for every input and output of every
+    call and copies through pageable host memory. Serving repeats a handful of shapes (one
+    per length bucket and batch size), so this keeps, per shape, the input and output
+    ``OrtValue`` buffers on ``device`` and one binding: a call copies the inputs into their
+    buffers (``update_inplace``), runs, and copies the outputs back. The results are those
+    of ``session.run`` (tested on the CPU device). At most :attr:`MAX_SHAPES` shapes are
+    kept (the least recently used dropped).
+    """
+
+    MAX_SHAPES = 64
+
+    def __init__(self, session: Any, device: str = "cuda", device_id: int = 0) -> None:
+        self.session, self.device, self.device_id = session, device, device_id
+        self._calls: dict[tuple, tuple[Any, dict[str, Any], dict[str, Any]]] = {}
+
+    def _prepare(self, names: list[str], feeds: dict[str, np.ndarray]):
+        import onnxruntime as ort
+
+        key = (tuple(names), *((k, v.shape, v.dtype.str) for k, v in feeds.items()))
+        entry = self._calls.pop(key, None)
+        if entry is None:
+            binding = self.session.io_binding()
+            inputs = {}
+            for name, value in feeds.items():
+                buffer = ort.OrtValue.ortvalue_from_numpy(
+                    np.ascontiguousarray(value), self.device, self.device_id
+                )
+                binding.bind_ortvalue_input(name, buffer)
+                inputs[name] = buffer
+            for name in names:  # output shapes are known only after a first run
+                binding.bind_output(name, self.device, self.device_id)
+            entry = (binding, inputs, {})
+        self._calls[key] = entry  # most recently used last
+        while len(self._calls) > self.MAX_SHAPES:
+            self._calls.pop(next(iter(self._calls)))
+        return entry
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        binding, inputs, outputs = self._prepare(names, feeds)
+        for name, value in feeds.items():
+            inputs[name].update_inplace(np.ascontiguousarray(value))
+        self.session.run_with_iobinding(binding)
+        if not outputs:  # first call of this shape: keep the allocated outputs bound
+            for name, value in zip(names, binding.get_outputs(), strict=True):
+                outputs[name] = value
+                binding.bind_ortvalue_output(name, value)
+        return [np.array(outputs[name].numpy(), copy=True) for name in names]  # own memory
+
+
 @dataclass
 class LoadedModel:
-    """An ONNX Runtime session plus the metadata that says how to feed it."""
+    """An ONNX Runtime session plus the metadata that says how to feed it.
+
+    On CUDA, calls go through :class:`BoundCalls` (IOBinding with per-shape device buffers)
+    unless ``io_binding=False`` at load; on the CPU through ``session.run``.
+    """
 
     path: Path
     metadata: ModelMetadata
     session: Any  # onnxruntime.InferenceSession, or anything with .run(names, feeds)
+    bound: BoundCalls | None = None  # IOBinding calls (CUDA), else None
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One session call (through the IOBinding buffers where there are any)."""
+        if self.bound is not None:
+            return self.bound.run(names, feeds)
+        return self.session.run(names, feeds)
 
     @classmethod
     def load(
-        cls, model: str | Path, provider: Provider = "auto", threads: int | None = None
+        cls,
+        model: str | Path,
+        provider: Provider = "auto",
+        threads: int | None = None,
+        io_binding: bool | None = None,
     ) -> LoadedModel:
+        """``io_binding``: None = on CUDA only; True also on the CPU (same results: tests)."""
         import onnxruntime as ort
 
         path = resolve_model_path(model)
@@ -343,7 +411,11 @@ class LoadedModel:
                 f"{path}: the metadata asks for the energy OOD score, but the graph has no "
                 f"'logits' output (outputs: {outputs})"
             )
-        return cls(path, metadata, session)
+        on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
+        bound = None
+        if io_binding or (io_binding is None and on_cuda):
+            bound = BoundCalls(session, "cuda" if on_cuda else "cpu")
+        return cls(path, metadata, session, bound)
 
     @property
     def providers(self) -> list[str]:
@@ -407,7 +479,7 @@ class LoadedModel:
                 "pretraining without classifier head): use `astroclf embed`, or fine-tune it"
             )
         names = ["probabilities", "logits"] if self.has_logits else ["probabilities"]
-        out = self.session.run(names, self.feeds(inputs, presence, spectrum, image))
+        out = self.run(names, self.feeds(inputs, presence, spectrum, image))
         return Prediction(
             probabilities=np.asarray(out[0], dtype=np.float32),
             logits=np.asarray(out[1], dtype=np.float32) if len(out) > 1 else None,
@@ -433,7 +505,7 @@ class LoadedModel:
         outputs = [o.name for o in self.session.get_outputs()]
         if name not in outputs:
             raise ModelError(f"{self.path}: the graph has no {name!r} output ({outputs})")
-        out = self.session.run([name], self.feeds(inputs, presence, spectrum, image))
+        out = self.run([name], self.feeds(inputs, presence, spectrum, image))
         return np.asarray(out[0], np.float32)
 
     def warm_up(self) -> None:

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The GPU measurements of benchmarks/RESULTS.md in one command, for the GPU machine (after the
+# wheels of ../shared/device/README.md are installed and PYTHONPATH set as it says):
+#
+#   bash benchmarks/gpu_suite.sh [OUT_DIR]
+#
+# 1. classify_throughput on CUDA for both shipped models: model-only light curves/s (IOBinding
+#    with per-bucket device buffers is the default on CUDA), classify() end to end, ratio;
+# 2. decode_throughput with a pool as large as the machine's cores: alerts/s decoded;
+# 3. the worker is not run here: the GPU machine has no Kafka client library (see the device
+#    README); run stream_throughput.py where confluent-kafka and a broker are available.
+# Every result file lands in OUT_DIR (default benchmarks/results), named *_cuda.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-benchmarks/results}"
+mkdir -p "$OUT"
+python3 -c "import onnxruntime as o; print('providers:', o.get_available_providers())"
+for model in atat-lsst atat-ztf; do
+  python3 benchmarks/classify_throughput.py --model "$model" --provider cuda \
+    --objects 8000 --batch-size 2048 --out "$OUT/classify_throughput_${model}_cuda.json"
+done
+python3 benchmarks/decode_throughput.py --pool-workers "$(nproc)" \
+  --out "$OUT/decode_throughput_cuda_host.json" || echo "decode_throughput: see its --help"
