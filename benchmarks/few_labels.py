@@ -314,6 +314,48 @@ def main() -> None:
     print(markdown(result))
     plot(result, out.with_suffix(".png"))
     print(f"-> {out}, {out.with_suffix('.png')}")
+    maps = out.with_name(f"{out.stem}_embedding_map.png")
+    embedding_map(work / "pretrain", maps)
+    print(f"-> {maps}")
+
+
+def embedding_map(pretrain_dir: Path, path: Path) -> None:
+    """PCA maps of the frozen pretrained embeddings (photometry, metadata, fused) of the
+    pretraining's validation objects, coloured by class (labels the pretraining never read)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from astro_classifier.data.dataset import TrainingDataset
+    from astro_classifier.training.clip_train import embed_dataset, extra_inputs
+    from astro_classifier.training.registry import load_model_dir
+
+    _, model = load_model_dir(pretrain_dir)
+    ckpt = torch.load(pretrain_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    ds = TrainingDataset.load(pretrain_dir / "dataset.h5")
+    index = np.asarray(ckpt["split"]["validation"], np.int64)
+    emb = embed_dataset(model, ds, index, torch.device("cpu"), spectra=extra_inputs(model, ds))
+    labels = ds.batch.label[index]
+    classes = sorted(set(labels.tolist()), key=lambda c: -int((labels == c).sum()))
+    names = [n for n in ("photometry", "metadata", "fused") if n in emb]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.8))
+    cmap = plt.get_cmap("tab20")
+    for ax, name in zip(np.atleast_1d(axes), names, strict=True):
+        z = emb[name] - emb[name].mean(0)
+        _, _, vt = np.linalg.svd(z, full_matrices=False)
+        xy = z @ vt[:2].T
+        for k, c in enumerate(classes):
+            m = labels == c
+            ax.scatter(xy[m, 0], xy[m, 1], s=5, alpha=0.6, color=cmap(k % 20), label=f"{c} ({m.sum()})")
+        ax.set_title(f"{name} embedding, PCA\n(validation objects, labels never seen)")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    np.atleast_1d(axes)[-1].legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def markdown(result: dict[str, Any]) -> str:
