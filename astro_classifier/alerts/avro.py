@@ -17,6 +17,12 @@ ZTF alert message is a whole container carrying its own ~10 kB schema):
   same as a full decode would give. Where a projection cannot be built safely (a named type
   needed with two different projections, or a schema fastavro would not parse after
   cutting), the whole record is decoded.
+- **records are read by code compiled once per header** (:func:`compile_record_reader`):
+  fastavro resolves the reader schema against the writer schema again for every record and
+  every history entry; the compiled reader does it once, steps over runs of unused numeric
+  fields with one regular-expression match, and reads the records in place (no copy of the
+  block). It returns exactly what fastavro returns; schemas with logical types among the
+  fields read go through fastavro.
 
 Container blocks of the codecs ``null``, ``deflate``, ``snappy``, ``bzip2`` and ``xz`` are
 decompressed here; other codecs (``zstandard``, ``lz4``) go through ``fastavro.reader``
@@ -29,11 +35,12 @@ import bz2
 import io
 import json
 import lzma
+import re
 import struct
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +178,8 @@ class ContainerSchema:
     writer_schema: dict  # parsed (fastavro)
     reader_schema: dict | None  # the projection of writer_schema; None: whole records
     codec: str
+    # (data, pos) -> (record, pos): the compiled reader of the same records; None: fastavro
+    record_reader: Callable[[bytes, int], tuple[Any, int]] | None = None
 
 
 _CACHE: OrderedDict[tuple[bytes, Projection | None], ContainerSchema] = OrderedDict()
@@ -248,13 +257,395 @@ def _container_schema(
         raise _Corrupt("no avro.schema in the header")
     writer = fastavro.parse_schema(json.loads(meta["avro.schema"]))
     reader = None if projection is None else project_schema(writer, projection)
-    entry = ContainerSchema(writer, reader, meta.get("avro.codec", b"null").decode())
+    compiled = compile_record_reader(writer, None if reader is None else projection)
+    entry = ContainerSchema(writer, reader, meta.get("avro.codec", b"null").decode(), compiled)
     with _CACHE_LOCK:
         _CACHE_STATS["misses"] += 1
         _CACHE[key] = entry
         while len(_CACHE) > SCHEMA_CACHE_SIZE:
             _CACHE.popitem(last=False)
     return entry
+
+
+# -- compiled record readers ----------------------------------------------------------------
+class _Unsupported(Exception):
+    """A schema the compiled readers do not handle (logical types read): use fastavro."""
+
+
+_FLOAT = struct.Struct("<f").unpack_from
+_DOUBLE = struct.Struct("<d").unpack_from
+_MAX_READER_SOURCE = 2_000_000  # characters of generated code (a huge schema: use fastavro)
+
+
+def _varint_tail(data: bytes, pos: int, first: int) -> tuple[int, int]:
+    """The raw (zig-zag encoded) varint whose first byte ``first`` (>= 0x80) was just read."""
+    n, shift = first & 0x7F, 7
+    while True:
+        byte = data[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return n, pos
+        shift += 7
+        if shift > 70:
+            raise _Corrupt("varint too long")
+
+
+class _ReaderCompiler:
+    """Python source of a function ``(data, pos) -> (record, pos)`` that decodes one record of
+    a parsed writer schema, keeping only a projection's fields (the others are stepped over
+    without building Python values), exactly as ``fastavro.schemaless_reader`` with the
+    projected reader schema would return them (same dict key order, same value types).
+
+    fastavro resolves the reader schema against the writer schema again for every record
+    (and every history entry): for ZTF alerts, ~1500 fields a message, most of them skipped.
+    The compiled reader does that resolution once, when the container header is first seen.
+    """
+
+    def __init__(self, named: Mapping[str, Any]) -> None:
+        self.named = named  # full name -> definition (fastavro's __named_schemas)
+        self.functions: dict[tuple[str, str, Projection | None], str] = {}  # -> name
+        self.sources: list[str] = []
+        self.constants: dict[str, Any] = {}
+        self.counter = 0
+
+    def var(self, stem: str) -> str:
+        self.counter += 1
+        return f"{stem}{self.counter}"
+
+    # A varint into ``target`` (zig-zag decoded), or its raw unsigned form.
+    def _varint(self, out: list[str], ind: str, target: str, raw: bool = False) -> None:
+        out.append(f"{ind}{target} = d[p]")
+        out.append(f"{ind}p += 1")
+        out.append(f"{ind}if {target} & 128:")
+        out.append(f"{ind}    {target}, p = _tail(d, p, {target})")
+        if not raw:
+            out.append(f"{ind}{target} = ({target} >> 1) ^ -({target} & 1)")
+
+    def _length(self, out: list[str], ind: str, target: str) -> None:
+        self._varint(out, ind, target)
+        out.append(f"{ind}if {target} < 0:")
+        out.append(f'{ind}    raise _Corrupt("negative length")')
+
+    def read(self, t: Any, proj: Projection | None, out: list[str], ind: str, target: str) -> None:
+        """Lines reading a value of type ``t`` into ``target``."""
+        if isinstance(t, list):
+            return self._union(t, proj, out, ind, target, read=True)
+        if isinstance(t, Mapping):
+            kind = t.get("type")
+            if "logicalType" in t:
+                raise _Unsupported("logical type")
+            if kind == "record" or kind == "error":
+                return self._call_record(t["name"], proj, out, ind, target)
+            if kind == "array" or kind == "map":
+                return self._repeated(t, proj, out, ind, target, read=True)
+            if kind == "enum":
+                symbols = self.var("_symbols")
+                self.constants[symbols] = tuple(t["symbols"])
+                self._varint(out, ind, target)
+                out.append(f"{ind}if not 0 <= {target} < {len(t['symbols'])}:")
+                out.append(f'{ind}    raise _Corrupt("enum index out of range")')
+                out.append(f"{ind}{target} = {symbols}[{target}]")
+                return None
+            if kind == "fixed":
+                size = int(t["size"])
+                out.append(f"{ind}{target} = d[p : p + {size}]")
+                out.append(f"{ind}p += {size}")
+                return None
+            if kind in _PRIMITIVES or isinstance(kind, (list, Mapping)):
+                return self.read(kind, proj, out, ind, target)
+            if isinstance(kind, str) and kind in self.named:
+                return self.read(kind, proj, out, ind, target)
+            raise _Unsupported(f"type {kind!r}")
+        if t == "null":
+            out.append(f"{ind}{target} = None")
+        elif t == "boolean":
+            out.append(f"{ind}{target} = d[p] != 0")
+            out.append(f"{ind}p += 1")
+        elif t in ("int", "long"):
+            self._varint(out, ind, target)
+        elif t == "float":
+            out.append(f"{ind}{target} = _float(d, p)[0]")
+            out.append(f"{ind}p += 4")
+        elif t == "double":
+            out.append(f"{ind}{target} = _double(d, p)[0]")
+            out.append(f"{ind}p += 8")
+        elif t in ("string", "bytes"):
+            n = self.var("n")
+            self._length(out, ind, n)
+            decode = ".decode()" if t == "string" else ""
+            out.append(f"{ind}{target} = d[p : p + {n}]{decode}")
+            out.append(f"{ind}p += {n}")
+        elif isinstance(t, str) and t in self.named:
+            definition = self.named[t]
+            if isinstance(definition, Mapping) and definition.get("type") in ("record", "error"):
+                return self._call_record(t, proj, out, ind, target)
+            return self.read(definition, proj, out, ind, target)
+        else:
+            raise _Unsupported(f"type {t!r}")
+        return None
+
+    def skip(self, t: Any, out: list[str], ind: str) -> None:
+        """Lines stepping over a value of type ``t``."""
+        if isinstance(t, list):
+            return self._union(t, None, out, ind, "", read=False)
+        if isinstance(t, Mapping):
+            kind = t.get("type")
+            if kind == "record" or kind == "error":
+                return self._call_record(t["name"], None, out, ind, "", read=False)
+            if kind == "array" or kind == "map":
+                return self._repeated(t, None, out, ind, "", read=False)
+            if kind == "enum":
+                return self.skip("long", out, ind)
+            if kind == "fixed":
+                out.append(f"{ind}p += {int(t['size'])}")
+                return None
+            if kind in _PRIMITIVES or isinstance(kind, (list, Mapping)):
+                return self.skip(kind, out, ind)
+            if isinstance(kind, str) and kind in self.named:
+                return self.skip(kind, out, ind)
+            raise _Unsupported(f"type {kind!r}")
+        if t == "null":
+            return None
+        if t == "boolean":
+            out.append(f"{ind}p += 1")
+        elif t in ("int", "long"):
+            out.append(f"{ind}while d[p] & 128:")
+            out.append(f"{ind}    p += 1")
+            out.append(f"{ind}p += 1")
+        elif t == "float":
+            out.append(f"{ind}p += 4")
+        elif t == "double":
+            out.append(f"{ind}p += 8")
+        elif t in ("string", "bytes"):
+            n = self.var("n")
+            self._length(out, ind, n)
+            out.append(f"{ind}p += {n}")
+        elif isinstance(t, str) and t in self.named:
+            definition = self.named[t]
+            if isinstance(definition, Mapping) and definition.get("type") in ("record", "error"):
+                return self._call_record(t, None, out, ind, "", read=False)
+            return self.skip(definition, out, ind)
+        else:
+            raise _Unsupported(f"type {t!r}")
+        return None
+
+    def _union(
+        self,
+        members: list,
+        proj: Projection | None,
+        out: list[str],
+        ind: str,
+        target: str,
+        read: bool,
+    ) -> None:
+        index = self.var("u")
+        self._varint(out, ind, index, raw=True)  # branch i is encoded 2 * i
+        for i, member in enumerate(members):
+            out.append(f"{ind}{'if' if i == 0 else 'elif'} {index} == {2 * i}:")
+            body: list[str] = []
+            if read:
+                self.read(member, proj, body, ind + "    ", target)
+            else:
+                self.skip(member, body, ind + "    ")
+            out.extend(body or [f"{ind}    pass"])
+        out.append(f"{ind}else:")
+        out.append(f'{ind}    raise _Corrupt("union index out of range")')
+
+    def _repeated(
+        self,
+        t: Mapping,
+        proj: Projection | None,
+        out: list[str],
+        ind: str,
+        target: str,
+        read: bool,
+    ) -> None:
+        is_map = t["type"] == "map"
+        item_type = t["values"] if is_map else t["items"]
+        count, size, items, item, key = (self.var(s) for s in ("c", "s", "a", "x", "k"))
+        if read:
+            out.append(f"{ind}{items} = {{}}" if is_map else f"{ind}{items} = []")
+        out.append(f"{ind}while True:")
+        inner = ind + "    "
+        self._varint(out, inner, count)
+        out.append(f"{inner}if {count} == 0:")
+        out.append(f"{inner}    break")
+        out.append(f"{inner}if {count} < 0:")
+        out.append(f"{inner}    {count} = -{count}")
+        self._varint(out, inner + "    ", size)
+        if not read:  # a block with its byte size: jump over it
+            out.append(f"{inner}    if {size} < 0:")
+            out.append(f'{inner}        raise _Corrupt("negative block size")')
+            out.append(f"{inner}    p += {size}")
+            out.append(f"{inner}    continue")
+        out.append(f"{inner}if {count} > len(d):")
+        out.append(f'{inner}    raise _Corrupt("block count beyond the data")')
+        out.append(f"{inner}for _ in range({count}):")
+        body = inner + "    "
+        if is_map:
+            if read:
+                self.read("string", None, out, body, key)
+            else:
+                self.skip("string", out, body)
+        if read:
+            self.read(item_type, proj, out, body, item)
+            out.append(
+                f"{body}{items}[{key}] = {item}" if is_map else f"{body}{items}.append({item})"
+            )
+        else:
+            lines: list[str] = []
+            self.skip(item_type, lines, body)
+            out.extend(lines or [f"{body}pass"])
+        if read:
+            out.append(f"{ind}{target} = {items}")
+
+    def _call_record(
+        self,
+        name: str,
+        proj: Projection | None,
+        out: list[str],
+        ind: str,
+        target: str,
+        read: bool = True,
+    ) -> None:
+        function = self.record(name, proj if read else None, read)
+        if read:
+            out.append(f"{ind}{target}, p = {function}(d, p)")
+        else:
+            out.append(f"{ind}p = {function}(d, p)")
+
+    def record(self, name: str, proj: Projection | None, read: bool = True) -> str:
+        """The name of the generated function reading (or stepping over) record ``name``."""
+        key = ("read" if read else "skip", name, proj)
+        if key in self.functions:
+            return self.functions[key]
+        function = self.var("_read_" if read else "_skip_")
+        self.functions[key] = function  # before the body: recursive types call it
+        definition = self.named[name]
+        spec = None if proj is None else _as_dict(proj)
+        out = [f"def {function}(d, p):"]
+        values = []
+        run: list[Any] = []  # consecutive fields to step over
+        for field in definition.get("fields", []):
+            if read and (spec is None or field["name"] in spec):
+                self._skip_run(run, out)
+                value = self.var("v")
+                self.read(
+                    field["type"], None if spec is None else spec[field["name"]], out, "    ", value
+                )
+                values.append(f"{field['name']!r}: {value}")
+            elif self._pattern(field["type"]) is not None:
+                run.append(field["type"])
+            else:
+                self._skip_run(run, out)
+                self.skip(field["type"], out, "    ")
+        self._skip_run(run, out)
+        if read:
+            out.append(f"    return {{{', '.join(values)}}}, p")
+        else:
+            out.append("    return p")
+        self.sources.append("\n".join(out))
+        return function
+
+    def _skip_run(self, run: list[Any], out: list[str]) -> None:
+        """Lines stepping over the fields of ``run`` (types with a :meth:`_pattern`) with one
+        regular expression match; where it does not match (a varint written with more bytes
+        than needed, a corrupt record), field by field as :meth:`skip` does."""
+        if len(run) >= _MIN_SKIP_RUN:
+            match = self.var("_match")
+            self.constants[match] = re.compile(
+                b"".join(self._pattern(t) for t in run), re.DOTALL
+            ).match
+            m = self.var("m")
+            out.append(f"    {m} = {match}(d, p)")
+            out.append(f"    if {m} is not None:")
+            out.append(f"        p = {m}.end()")
+            out.append("    else:")
+            out.append("        pass")
+            for t in run:
+                self.skip(t, out, "        ")
+        else:
+            for t in run:
+                self.skip(t, out, "    ")
+        run.clear()
+
+    def _pattern(self, t: Any, depth: int = 0) -> bytes | None:
+        """A regular expression matching exactly the encoding of a value of type ``t`` (bytes
+        with no length prefix: numbers, booleans, enums, fixed, unions of those), else None."""
+        if depth > 8:
+            return None
+        if isinstance(t, list):
+            if len(t) > 63:  # branch indexes of one byte only
+                return None
+            members = [self._pattern(m, depth + 1) for m in t]
+            if any(m is None for m in members):
+                return None
+            return (
+                b"(?:"
+                + b"|".join(re.escape(bytes([2 * i])) + m for i, m in enumerate(members))
+                + b")"
+            )
+        if isinstance(t, Mapping):
+            kind = t.get("type")
+            if kind == "enum":
+                return _VARINT_PATTERN
+            if kind == "fixed":
+                return b".{%d}" % int(t["size"]) if int(t["size"]) > 0 else b""
+            if kind in _PRIMITIVES or isinstance(kind, (list, Mapping)):
+                return self._pattern(kind, depth + 1)
+            return None
+        if isinstance(t, str) and t not in _PRIMITIVES:
+            definition = self.named.get(t)
+            if isinstance(definition, Mapping) and definition.get("type") in ("enum", "fixed"):
+                return self._pattern(definition, depth + 1)
+            return None
+        return _FIXED_PATTERNS.get(t)
+
+
+_VARINT_PATTERN = rb"[\x80-\xff]{0,9}[\x00-\x7f]"
+_FIXED_PATTERNS = {
+    "null": b"",
+    "boolean": b".",
+    "int": _VARINT_PATTERN,
+    "long": _VARINT_PATTERN,
+    "float": b".{4}",
+    "double": b".{8}",
+}
+_MIN_SKIP_RUN = 2  # fields: one is stepped over faster without a match
+
+
+def compile_record_reader(writer: Mapping[str, Any], projection: Projection | None) -> Any | None:
+    """A function ``(data, pos) -> (record, pos)`` decoding one record of the parsed (fastavro)
+    ``writer`` schema, cut down to ``projection`` (None: whole records), giving the values
+    ``fastavro.schemaless_reader`` gives; None where the schema uses what it does not handle
+    (logical types among the fields read), for fastavro to decode instead.
+
+    ``projection`` must be one :func:`project_schema` accepted for ``writer``. Bytes past the
+    end of the data raise IndexError or struct.error; a caller checks that ``pos`` did not
+    run past the data it meant (string and bytes lengths move it without reading).
+    """
+    try:
+        if not isinstance(writer, Mapping) or writer.get("type") != "record":
+            return None
+        named = dict(writer.get("__named_schemas") or {})
+        named.setdefault(writer["name"], writer)
+        compiler = _ReaderCompiler(named)
+        entry = compiler.record(writer["name"], projection)
+        source = "\n\n".join(compiler.sources)
+        if len(source) > _MAX_READER_SOURCE:
+            return None
+        namespace: dict[str, Any] = {
+            "_tail": _varint_tail,
+            "_float": _FLOAT,
+            "_double": _DOUBLE,
+            "_Corrupt": _Corrupt,
+            **compiler.constants,
+        }
+        exec(compile(source, f"<avro reader {writer['name']}>", "exec"), namespace)
+        return namespace[entry]
+    except (_Unsupported, KeyError, TypeError, ValueError, SyntaxError, RecursionError):
+        return None
 
 
 def _decompress(codec: str, block: bytes) -> bytes | None:
@@ -280,23 +671,35 @@ def _read_blocks(data: bytes, pos: int, entry: ContainerSchema) -> list[Any] | N
     if len(sync) != SYNC_SIZE:
         raise _Corrupt("truncated header (no sync marker)")
     pos += SYNC_SIZE
-    reader, writer = entry.reader_schema, entry.writer_schema
+    reader, writer, compiled = entry.reader_schema, entry.writer_schema, entry.record_reader
     records: list[Any] = []
     while pos < len(data):
         count, pos = _read_long(data, pos)
         size, pos = _read_long(data, pos)
         if count < 0 or size < 0 or pos + size > len(data):
             raise _Corrupt("truncated block")
-        block = _decompress(entry.codec, data[pos : pos + size])
-        if block is None:
-            return None
-        pos += size
+        end = pos + size
+        if compiled is not None and entry.codec == "null":  # read in place: no copy
+            block, at, stop = data, pos, end
+        else:
+            block = _decompress(entry.codec, data[pos:end])
+            if block is None:
+                return None
+            at, stop = 0, len(block)
+        pos = end
         if data[pos : pos + SYNC_SIZE] != sync:
             raise _Corrupt("the block's sync marker is missing or does not match the header's")
         pos += SYNC_SIZE
-        stream = io.BytesIO(block)
+        if compiled is None:
+            stream = io.BytesIO(block)
+            for _ in range(count):
+                records.append(fastavro.schemaless_reader(stream, writer, reader))
+            continue
         for _ in range(count):
-            records.append(fastavro.schemaless_reader(stream, writer, reader))
+            record, at = compiled(block, at)
+            if at > stop:  # a length ran past the block: fastavro would hit its end
+                raise EOFError("a record runs past the end of its block")
+            records.append(record)
     return records
 
 
@@ -317,6 +720,8 @@ def decode_avro_container(
             source,
             f"starts with {head!r}{hint}, not {AVRO_CONTAINER_MAGIC!r} (the Avro magic); {expected}",
         )
+    if not isinstance(data, bytes):  # bytearray, memoryview: the compiled readers slice bytes
+        data = bytes(data)
     try:
         meta, end = _read_header(data)
         entry = _container_schema(meta, (data[4:end], fields), fields)

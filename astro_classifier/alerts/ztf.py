@@ -114,6 +114,9 @@ AVRO_FIELDS = (
     ("prv_candidates", POINT_FIELDS),
     ("fp_hists", POINT_FIELDS),
 )
+_FIDS = frozenset(ZTF_FID_BANDS)
+_FID_BAND_TABLE = np.zeros(max(ZTF_FID_BANDS) + 1, dtype=np.int8)
+_FID_BAND_TABLE[list(ZTF_FID_BANDS)] = list(ZTF_FID_BANDS.values())
 # Point kinds, in the order they win a (time, fid) tie.
 _DETECTION, _NON_DETECTION, _FORCED = 0, 1, 2
 
@@ -182,63 +185,87 @@ def _warn_repaired_times(repaired: int, total: int, source: str) -> None:
 
 def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[LightCurveBatch, int]:
     """The batch of ``records`` and the number of point times repaired from ``pid``."""
-    columns: dict[str, list[Any]] = {name: [] for name in POINT_FIELDS}
-    point_alert: list[int] = []
+    points: list[dict[str, Any]] = []  # the points with flux info, alert by alert
     point_kind: list[int] = []
-    object_ids, alert_ids, ra, dec, solar_system = [], [], [], [], []
+    alert_sizes: list[int] = []  # points of each alert in ``points``
+    object_ids, alert_ids, candids, ra, dec, solar_system = [], [], [], [], [], []
     no_flux_info = 0
-    for alert_index, record in enumerate(records):
-        _check_alert(record, source)
-        candidate = record["candidate"]
+    invalid: Exception | None = None  # what the first record that is not a ZTF alert raised
+    for record in records:
+        try:
+            _check_alert(record, source)
+            candidate = record["candidate"]
+            candid = record.get("candid")
+            candid = candidate.get("candid") if candid is None else candid
+            metadata = (_float(candidate.get("ra")), _float(candidate.get("dec")))
+            metadata += (_solar_system(candidate),)
+            history = [candidate, *(record.get("prv_candidates") or [])]
+            kinds = [_point_kind(point) for point in history]
+            forced = record.get("fp_hists") or []
+        except Exception as exc:  # raised below, unless a point of an earlier alert is bad
+            invalid = exc
+            break
         object_ids.append(record["objectId"])
-        candid = record.get("candid")
-        candid = candidate.get("candid") if candid is None else candid
+        candids.append(candid)
         alert_ids.append(None if candid is None else str(candid))
-        ra.append(_float(candidate.get("ra")))
-        dec.append(_float(candidate.get("dec")))
-        solar_system.append(_solar_system(candidate))
-        history = [candidate, *(record.get("prv_candidates") or [])]
-        forced = record.get("fp_hists") or []
-        points = [(point, _point_kind(point)) for point in history]
-        points += [(point, _FORCED) for point in forced]
-        for point, kind in points:
-            if kind is None:
-                no_flux_info += 1
-                continue
-            if point.get("jd") is None or point.get("fid") not in ZTF_FID_BANDS:
-                raise InputError(
-                    source,
-                    f"alert {record['objectId']} candid={candid}: a point has jd={point.get('jd')!r}, "
-                    f"fid={point.get('fid')!r}; expected a jd and fid 1 (g), 2 (r) or 3 (i)",
-                )
-            point_alert.append(alert_index)
-            point_kind.append(kind)
-            for name in POINT_FIELDS:
-                columns[name].append(point.get(name))
+        ra.append(metadata[0])
+        dec.append(metadata[1])
+        solar_system.append(metadata[2])
+        if None in kinds:
+            no_flux_info += kinds.count(None)
+            history = [
+                point for point, kind in zip(history, kinds, strict=True) if kind is not None
+            ]
+            kinds = [kind for kind in kinds if kind is not None]
+        points += history
+        points += forced
+        point_kind += kinds
+        point_kind += [_FORCED] * len(forced)
+        alert_sizes.append(len(history) + len(forced))
 
-    alert = np.asarray(point_alert, dtype=np.int64)
+    # Columns of the point fields, one pass each (None where a point lacks the field).
+    columns = {name: [point.get(name) for point in points] for name in POINT_FIELDS}
+    alert = np.repeat(np.arange(len(alert_sizes), dtype=np.int64), alert_sizes)
+    _check_points(columns, alert, object_ids, candids, source)
+    if invalid is not None:
+        raise invalid
+
     kind = np.asarray(point_kind, dtype=np.int8)
-    jd = np.asarray(columns["jd"], dtype=np.float64)
+    jd = np.asarray(columns["jd"], dtype=np.float64)  # no None: checked
     pid_jd = _pid_exposure_jd(columns["pid"])
     repair = np.abs(jd - pid_jd) > JD_REPAIR_TOLERANCE_DAYS  # False where pid is null (NaN)
     time = mjd_from_jd(np.where(repair, pid_jd, jd))
-    band = np.array([ZTF_FID_BANDS[f] for f in columns["fid"]], dtype=np.int8)
+    band = _FID_BAND_TABLE[np.asarray(columns["fid"], dtype=np.int64)]  # fid checked
+
+    floats = {
+        name: _float_column(columns[name])
+        for name in (
+            "magpsf",
+            "sigmapsf",
+            "diffmaglim",
+            "forcediffimflux",
+            "forcediffimfluxunc",
+            "magzpsci",
+        )
+    }
 
     flux = np.full(len(kind), np.nan)
     flux_err = np.full(len(kind), np.nan)
     is_detection = kind == _DETECTION
     flux[is_detection], flux_err[is_detection] = ztf_difference_mag_to_njy(
-        _floats(columns["magpsf"], is_detection),
-        _floats(columns["sigmapsf"], is_detection),
+        _masked(floats["magpsf"], columns["magpsf"], is_detection),
+        _masked(floats["sigmapsf"], columns["sigmapsf"], is_detection),
         np.asarray(columns["isdiffpos"], dtype=object)[is_detection].astype(str),
     )
     is_limit = kind == _NON_DETECTION
-    limit_flux, _ = ab_mag_to_njy(_floats(columns["diffmaglim"], is_limit), 0.0)
+    limit_flux, _ = ab_mag_to_njy(
+        _masked(floats["diffmaglim"], columns["diffmaglim"], is_limit), 0.0
+    )
     flux[is_limit], flux_err[is_limit] = 0.0, limit_flux / LIMIT_SIGMA
     is_forced = kind == _FORCED
-    forced_flux = _floats(columns["forcediffimflux"], is_forced)
-    forced_err = _floats(columns["forcediffimfluxunc"], is_forced)
-    forced_zp = _floats(columns["magzpsci"], is_forced)
+    forced_flux = _masked(floats["forcediffimflux"], columns["forcediffimflux"], is_forced)
+    forced_err = _masked(floats["forcediffimfluxunc"], columns["forcediffimfluxunc"], is_forced)
+    forced_zp = _masked(floats["magzpsci"], columns["magzpsci"], is_forced)
     flux[is_forced], flux_err[is_forced] = ztf_forced_flux_to_njy(
         forced_flux, forced_err, forced_zp
     )
@@ -285,6 +312,27 @@ def _records_to_batch(records: list[dict[str, Any]], source: str) -> tuple[Light
         dropped={reason: n for reason, n in dropped.items() if n},
     )
     return batch, int(repair[order].sum())
+
+
+def _check_points(
+    columns: dict[str, list[Any]],
+    alert: np.ndarray,
+    object_ids: list[Any],
+    candids: list[Any],
+    source: str,
+) -> None:
+    """InputError for the first point without a jd or with a fid that is not 1, 2 or 3."""
+    jds, fids = columns["jd"], columns["fid"]
+    if None not in jds and set(fids) <= _FIDS:
+        return
+    for index, (jd, fid) in enumerate(zip(jds, fids, strict=True)):
+        if jd is None or fid not in ZTF_FID_BANDS:
+            a = alert[index]
+            raise InputError(
+                source,
+                f"alert {object_ids[a]} candid={candids[a]}: a point has jd={jd!r}, "
+                f"fid={fid!r}; expected a jd and fid 1 (g), 2 (r) or 3 (i)",
+            )
 
 
 def _check_alert(record: object, source: str) -> None:
@@ -390,7 +438,9 @@ def _point_kind(point: dict[str, Any]) -> int | None:
 
 def _pid_exposure_jd(pids: list[int | None]) -> np.ndarray:
     """Exposure start (JD, to 1e-5 d) encoded in ZTF processing ids; NaN where pid is null."""
-    pid = np.array([-1 if p is None else p for p in pids], dtype=np.int64)
+    if None in pids:
+        pids = [-1 if p is None else p for p in pids]
+    pid = np.array(pids, dtype=np.int64)
     exposure_jd = PID_NIGHT_ZERO_JD + pid // 10**9 + (pid // 10**4 % 10**5) / 1e5
     return np.where(pid >= 0, exposure_jd, np.nan)
 
@@ -405,6 +455,20 @@ def _forced_at_detection_epoch(alert: np.ndarray, kind: np.ndarray, time: np.nda
         distance = np.abs(time[forced, None] - detection_times[None, :])
         coincident[forced] = (distance < SAME_EPOCH_DAYS).any(axis=1)
     return coincident
+
+
+def _float_column(values: list[Any]) -> np.ndarray | None:
+    """``values`` as float64 (null -> NaN) in one conversion; None where some value does not
+    convert (only the values of the points that use the field must: see :func:`_masked`)."""
+    try:
+        return np.array(values, np.float64)  # None converts to NaN
+    except (TypeError, ValueError):
+        return None
+
+
+def _masked(column: np.ndarray | None, values: list[Any], mask: np.ndarray) -> np.ndarray:
+    """``values[mask]`` as float64, null -> NaN (:func:`_floats`), from the converted column."""
+    return _floats(values, mask) if column is None else column[mask]
 
 
 def _floats(values: list[Any], mask: np.ndarray) -> np.ndarray:
