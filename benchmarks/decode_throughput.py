@@ -1,16 +1,17 @@
 """Decode rate of real ZTF alert messages: plain fastavro against astroclf's decoding, one run.
 
-The messages are the real ZTF alert files of ``$ASTROCLF_SHARED_DATA/alerts/ztf/fink-v4.02``
-and ``alerts/ztf/ztf-avro-alert`` (each one Avro container with its schema, history and
-cutouts, exactly as the worker receives it), repeated to ``--messages``. Methods, measured in
+The messages are every real ZTF alert file under ``$ASTROCLF_SHARED_DATA/alerts/ztf``
+(``fink-v4.02``, ``fink-v3.3``, ``ztf-avro-alert``: each one Avro container with its schema,
+history and cutouts, exactly as the worker receives it), repeated to ``--messages``. Methods, measured in
 alternating rounds on the same messages (best round of ``--rounds`` each):
 
 1. ``fastavro.reader``: plain full decode of every record (what the worker did before);
 2. astroclf, schema cached, whole records (``decode_avro_container`` without a projection);
 3. astroclf, schema cached + projected records (``decode_ztf_avro_bytes``: what the readers
    use);
-4. astroclf ``decode_message``: bytes to cleaned light curves, in this process;
-5. the same through the decode pool (``DecodePool``, ``--pool-workers`` processes).
+4. astroclf decode + ``ztf_records_to_batch``: bytes to a light-curve batch (no cleaning);
+5. astroclf ``decode_message``: bytes to cleaned light curves, in this process;
+6. the same through the decode pool (``DecodePool``, ``--pool-workers`` processes).
 
 Rates are messages per second of wall time; "per core" divides by the processes used.
 
@@ -65,12 +66,15 @@ def main() -> None:
     import pyarrow
 
     from astro_classifier.alerts.avro import clear_schema_cache, decode_avro_container
-    from astro_classifier.alerts.ztf import EXPECTED, decode_ztf_avro_bytes
+    from astro_classifier.alerts.ztf import (
+        EXPECTED,
+        decode_ztf_avro_bytes,
+        ztf_records_to_batch,
+    )
     from astro_classifier.data.readers import decode_message
     from astro_classifier.stream.decoding import DecodePool
 
-    folders = [shared_data() / "alerts/ztf/fink-v4.02", shared_data() / "alerts/ztf/ztf-avro-alert"]
-    files = sorted(p for folder in folders for p in folder.glob("*.avro"))
+    files = sorted((shared_data() / "alerts/ztf").rglob("*.avro"))
     values = [p.read_bytes() for p in files]
     values = (values * (-(-args.messages // len(values))))[: args.messages]
     items = [(v, f"alerts[0]@{k}") for k, v in enumerate(values)]
@@ -94,6 +98,10 @@ def main() -> None:
         for v in values:
             decode_ztf_avro_bytes(v, "m")
 
+    def to_batch() -> None:
+        for v in values:
+            ztf_records_to_batch(decode_ztf_avro_bytes(v, "m"), "m")
+
     def to_light_curves() -> None:
         for v, source in items:
             decode_message(v, "ztf-avro", None, source)
@@ -106,6 +114,7 @@ def main() -> None:
         "fastavro.reader, full records": (plain, 1),
         "astroclf, schema cached, full records": (cached_whole, 1),
         "astroclf, schema cached + projected records": (cached_projected, 1),
+        "astroclf decode + ztf_records_to_batch, 1 process": (to_batch, 1),
         "astroclf decode_message (to light curves), 1 process": (to_light_curves, 1),
         f"astroclf decode_message, pool of {args.pool_workers}": (pooled, args.pool_workers),
     }
