@@ -253,10 +253,9 @@ class BatchProcessor:
         for message in messages:
             source = str(message_ref(message))
             try:
+                stamps = {} if self.cutout_size is None else {"cutout_size": self.cutout_size}
                 results.append(
-                    decode_message(
-                        message.value(), self.input_format, self.schemas, source, self.cutout_size
-                    )
+                    decode_message(message.value(), self.input_format, self.schemas, source, **stamps)
                 )
             except InputError as exc:  # the message's fault; anything else is not
                 results.append(exc)

@@ -85,18 +85,9 @@ def _decode_chunk(items: list[tuple[bytes | None, str]]) -> list[tuple]:
     out: list[tuple] = []
     for value, source in items:
         try:
-            out.append(
-                (
-                    "ok",
-                    decode(
-                        value,
-                        _STATE["input_format"],
-                        _STATE["schemas"],
-                        source,
-                        _STATE["cutout_size"],
-                    ),
-                )
-            )
+            size = _STATE["cutout_size"]
+            stamps = {} if size is None else {"cutout_size": size}
+            out.append(("ok", decode(value, _STATE["input_format"], _STATE["schemas"], source, **stamps)))
         except InputError as exc:
             out.append(("input", exc.source, exc.reason))
         except TransientError as exc:
