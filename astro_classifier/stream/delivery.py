@@ -413,7 +413,7 @@ class AtLeastOnceDelivery(Delivery):
         return self.delivered(items, attempt)
 
     def _commit(self, messages: Sequence[Any]) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
         ends = next_offsets(messages)
         try:
@@ -422,7 +422,16 @@ class AtLeastOnceDelivery(Delivery):
             )
         except KafkaException as exc:  # partitions revoked meanwhile: their new owner redoes them
             log_event(logging.WARNING, "store_offsets_failed", error=str(exc))
-        self.commit_stored()
+        # Asynchronous: a synchronous commit has no timeout and, when the brokers die during
+        # it, blocks the worker (no readiness change, no stop within stop_timeout_s). At
+        # least once allows it: a commit that fails (logged by the consumer's on_commit) is
+        # retried with the next batch's, and meanwhile a restart re-reads at most that much.
+        # Revocation and shutdown still commit synchronously (commit_stored).
+        try:
+            self.consumer.commit(asynchronous=True)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log_event(logging.WARNING, "commit_failed", error=str(exc))
 
     def commit_stored(self) -> None:
         from confluent_kafka import KafkaError, KafkaException

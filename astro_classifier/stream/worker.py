@@ -103,6 +103,14 @@ class StartupError(RuntimeError):
     """Kafka is not usable as configured (unreachable, authentication, missing topic)."""
 
 
+def _on_commit(error: Any, partitions: list) -> None:
+    """A failed asynchronous commit is logged; the next batch's commit carries its offsets."""
+    from confluent_kafka import KafkaError
+
+    if error is not None and error.code() != KafkaError._NO_OFFSET:
+        log_event(logging.WARNING, "commit_failed", error=str(error), partitions=_names(partitions))
+
+
 class StreamWorker:
     """`astroclf stream`: see the module docstring. ``run()`` returns the exit code."""
 
@@ -433,6 +441,7 @@ class StreamWorker:
                 "session.timeout.ms": settings.session_timeout_ms,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
+                "on_commit": _on_commit,  # results of the asynchronous per-batch commits
             }
         )
         if self.exactly_once:
