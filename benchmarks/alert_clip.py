@@ -145,7 +145,9 @@ def main() -> None:
                 metrics = {}
                 for arm in ARMS:
                     seed_everything(seed)
-                    model = {"init_from": str(dirs["pre"]), "args": {}} if arm == "pretrained" else {}
+                    model = (
+                        {"init_from": str(dirs["pre"]), "args": {}} if arm == "pretrained" else {}
+                    )
                     if arm == "no_image":
                         model = {"args": no_image_args}
                     cfg = _cfg(fold_cfg, model=model, training={**classify, "seed": seed})

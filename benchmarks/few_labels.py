@@ -348,11 +348,15 @@ def embedding_map(pretrain_dir: Path, path: Path) -> None:
         xy = z @ vt[:2].T
         for k, c in enumerate(classes):
             m = labels == c
-            ax.scatter(xy[m, 0], xy[m, 1], s=5, alpha=0.6, color=cmap(k % 20), label=f"{c} ({m.sum()})")
+            ax.scatter(
+                xy[m, 0], xy[m, 1], s=5, alpha=0.6, color=cmap(k % 20), label=f"{c} ({m.sum()})"
+            )
         ax.set_title(f"{name} embedding, PCA\n(validation objects, labels never seen)")
         ax.set_xticks([])
         ax.set_yticks([])
-    np.atleast_1d(axes)[-1].legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    np.atleast_1d(axes)[-1].legend(
+        fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5)
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

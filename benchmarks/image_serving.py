@@ -25,8 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -67,7 +65,9 @@ def main() -> None:
     size = int(model.metadata.image_size or 63)
 
     def decode(cutout_size):
-        return [decode_message(v, "ztf-avro", None, f"m{i}", cutout_size) for i, v in enumerate(values)]
+        return [
+            decode_message(v, "ztf-avro", None, f"m{i}", cutout_size) for i, v in enumerate(values)
+        ]
 
     n = len(values)
     decode(None), decode(size)  # warm the schema cache

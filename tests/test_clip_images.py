@@ -263,8 +263,18 @@ def test_embed_image_vectors_and_search_light_curves_against_stamps(
     for modality in ("image", "photometry"):
         result = runner.invoke(
             app,
-            ["embed", str(folder), "-f", "ztf-avro", "-m", str(path), "--modality", modality,
-             "-o", str(tmp_path / f"{modality}.parquet")],
+            [
+                "embed",
+                str(folder),
+                "-f",
+                "ztf-avro",
+                "-m",
+                str(path),
+                "--modality",
+                modality,
+                "-o",
+                str(tmp_path / f"{modality}.parquet"),
+            ],
         )
         assert result.exit_code == 0, result.output
     table = pq.read_table(tmp_path / "image.parquet")
@@ -274,7 +284,17 @@ def test_embed_image_vectors_and_search_light_curves_against_stamps(
     assert len({v.tobytes() for v in vectors}) > 1  # the stamps make the vectors differ
     result = runner.invoke(
         app,
-        ["similar", str(tmp_path / "photometry.parquet"), "--index", str(tmp_path / "image.parquet"),
-         "--query-modality", "photometry", "--modality", "image", "-k", "3"],
+        [
+            "similar",
+            str(tmp_path / "photometry.parquet"),
+            "--index",
+            str(tmp_path / "image.parquet"),
+            "--query-modality",
+            "photometry",
+            "--modality",
+            "image",
+            "-k",
+            "3",
+        ],
     )
     assert result.exit_code == 0, result.output

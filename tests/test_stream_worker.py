@@ -744,7 +744,9 @@ def test_a_model_with_an_image_tower_classifies_every_alert_once(image_model_run
         assert record["classifierName"] == "clip-tiny-alerts"
         assert record["classId"] in ("SolarSystem", "NotSolarSystem")
         assert record["broadClass"] is None and record["probTransient"] is None
-        assert sum(c["probability"] for c in record["classifications"]) == pytest.approx(1, abs=1e-4)
+        assert sum(c["probability"] for c in record["classifications"]) == pytest.approx(
+            1, abs=1e-4
+        )
 
 
 # -- a second worker joins: rebalance ---------------------------------------------------------

@@ -154,8 +154,18 @@ def test_embed_spectra_and_search_light_curves_against_them(
     for modality in ("spectrum", "photometry"):
         result = runner.invoke(
             app,
-            ["embed", str(osc), "-f", "osc", "-m", str(model), "--modality", modality,
-             "-o", str(tmp_path / f"{modality}.parquet")],
+            [
+                "embed",
+                str(osc),
+                "-f",
+                "osc",
+                "-m",
+                str(model),
+                "--modality",
+                modality,
+                "-o",
+                str(tmp_path / f"{modality}.parquet"),
+            ],
         )
         assert result.exit_code == 0, result.output
     spectra = pq.read_table(tmp_path / "spectrum.parquet")
@@ -175,9 +185,20 @@ def test_embed_spectra_and_search_light_curves_against_them(
     assert trained_with <= set(spectra.column("object_id").to_pylist())
     result = runner.invoke(
         app,
-        ["similar", str(tmp_path / "photometry.parquet"), "--index",
-         str(tmp_path / "spectrum.parquet"), "--query-modality", "photometry",
-         "--modality", "spectrum", "-k", "5", "-o", str(tmp_path / "hits.parquet")],
+        [
+            "similar",
+            str(tmp_path / "photometry.parquet"),
+            "--index",
+            str(tmp_path / "spectrum.parquet"),
+            "--query-modality",
+            "photometry",
+            "--modality",
+            "spectrum",
+            "-k",
+            "5",
+            "-o",
+            str(tmp_path / "hits.parquet"),
+        ],
     )
     assert result.exit_code == 0, result.output
     hits = pq.read_table(tmp_path / "hits.parquet")

@@ -554,7 +554,9 @@ def align_cutouts(batch: Any, cutouts: CutoutBatch) -> CutoutBatch:
     if found.all():
         out = cutouts.take(rows)
     else:
-        out = CutoutBatch.concat([cutouts.take(rows[found]), CutoutBatch.missing(int((~found).sum()), size)])
+        out = CutoutBatch.concat(
+            [cutouts.take(rows[found]), CutoutBatch.missing(int((~found).sum()), size)]
+        )
         order = np.empty(len(rows), np.int64)
         order[np.flatnonzero(found)] = np.arange(int(found.sum()))
         order[np.flatnonzero(~found)] = int(found.sum()) + np.arange(int((~found).sum()))
@@ -586,7 +588,9 @@ def read_cutouts_of(
             continue
         fmt = format or detect_format(path)
         if fmt not in CUTOUT_FORMATS:
-            skipped[f"format {fmt} carries no cutouts"] = skipped.get(f"format {fmt} carries no cutouts", 0) + 1
+            skipped[f"format {fmt} carries no cutouts"] = (
+                skipped.get(f"format {fmt} carries no cutouts", 0) + 1
+            )
             continue
         batches.append(decode_cutouts(path.read_bytes(), fmt, str(path), schemas, size))
     out = CutoutBatch.concat(batches) if batches else CutoutBatch.empty(size)

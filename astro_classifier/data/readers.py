@@ -545,7 +545,9 @@ def _expand_alert_folders(paths: list[Path], format: str) -> list[Path]:
             except InputError:
                 continue
         if not found:
-            raise InputError(path, f"no {format} files in this folder; expected {REGISTRY[format].description}")
+            raise InputError(
+                path, f"no {format} files in this folder; expected {REGISTRY[format].description}"
+            )
         out += found
     return out
 

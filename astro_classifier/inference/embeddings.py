@@ -88,7 +88,9 @@ def embed_objects(
         from astro_classifier.data.cutouts import CutoutBatch
 
         size = int(meta.image_size or 63)
-        cutouts = batch.cutouts if batch.cutouts is not None else CutoutBatch.missing(len(batch), size)
+        cutouts = (
+            batch.cutouts if batch.cutouts is not None else CutoutBatch.missing(len(batch), size)
+        )
     elif modality == "image":
         raise ModelError(f"{model.path}: {meta.name} has no image tower")
     tabular = tabular_features(batch, spec, n_jobs=n_jobs)
@@ -124,9 +126,7 @@ def embed_objects(
                 if spectrum is not None:
                     extra["presence"]["spectrum"] = has_spectrum[objects]
                     extra["spectrum"] = spectrum[objects]
-                vectors[index[rows]] = model.embed(inputs.take(padded), which, **extra)[
-                    : len(rows)
-                ]
+                vectors[index[rows]] = model.embed(inputs.take(padded), which, **extra)[: len(rows)]
     flat = pa.array(vectors.reshape(-1), pa.float32())
     table = pa.table(
         {

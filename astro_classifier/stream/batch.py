@@ -255,7 +255,9 @@ class BatchProcessor:
             try:
                 stamps = {} if self.cutout_size is None else {"cutout_size": self.cutout_size}
                 results.append(
-                    decode_message(message.value(), self.input_format, self.schemas, source, **stamps)
+                    decode_message(
+                        message.value(), self.input_format, self.schemas, source, **stamps
+                    )
                 )
             except InputError as exc:  # the message's fault; anything else is not
                 results.append(exc)

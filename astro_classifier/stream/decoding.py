@@ -87,7 +87,9 @@ def _decode_chunk(items: list[tuple[bytes | None, str]]) -> list[tuple]:
         try:
             size = _STATE["cutout_size"]
             stamps = {} if size is None else {"cutout_size": size}
-            out.append(("ok", decode(value, _STATE["input_format"], _STATE["schemas"], source, **stamps)))
+            out.append(
+                ("ok", decode(value, _STATE["input_format"], _STATE["schemas"], source, **stamps))
+            )
         except InputError as exc:
             out.append(("input", exc.source, exc.reason))
         except TransientError as exc:

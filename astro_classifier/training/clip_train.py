@@ -471,10 +471,14 @@ def train_clip(
             )
         seen = ds.batch.object_id[np.concatenate([train_idx, val_idx])].tolist()
     else:
-        metrics["validation"] = classification_report(y[val_idx], alert_proba(val_idx), labels).to_dict()
+        metrics["validation"] = classification_report(
+            y[val_idx], alert_proba(val_idx), labels
+        ).to_dict()
         shown, title = "validation", "validation set"
         if len(holdout):
-            metrics["holdout"] = classification_report(y[holdout], alert_proba(holdout), labels).to_dict()
+            metrics["holdout"] = classification_report(
+                y[holdout], alert_proba(holdout), labels
+            ).to_dict()
             shown, title = "holdout", f"hold-out fold {cfg.data.holdout_fold}"
             if "spectrum" in spectra:
                 metrics["holdout_with_spectra"] = classification_report(

@@ -107,8 +107,8 @@ class DataSection(_Strict):
     alert_label: Literal["solar_system", "point_source", "real"] | None = Field(
         None,
         description="unlabelled alert sources: label each alert by what it provides itself "
-        "(data/cutouts.py ALERT_LABELS: ZTF ssdistnr < 5\" -> SolarSystem, sgscore1 > 0.5 and "
-        "distpsnr1 < 1\" -> PointSource, drb > 0.5 -> Real, else the negative class)",
+        '(data/cutouts.py ALERT_LABELS: ZTF ssdistnr < 5" -> SolarSystem, sgscore1 > 0.5 and '
+        'distpsnr1 < 1" -> PointSource, drb > 0.5 -> Real, else the negative class)',
     )
     max_objects: int | None = Field(None, ge=10, description="stratified subsample, for quick runs")
     n_folds: int = Field(5, ge=2, description="stratified folds over the labelled objects")

@@ -44,8 +44,7 @@ def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch
         if batch.label is None:
             raise InputError(
                 src.path,
-                "no labels found; training needs labelled data (or, for alerts, "
-                "data.alert_label)",
+                "no labels found; training needs labelled data (or, for alerts, data.alert_label)",
             )
         if src.split == "real-sky-train":
             batch = batch.select(np.flatnonzero(~real_sky_split(batch.object_id)))
@@ -62,7 +61,9 @@ def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch
             _, keep = stratified_split(batch.label, data.max_objects / len(batch), data.seed)
             batch = batch.select(keep)
         # alerts of one object (a later alert repeats the earlier ones' history) form a group
-        _, first, inverse = np.unique(batch.object_id.astype(str), return_index=True, return_inverse=True)
+        _, first, inverse = np.unique(
+            batch.object_id.astype(str), return_index=True, return_inverse=True
+        )
         groups = index * GROUP_STRIDE + first[inverse].astype(np.float64)
         if src.augment is not None:
             spec = AugmentSpec(**src.augment.model_dump())
@@ -89,7 +90,9 @@ def label_alerts(
     from astro_classifier.data.cutouts import ALERT_LABELS, align_cutouts, read_cutouts_of
 
     if batch.alert_id is None:
-        raise InputError(src.path, f"data.alert_label {kind!r} needs alerts; these are light curves")
+        raise InputError(
+            src.path, f"data.alert_label {kind!r} needs alerts; these are light curves"
+        )
     fields = align_cutouts(batch, read_cutouts_of([src.path], src.format))
     value = fields.labels()[kind]
     positive, negative = ALERT_LABELS[kind]
