@@ -66,7 +66,9 @@ def test_no_alert_lost_or_duplicated_when_a_worker_joins_and_one_leaves(
         delivery=delivery,
     )
     files = sorted((shared_data / "alerts" / "ztf").glob("**/*.avro"))
-    values = [path.read_bytes() for path in files] * 2
+    # ~12 s of stream at PRODUCE_RATE: still going after the second worker (model load, a
+    # decode pool to spawn, a rebalance) has joined, even though one worker keeps up alone
+    values = [path.read_bytes() for path in files] * 5
     # Two members on one host need their own transactional ids (the default is per host).
     first = workers(
         config,
@@ -74,7 +76,7 @@ def test_no_alert_lost_or_duplicated_when_a_worker_joins_and_one_leaves(
         {"ASTROCLF_TRANSACTIONAL_ID": unique_name("astroclf-a")},
     ).wait_ready()
 
-    def produce_spread() -> None:  # over all four partitions, paced: ~5 s of stream
+    def produce_spread() -> None:  # over all four partitions, paced
         producer = Producer({"bootstrap.servers": bootstrap})
         started = time.monotonic()
         for i, value in enumerate(values):
