@@ -69,10 +69,9 @@ def classify_command(
         started = time.perf_counter()
         batch = read_light_curves(inputs, format=format, metadata=metadata, schema_dir=schema_dir)
         if loaded.needs_images:  # stamps are decoded only for a model with an image tower
-            from astro_classifier.data.cutouts import align_cutouts, read_cutouts_of
+            from astro_classifier.data.cutouts import attach_cutouts
 
-            size = int(loaded.metadata.image_size or 63)
-            batch.cutouts = align_cutouts(batch, read_cutouts_of(inputs, format, schema_dir, size))
+            attach_cutouts(batch, inputs, format, schema_dir, int(loaded.metadata.image_size or 63))
         read_seconds = time.perf_counter() - started
         with progress_bar("classifying", console) as bar:
             task = bar.add_task("", total=len(batch))

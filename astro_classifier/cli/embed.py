@@ -56,10 +56,9 @@ def embed_command(
         loaded = LoadedModel.load(model, provider=provider)  # type: ignore[arg-type]
         batch = read_light_curves(inputs, format=format, metadata=metadata)
         if loaded.needs_images:  # stamps are decoded only for a model with an image tower
-            from astro_classifier.data.cutouts import align_cutouts, read_cutouts_of
+            from astro_classifier.data.cutouts import attach_cutouts
 
-            size = int(loaded.metadata.image_size or 63)
-            batch.cutouts = align_cutouts(batch, read_cutouts_of(inputs, format, None, size))
+            attach_cutouts(batch, inputs, format, None, int(loaded.metadata.image_size or 63))
         spectra = None
         if loaded.metadata.modalities and "spectrum" in loaded.metadata.modalities:
             from astro_classifier.data.spectra import read_spectra_of

@@ -596,3 +596,15 @@ def read_cutouts_of(
     out = CutoutBatch.concat(batches) if batches else CutoutBatch.empty(size)
     out.skipped_files = merge_counts([out.skipped_files, skipped])
     return out
+
+
+def attach_cutouts(
+    batch: Any,
+    paths: Sequence[str | Path],
+    format: str | None = None,
+    schema_dir: str | Path | None = None,
+    size: int = STAMP_SIZE,
+) -> None:
+    """Set ``batch.cutouts``: the stamps of the files ``batch`` was read from, one row per
+    object (what `astroclf classify` and `astroclf embed` do for a model with an image tower)."""
+    batch.cutouts = align_cutouts(batch, read_cutouts_of(paths, format, schema_dir, size))

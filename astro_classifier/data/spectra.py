@@ -520,7 +520,8 @@ def peak_times(object_id: np.ndarray, time: np.ndarray, flux: np.ndarray, owner:
     return out
 
 
-SPECTRA_FORMATS = ("osc", "slsne")  # light-curve formats whose sources also hold spectra
+# light-curve formats whose sources also hold spectra -> their spectra reader
+SPECTRA_READERS = {"osc": read_osc_spectra, "slsne": read_slsne_spectra}
 
 
 def read_spectra_of(paths: Sequence[str | Path], format: str | None = None) -> Spectra:
@@ -529,12 +530,11 @@ def read_spectra_of(paths: Sequence[str | Path], format: str | None = None) -> S
     formats hold none."""
     from astro_classifier.data.readers import detect_format
 
-    readers = {"osc": read_osc_spectra, "slsne": read_slsne_spectra}
     parts = []
     for path in map(Path, paths):
         fmt = format or detect_format(path)
-        if fmt in readers:
-            parts.append(readers[fmt](path))
+        if fmt in SPECTRA_READERS:
+            parts.append(SPECTRA_READERS[fmt](path))
     return Spectra.concat(parts) if parts else Spectra.empty()
 
 

@@ -47,10 +47,9 @@ from rich.console import Console
 
 from astro_classifier.data.dataset import TrainingDataset
 from astro_classifier.data.spectra import (
+    SPECTRA_READERS,
     Spectra,
     model_input,
-    read_osc_spectra,
-    read_slsne_spectra,
 )
 from astro_classifier.features.preprocess import light_curves_to_inputs
 from astro_classifier.metrics import classification_report
@@ -71,7 +70,6 @@ from astro_classifier.training.train import (
     to_tensors,
 )
 
-SPECTRA_READERS = {"osc": read_osc_spectra, "slsne": read_slsne_spectra}
 # (N, 2, G) float32 spectra on the model's grid (NaN: none) and (N,) bool presence
 SpectrumInputs = tuple[np.ndarray, np.ndarray]
 # modality ("spectrum", "image") -> (its input for every dataset object, (N,) bool presence)
@@ -88,17 +86,12 @@ def read_config_spectra(cfg: TrainConfig) -> Spectra:
 
 
 def read_config_cutouts(cfg: TrainConfig):
-    """Stamps of every alert of the config's sources whose format carries cutouts."""
-    from astro_classifier.data.cutouts import CUTOUT_FORMATS, CutoutBatch, read_cutouts_of
-    from astro_classifier.data.readers import detect_format
+    """Stamps of every alert of the config's sources (sources without any contribute none)."""
+    from astro_classifier.data.cutouts import CutoutBatch, read_cutouts_of
 
     sources = [(cfg.data.format, cfg.data.light_curves)]
     sources += [(s.format, s.path) for s in cfg.data.extra_sources]
-    parts = []
-    for fmt, path in sources:
-        if Path(path).is_dir() or (fmt or detect_format(path)) in CUTOUT_FORMATS:
-            parts.append(read_cutouts_of([path], None if Path(path).is_dir() else fmt))
-    return CutoutBatch.concat(parts) if parts else CutoutBatch.empty()
+    return CutoutBatch.concat([read_cutouts_of([path], fmt) for fmt, path in sources])
 
 
 def image_inputs(model: CLIP, ds: TrainingDataset) -> tuple[np.ndarray, np.ndarray] | None:
