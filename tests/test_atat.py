@@ -201,3 +201,41 @@ def test_fit_quantiles_with_an_all_nan_feature() -> None:
     inputs = _inputs(n_features=2)
     with torch.no_grad():
         assert torch.isfinite(model(**inputs)).all()
+
+
+@pytest.mark.parametrize("n_features", [N_FEATURES, 0])
+def test_last_block_from_cls_alone_equals_every_row(n_features: int) -> None:
+    """The encoders compute only the CLS row of their last block; every row through every
+    block (then CLS) gives the same output, in training mode too (dropout off)."""
+    from astro_classifier.training.atat import MASKED_SCORE
+
+    model = _tiny(n_features)
+    inputs = _inputs(batch=6, length=11, n_features=n_features)
+
+    def every_row(encoder, tokens: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        x = torch.cat([encoder.cls.expand(len(tokens), -1, -1), tokens], dim=1)
+        bias = None
+        if keep is not None:
+            keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
+            bias = torch.where(keep, 0.0, MASKED_SCORE)[:, None, None, :]
+        for block in encoder.blocks:
+            x = block(x, bias, keep)
+        assert x.shape[1] == tokens.shape[1] + 1  # really every row
+        return encoder.norm(x[:, 0])
+
+    with torch.no_grad():
+        tokens = model.lc_tokens(*(inputs[k] for k in ("flux", "flux_err", "time", "band")))
+        torch.testing.assert_close(
+            model.lc_encoder(tokens, inputs["mask"]),
+            every_row(model.lc_encoder, tokens, inputs["mask"]),
+            atol=1e-5,
+            rtol=0,
+        )
+        if n_features:
+            tab = model.tab_tokens(inputs["tabular"])
+            torch.testing.assert_close(
+                model.tab_encoder(tab, None),
+                every_row(model.tab_encoder, tab, None),
+                atol=1e-5,
+                rtol=0,
+            )

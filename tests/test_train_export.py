@@ -332,3 +332,86 @@ def test_tiny_model_classifies_with_scores_and_abstains(exported, run) -> None:
     assert result.abstained[ABSTAIN_FEW_POINTS] == int((batch.lengths < 3).sum()) >= 1
     broad = np.stack([table.column(f"prob_{k}").to_numpy() for k in BROAD_CLASSES], axis=1)
     np.testing.assert_allclose(broad.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_warm_start_reads_every_served_weight_from_the_graph(exported, run) -> None:
+    """An exported file alone gives back the network's weights (the calibration wrapper's
+    prefix and temperature aside): all but the two heads serving never computes."""
+    from astro_classifier.training.warm_start import load_onnx_weights
+
+    trained, _ = load_checkpoint(run[0])
+    meta = read_metadata(exported[0])
+    config = dict(meta.architecture_config)
+    sizes = {k: config.pop(k) for k in ("n_classes", "n_bands", "n_features")}
+    from astro_classifier.training.registry import create_model
+
+    fresh_model = create_model(meta.architecture, **sizes, **config)
+    fresh = load_onnx_weights(fresh_model, exported[0])
+    assert fresh and all(k.startswith(("lc_head.", "tab_head.")) for k in fresh)
+    want = trained.state_dict()
+    for key, value in fresh_model.state_dict().items():
+        if key not in fresh:
+            torch.testing.assert_close(value, want[key], atol=0, rtol=0, msg=key)
+
+
+def test_reexport_from_the_onnx_file_keeps_outputs_and_metadata(exported, run, tmp_path) -> None:
+    """`astroclf export MODEL.onnx` traces the file's weights again in the current graph
+    form; the written file matches the old one on real light curves and carries its metadata."""
+    from astro_classifier.export.reexport import reexport_onnx
+
+    calls, _ = validation_calls(
+        run[0], load_checkpoint(run[0])[1], read_metadata(exported[0]).preprocessing
+    )
+    inputs = [x for _, x in calls]
+    out = tmp_path / "again.onnx"
+    report = reexport_onnx(exported[0], out, inputs)
+    assert report.ok and report.top_class_agreement == 1.0
+    assert report.previous_graph_max_diff is not None and report.previous_graph_max_diff <= 1e-5
+    old, new = read_metadata(exported[0]), read_metadata(out)
+    assert new.labels == old.labels and new.calibration == old.calibration and new.ood == old.ood
+    assert new.preprocessing == old.preprocessing and new.name == old.name
+    a, b = LoadedModel.load(exported[0]), LoadedModel.load(out)
+    for x in inputs:
+        np.testing.assert_allclose(
+            b.predict(x).probabilities, a.predict(x).probabilities, atol=1e-5, rtol=0
+        )
+
+
+def test_reexport_refuses_without_data_and_for_other_families(exported, tmp_path) -> None:
+    from astro_classifier.export.reexport import reexport_onnx
+
+    with pytest.raises(ValueError, match="no light curves"):
+        reexport_onnx(exported[0], tmp_path / "x.onnx", [])
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_command_reexports_a_shipped_model(shared_data: Path, tmp_path: Path) -> None:
+    """`astroclf export atat-ztf.onnx --parity-data ...` on real ZTF light curves; without
+    parity data it refuses with a clear message and writes nothing."""
+    from typer.testing import CliRunner
+
+    from astro_classifier.cli.app import app
+    from astro_classifier.inference.model import resolve_model_path
+
+    src = resolve_model_path("atat-ztf")
+    out = tmp_path / "atat-ztf.onnx"
+    runner = CliRunner(env={"COLUMNS": "240"})
+    refused = runner.invoke(app, ["export", str(src), "-o", str(out)])
+    assert refused.exit_code != 0 and "--parity-data" in refused.output and not out.exists()
+    examples = shared_data / "lightcurves" / "alerce-examples"
+    done = runner.invoke(
+        app,
+        [
+            "export",
+            str(src),
+            "-o",
+            str(out),
+            "--parity-data",
+            str(examples),
+            "--parity-objects",
+            "64",
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    assert "against the previous graph" in done.output and out.is_file()
+    assert read_metadata(out).labels == read_metadata(src).labels

@@ -53,22 +53,58 @@ def train_command(
 
 
 def export_command(
-    run_dir: Path = typer.Argument(
-        ..., exists=True, file_okay=False, help="Run directory written by `astroclf train`."
+    source: Path = typer.Argument(
+        ...,
+        exists=True,
+        help="Run directory written by `astroclf train`, or an exported ATAT .onnx file to "
+        "re-export in the current graph form (same weights, labels and metadata).",
     ),
     output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
     fp16: bool = typer.Option(
         False, "--fp16", help="Store weights and activations as float16 (inputs stay float32)."
     ),
-    parity_objects: int = typer.Option(
-        512, min=1, help="Validation light curves used for the parity check."
+    parity_objects: int = typer.Option(512, min=1, help="Light curves used for the parity check."),
+    parity_data: list[Path] = typer.Option(
+        None,
+        "--parity-data",
+        exists=True,
+        help="Re-export only: light-curve files (any supported format) for the parity checks "
+        "against torch and against the previous graph.",
+    ),
+    parity_metadata: Path | None = typer.Option(
+        None,
+        "--parity-metadata",
+        exists=True,
+        dir_okay=False,
+        help="Re-export only: object table for a PLAsTiCC-format or long-format --parity-data.",
     ),
 ) -> None:
     """Export a trained run to one ONNX file with its metadata, after onnx.checker and a
-    parity check against torch on real validation light curves (fails the export on mismatch)."""
+    parity check against torch on real validation light curves (fails the export on mismatch).
+
+    Given an .onnx file instead, re-export its weights in the current graph form: written
+    only if the new graph matches torch and the previous graph on the --parity-data curves."""
     _require_torch()
     from astro_classifier.export.onnx_export import ParityError, export_run
 
-    with user_errors(ParityError):
-        report = export_run(run_dir, output, fp16=fp16, parity_objects=parity_objects)
+    if source.is_file():
+        from astro_classifier.export.reexport import parity_inputs, reexport_onnx
+
+        if not parity_data:
+            raise typer.BadParameter(
+                "re-exporting an .onnx file needs --parity-data (light-curve files)",
+                param_hint="--parity-data",
+            )
+        if fp16:
+            raise typer.BadParameter(
+                "--fp16 needs the run directory (float16 conversion is checked against "
+                "the validation split)",
+                param_hint="--fp16",
+            )
+        with user_errors(ParityError, ValueError):
+            inputs = parity_inputs(source, list(parity_data), parity_objects, parity_metadata)
+            report = reexport_onnx(source, output, inputs)
+    else:
+        with user_errors(ParityError):
+            report = export_run(source, output, fp16=fp16, parity_objects=parity_objects)
     console.print(f"parity: {report}\nwrote {output}")

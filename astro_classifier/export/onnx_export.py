@@ -96,6 +96,8 @@ class ParityReport:
     logit_tolerance: float = FP32_LOGIT_TOLERANCE
     calibration: CalibrationSpec | None = None
     ood: OODSpec | None = None
+    objects_from: str = "validation light curves"
+    previous_graph_max_diff: float | None = None  # re-export: new graph vs the file it replaces
 
     @property
     def ok(self) -> bool:
@@ -103,11 +105,13 @@ class ParityReport:
 
     def __str__(self) -> str:
         text = (
-            f"{self.n_objects} validation light curves: max |Δp| = {self.max_abs_diff:.2e} "
+            f"{self.n_objects} {self.objects_from}: max |Δp| = {self.max_abs_diff:.2e} "
             f"(limit {self.tolerance:.0e}), max relative |Δlogit| = {self.max_logit_diff:.2e} "
             f"(limit {self.logit_tolerance:.0e}), same top class for "
             f"{100 * self.top_class_agreement:.2f}%"
         )
+        if self.previous_graph_max_diff is not None:
+            text += f"\nagainst the previous graph: max |Δp| = {self.previous_graph_max_diff:.2e}"
         if self.calibration is not None:
             c = self.calibration
             text += (

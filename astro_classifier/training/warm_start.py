@@ -8,7 +8,8 @@ graph still holds every weight the classifier uses, under one of three guises:
   name (``onnx::MatMul_806``), found through the node's scoped name
   (``/lc_encoder/blocks.0/attn/qkv/MatMul`` -> ``lc_encoder.blocks.0.attn.qkv.weight``);
 - the quantile tables of the feature tokenizer, constant-folded into the ``Sub`` (lower
-  edges) and ``Greater`` (upper edges) of its piecewise-linear CDF.
+  edges) and the ``Abs`` of the tie tolerance (upper edges; ``Greater`` in graphs exported
+  before it) of its piecewise-linear CDF.
 
 What the graph does not hold (the light-curve-only and tabular-only heads, which serving
 does not use) keeps its fresh initialisation. :func:`atat_state_from_onnx` returns the
@@ -55,8 +56,15 @@ def atat_state_from_onnx(path: str | Path) -> tuple[dict[str, Any], dict[str, to
             )
         elif node.op_type == "Sub" and scope[0] == "tab_tokens":
             lower = arrays[generated[0]]
-        elif node.op_type == "Greater" and scope[0] == "tab_tokens":
+        elif node.op_type in ("Greater", "Abs") and scope[0] == "tab_tokens":
+            # upper edges: compared directly (earlier graphs), or first through the tie
+            # tolerance, hi + TIE_TOLERANCE * |hi|, whose Abs reads them
             upper = arrays[generated[0]]
+    # Exported graphs wrap the network in the calibration module (CalibratedModel): its
+    # parameters sit under "model.", next to the temperature, which is not a weight.
+    state = {
+        key.removeprefix("model."): value for key, value in state.items() if key != "temperature"
+    }
     if lower is not None and upper is not None:
         state["tab_tokens.quantiles"] = torch.from_numpy(
             np.concatenate([np.asarray(lower), np.asarray(upper)[:, -1:]], axis=1).astype(

@@ -1,0 +1,122 @@
+"""Re-export a shipped ATAT model in the current graph form, from the .onnx file alone.
+
+An exported model is the only artefact that ships; its run directory may be gone. When the
+export form improves (a fused kernel, less work in the graph) the shipped files should get
+the improvement without retraining: :func:`reexport_onnx` reads the weights back from the
+graph (:mod:`astro_classifier.training.warm_start`), traces them again with the current
+export code, copies the model's metadata (labels, preprocessing tables, calibration, OOD
+threshold, metrics: nothing about the model changes) and writes the new file only if
+
+- the new graph matches torch on the given light curves (the export parity check), and
+- the new graph matches the old graph (ONNX Runtime, both) within the fp32 tolerance, with
+  the same top class for every object.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from astro_classifier import __version__
+from astro_classifier.export.onnx_export import (
+    FP32_TOLERANCE,
+    OUTPUT_NAMES,
+    CalibratedModel,
+    ParityError,
+    ParityReport,
+    check_parity,
+    trace_to_onnx,
+)
+from astro_classifier.features.preprocess import ModelInputs
+from astro_classifier.inference.model import LoadedModel, read_metadata
+from astro_classifier.training.registry import create_model
+from astro_classifier.training.warm_start import load_onnx_weights
+
+# Heads the serving graph does not compute: their weights are not in the file, and the
+# re-exported graph does not use them either.
+UNUSED_HEADS = ("lc_head.", "tab_head.")
+
+
+def reexport_onnx(src: Path, out: Path, inputs: list[ModelInputs]) -> ParityReport:
+    """Trace ``src``'s weights again in the current export form; write ``out`` when both
+    parity checks pass (raise :class:`ParityError` and write nothing otherwise)."""
+    meta = read_metadata(src)
+    if meta.precision != "fp32":
+        raise ValueError(
+            f"{src}: a {meta.precision} model; re-export it from its run directory "
+            "(`astroclf export RUN_DIR --fp16`)"
+        )
+    if not inputs:
+        raise ValueError("no light curves for the parity check")
+    config = dict(meta.architecture_config)
+    sizes = {k: config.pop(k) for k in ("n_classes", "n_bands", "n_features")}
+    model = create_model(meta.architecture, **sizes, **config).eval()
+    fresh = [k for k in load_onnx_weights(model, src) if not k.startswith(UNUSED_HEADS)]
+    if fresh:
+        raise ParityError(f"{src}: weights not found in the graph: {fresh}; {out} not written")
+    temperature = meta.calibration.temperature if meta.calibration else 1.0
+    calibrated = CalibratedModel(model, temperature).eval()
+
+    names = ModelInputs.names()
+    dynamic = {n: {0: "batch", 1: "length"} for n in names if n != "tabular"}
+    dynamic |= {"tabular": {0: "batch"}} | {n: {0: "batch"} for n in OUTPUT_NAMES}
+    example = inputs[0].take(np.arange(min(2, len(inputs[0]))))
+    proto = trace_to_onnx(calibrated, example.as_dict(), names, OUTPUT_NAMES, dynamic)
+    props = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    props["package_version"] = __version__
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "astroclf"
+    onnx.checker.check_model(proto, full_check=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp) / "model.onnx"
+        onnx.save(proto, str(tmp_path))
+        report = check_parity(calibrated, tmp_path, inputs, fp16=False)
+        if not report.ok or report.top_class_agreement < 1.0:
+            raise ParityError(f"ONNX Runtime and torch disagree: {report}; {out} not written")
+        old, new = LoadedModel.load(src, provider="cpu"), LoadedModel.load(tmp_path, provider="cpu")
+        worst, same_top = 0.0, True
+        for x in inputs:
+            a, b = old.predict(x).probabilities, new.predict(x).probabilities
+            worst = max(worst, float(np.abs(a - b).max()))
+            same_top &= bool((a.argmax(1) == b.argmax(1)).all())
+        if worst > FP32_TOLERANCE or not same_top:
+            raise ParityError(
+                f"{src} and its re-export disagree: max |dp| {worst:.1e} "
+                f"(limit {FP32_TOLERANCE:.0e}), same top class: {same_top}; {out} not written"
+            )
+        report.previous_graph_max_diff = worst
+        report.objects_from = "light curves"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(tmp_path), out)
+    return report
+
+
+def parity_inputs(
+    src: Path,
+    paths: list[Path],
+    limit: int,
+    metadata: Path | None = None,
+    batch_size: int = 256,
+) -> list[ModelInputs]:
+    """Up to ``limit`` light curves of ``paths`` (any supported format; ``metadata``: their
+    object table), preprocessed for the model in ``src`` and padded to its serving buckets:
+    the re-export's parity check data."""
+    from astro_classifier.data.readers import read_light_curves
+    from astro_classifier.features.preprocess import keep_model_bands, tabular_features
+    from astro_classifier.inference.classify import bucketed_inputs
+
+    meta = read_metadata(src)
+    spec = meta.preprocessing
+    batch = read_light_curves(paths, metadata=metadata)
+    if len(batch) > limit:  # a spread over the file rather than its first objects
+        batch = batch.select(np.linspace(0, len(batch) - 1, limit).astype(int))
+    in_bands, _ = keep_model_bands(batch, spec)
+    tab = tabular_features(in_bands, spec)
+    return [x for _, x in bucketed_inputs(in_bands, spec, tab, meta.length_buckets, batch_size)]
