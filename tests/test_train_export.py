@@ -415,3 +415,22 @@ def test_export_command_reexports_a_shipped_model(shared_data: Path, tmp_path: P
     assert done.exit_code == 0, done.output
     assert "against the previous graph" in done.output and out.is_file()
     assert read_metadata(out).labels == read_metadata(src).labels
+
+
+def test_reexport_writes_a_float16_companion(exported, run, tmp_path) -> None:
+    """--fp16 on an .onnx file: float16 weights, precision fp16 in the metadata, parity within
+    the float16 budget, and serving picks it up as the companion under fp16/."""
+    from astro_classifier.export.reexport import reexport_onnx
+    from astro_classifier.inference.model import select_precision
+
+    calls, _ = validation_calls(
+        run[0], load_checkpoint(run[0])[1], read_metadata(exported[0]).preprocessing
+    )
+    main = tmp_path / "atat-tiny.onnx"
+    main.write_bytes(exported[0].read_bytes())
+    half = tmp_path / "fp16" / "atat-tiny.onnx"
+    report = reexport_onnx(main, half, [x for _, x in calls], fp16=True)
+    assert report.max_abs_diff <= 2e-2 and read_metadata(half).precision == "fp16"
+    assert onnx.TensorProto.FLOAT16 in {i.data_type for i in onnx.load(str(half)).graph.initializer}
+    assert select_precision(main, on_cuda=True) == half
+    assert select_precision(main, on_cuda=False) == main

@@ -34,6 +34,11 @@ def classify_command(
         DEFAULT_MODEL, "--model", "-m", help="Shipped model name or path to an .onnx file."
     ),
     provider: str = typer.Option("auto", help="ONNX Runtime provider: auto, cpu or cuda."),
+    precision: str = typer.Option(
+        "auto",
+        help="auto: the model's float16 companion (fp16/<file>) on CUDA when it has one, "
+        "float32 otherwise; or fp32, fp16.",
+    ),
     format: str | None = typer.Option(
         None, "--format", "-f", help=f"Input format (detected when omitted): {', '.join(FORMATS)}."
     ),
@@ -57,6 +62,8 @@ def classify_command(
     """
     if provider not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("provider must be auto, cpu or cuda", param_hint="--provider")
+    if precision not in ("auto", "fp32", "fp16"):
+        raise typer.BadParameter("precision must be auto, fp32 or fp16", param_hint="--precision")
     if format is not None and format not in FORMATS:
         raise typer.BadParameter(
             f"unknown format {format!r}; expected one of {', '.join(FORMATS)}",
@@ -65,7 +72,11 @@ def classify_command(
     from astro_classifier.data.readers import read_light_curves
 
     with user_errors():
-        loaded = LoadedModel.load(model, provider=provider)  # type: ignore[arg-type]
+        loaded = LoadedModel.load(
+            model,
+            provider=provider,
+            precision=precision,  # type: ignore[arg-type]
+        )
         started = time.perf_counter()
         batch = read_light_curves(inputs, format=format, metadata=metadata, schema_dir=schema_dir)
         if loaded.needs_images:  # stamps are decoded only for a model with an image tower
@@ -147,6 +158,6 @@ def print_summary(
     console.print(
         f"read {read_seconds:.2f} s, features {t.features:.2f} s, inference {t.inference:.2f} s "
         f"({rate:,.0f} objects/s, padding efficiency {result.padding_efficiency:.2f}, "
-        f"{', '.join(p.replace('ExecutionProvider', '') for p in model.providers)})"
-        + (f" -> {output}" if output is not None else "")
+        f"{', '.join(p.replace('ExecutionProvider', '') for p in model.providers)}, "
+        f"{model.metadata.precision})" + (f" -> {output}" if output is not None else "")
     )

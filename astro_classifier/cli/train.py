@@ -95,15 +95,9 @@ def export_command(
                 "re-exporting an .onnx file needs --parity-data (light-curve files)",
                 param_hint="--parity-data",
             )
-        if fp16:
-            raise typer.BadParameter(
-                "--fp16 needs the run directory (float16 conversion is checked against "
-                "the validation split)",
-                param_hint="--fp16",
-            )
         with user_errors(ParityError, ValueError):
             inputs = parity_inputs(source, list(parity_data), parity_objects, parity_metadata)
-            report = reexport_onnx(source, output, inputs)
+            report = reexport_onnx(source, output, inputs, fp16=fp16)
     else:
         with user_errors(ParityError):
             report = export_run(source, output, fp16=fp16, parity_objects=parity_objects)

@@ -318,6 +318,26 @@ def trace_to_onnx(
         return onnx.load(str(tmp_path))
 
 
+def to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The ATAT graph (traced with decomposed attention) in float16, inputs and outputs
+    float32; the feature tokenizer and the calibration stay float32."""
+    from onnxconverter_common import float16
+
+    # The quantile tables hold raw feature values up to ~1e8 (fluxes in nJy), beyond
+    # float16's range: the feature tokenizer stays float32.
+    keep_fp32 = [n.name for n in proto.graph.node if n.name.startswith("/tab_tokens/")]
+    # The calibration (logits / T, softmax) reads the graph output `logits`, which stays
+    # float32: it runs in float32 too (a float16 T next to it fails the checker).
+    keep_fp32 += [
+        n.name for n in proto.graph.node if "logits" in n.input or "probabilities" in n.output
+    ]
+    with warnings.catch_warnings():  # it reports every constant it rounds, e.g. -1e4
+        warnings.filterwarnings("ignore", message="the float32 number")
+        return float16.convert_float_to_float16(
+            proto, keep_io_types=True, node_block_list=keep_fp32
+        )
+
+
 def export_run(
     run_dir: Path, out: Path, fp16: bool = False, parity_objects: int = 512
 ) -> ParityReport:
@@ -350,23 +370,7 @@ def export_run(
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
         if fp16:
-            from onnxconverter_common import float16
-
-            # The quantile tables hold raw feature values up to ~1e8 (fluxes in nJy), beyond
-            # float16's range: the feature tokenizer stays float32.
-            keep_fp32 = [n.name for n in proto.graph.node if n.name.startswith("/tab_tokens/")]
-            # The calibration (logits / T, softmax) reads the graph output `logits`, which stays
-            # float32: it runs in float32 too (a float16 T next to it fails the checker).
-            keep_fp32 += [
-                n.name
-                for n in proto.graph.node
-                if "logits" in n.input or "probabilities" in n.output
-            ]
-            with warnings.catch_warnings():  # it reports every constant it rounds, e.g. -1e4
-                warnings.filterwarnings("ignore", message="the float32 number")
-                proto = float16.convert_float_to_float16(
-                    proto, keep_io_types=True, node_block_list=keep_fp32
-                )
+            proto = to_float16(proto)
         exp = ckpt["export"]
         metadata = ModelMetadata(
             name=exp["name"],

@@ -53,6 +53,7 @@ from astro_classifier.features.preprocess import ModelInputs, PreprocessingSpec
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 METADATA_PREFIX = "astroclf."
 Provider = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "fp16"]
 
 
 class InputSpec(BaseModel):
@@ -266,6 +267,44 @@ def resolve_model_path(model: str | Path) -> Path:
     )
 
 
+def fp16_companion(path: Path) -> Path | None:
+    """The float16 form of an fp32 model file when one sits beside it, ``fp16/<file name>``
+    (shipped for the shipped models; ``astroclf export MODEL.onnx --fp16 -o
+    fp16/MODEL.onnx`` writes one, after its parity check). CUDA serving selects it."""
+    candidate = path.parent / "fp16" / path.name
+    return candidate if candidate.is_file() else None
+
+
+def select_precision(path: Path, on_cuda: bool, precision: Precision = "auto") -> Path:
+    """The file to serve for ``path``: its fp16 companion when ``precision`` is fp16, or
+    auto on CUDA (float16 halves memory traffic there; on a CPU it only adds casts)."""
+    if precision == "fp32":
+        return path
+    companion = fp16_companion(path)
+    if companion is None:
+        if precision == "fp16" and read_metadata(path).precision != "fp16":
+            raise ModelError(
+                f"{path}: precision fp16 asked for, but no {path.parent / 'fp16' / path.name} "
+                f"(write one with `astroclf export {path} --fp16 -o {path.parent / 'fp16' / path.name} "
+                "--parity-data ...`)"
+            )
+        return path
+    if precision == "auto" and not on_cuda:
+        return path
+    main, half = read_metadata(path), read_metadata(companion)
+    if (half.name, half.version, half.labels, half.precision) != (
+        main.name,
+        main.version,
+        main.labels,
+        "fp16",
+    ):
+        raise ModelError(
+            f"{companion}: not the float16 form of {path} (name, version, labels or precision "
+            f"differ: {half.name} {half.version} {half.precision} vs {main.name} {main.version})"
+        )
+    return companion
+
+
 def read_metadata(model: str | Path) -> ModelMetadata:
     """Read a model's metadata without loading its weights into a session."""
     import onnx
@@ -377,13 +416,18 @@ class LoadedModel:
         provider: Provider = "auto",
         threads: int | None = None,
         io_binding: bool | None = None,
+        precision: Precision = "auto",
     ) -> LoadedModel:
-        """``io_binding``: None = on CUDA only; True also on the CPU (same results: tests)."""
+        """``io_binding``: None = on CUDA only; True also on the CPU (same results: tests).
+        ``precision``: auto = the fp16 companion on CUDA when there is one
+        (:func:`select_precision`), fp32 on a CPU."""
         import onnxruntime as ort
 
-        path = resolve_model_path(model)
-        metadata = read_metadata(path)
         providers = providers_for(provider)
+        path = select_precision(
+            resolve_model_path(model), providers[0] == "CUDAExecutionProvider", precision
+        )
+        metadata = read_metadata(path)
         if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # find cuDNN/cuBLAS from the nvidia-* wheels, as torch does
         options = ort.SessionOptions()

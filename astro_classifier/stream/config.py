@@ -70,6 +70,11 @@ class StreamSettings(BaseSettings):
     # -- model ----------------------------------------------------------------------------
     model: str = Field("atat-lsst", description="shipped model name or path to an .onnx file")
     provider: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16"] = Field(
+        "auto",
+        description="auto: the model's fp16 companion (fp16/<file>) on CUDA when there is one, "
+        "fp32 otherwise",
+    )
     # -- processing -----------------------------------------------------------------------
     batch_size: int = Field(500, ge=1, description="most messages per micro-batch")
     max_wait_ms: int = Field(200, ge=1, description="longest wait to fill a micro-batch")

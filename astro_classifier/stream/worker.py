@@ -231,7 +231,9 @@ class StreamWorker:
         settings = self.settings
         try:
             started = time.perf_counter()
-            model = LoadedModel.load(settings.model, settings.provider)
+            model = LoadedModel.load(
+                settings.model, settings.provider, precision=settings.precision
+            )
             model.warm_up()
             schemas = (
                 schema_source(settings.schema_dir, settings.schema_registry_url)
@@ -248,6 +250,8 @@ class StreamWorker:
             model=meta.name,
             model_version=meta.version,
             providers=model.providers,
+            precision=meta.precision,
+            model_file=str(model.path),
             length_buckets=meta.length_buckets,
             seconds=round(time.perf_counter() - started, 3),
         )
