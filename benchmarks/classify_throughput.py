@@ -79,6 +79,12 @@ def main() -> None:
     )
     parser.add_argument("--model", default="atat-lsst")
     parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16"],
+        help="auto: the fp16 companion on CUDA when the model has one",
+    )
     parser.add_argument("--objects", type=int, default=2000, help="PLAsTiCC objects to classify")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--out", type=Path, default=None)
@@ -109,12 +115,13 @@ def main() -> None:
     # a random sample: the file is ordered, deep-drilling objects (352 points) first
     pick = np.random.default_rng(0).permutation(len(batch))[: args.objects]
     batch = batch.select(np.sort(pick))
-    model = LoadedModel.load(args.model, provider=args.provider)
+    model = LoadedModel.load(args.model, provider=args.provider, precision=args.precision)
     meta, spec = model.metadata, model.metadata.preprocessing
     n = len(batch)
     result: dict = {
         "model": meta.name,
         "provider": args.provider,
+        "precision": model.metadata.precision,
         "providers": model.providers,
         "objects": n,
         "batch_size": args.batch_size,

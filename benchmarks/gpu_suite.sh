@@ -6,6 +6,7 @@
 #
 # 1. classify_throughput on CUDA for both shipped models: model-only light curves/s (IOBinding
 #    with per-bucket device buffers is the default on CUDA), classify() end to end, ratio;
+#    then atat-lsst's float16 companion (fp32 vs fp16: compare the two JSON files);
 # 2. decode_throughput with a pool as large as the machine's cores: alerts/s decoded;
 # 3. the worker is not run here: the GPU machine has no Kafka client library (see the device
 #    README); run stream_throughput.py where confluent-kafka and a broker are available.
@@ -16,8 +17,11 @@ OUT="${1:-benchmarks/results}"
 mkdir -p "$OUT"
 python3 -c "import onnxruntime as o; print('providers:', o.get_available_providers())"
 for model in atat-lsst atat-ztf; do
-  python3 benchmarks/classify_throughput.py --model "$model" --provider cuda \
+  python3 benchmarks/classify_throughput.py --model "$model" --provider cuda --precision fp32 \
     --objects 8000 --batch-size 2048 --out "$OUT/classify_throughput_${model}_cuda.json"
 done
+# the float16 companion (atat-lsst ships one; auto selects it on CUDA)
+python3 benchmarks/classify_throughput.py --model atat-lsst --provider cuda --precision fp16 \
+  --objects 8000 --batch-size 2048 --out "$OUT/classify_throughput_atat-lsst_cuda_fp16.json"
 python3 benchmarks/decode_throughput.py --pool-workers "$(nproc)" \
   --out "$OUT/decode_throughput_cuda_host.json" || echo "decode_throughput: see its --help"

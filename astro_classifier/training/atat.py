@@ -80,7 +80,11 @@ class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def symbolic(g, q, k, v, n_heads: int, scale: float):  # noqa: ANN001
         out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=n_heads, scale_f=scale)
-        out.setType(v.type())  # (B, S, N*Dv)
+        # (B, S, N*Dv): batch and query length are dynamic (S is 1 in an encoder's last
+        # block, where v has T rows: v's full type would tell ONNX Runtime's memory planner
+        # that both have the same size)
+        vt = v.type()
+        out.setType(vt.with_sizes([None, None, vt.varyingSizes()[-1]]))
         return out
 
 
@@ -102,6 +106,8 @@ class Attention(nn.Module):
         """``bias``: (B, 1, 1, T) additive mask, 0 = attend, MASKED_SCORE = ignore;
         ``keep``: the same as (B, T) bool, used by the export form (None: no padding);
         ``n_queries``: attend from the first n tokens only (all T keys stay): (B, n, C)."""
+        if _FUSED_EXPORT:
+            return self.exported(x, keep, n_queries)
         b, t, c = x.shape  # (B, T, C)
         if n_queries is None:
             q, k, v = self.qkv(x).chunk(3, dim=2)
@@ -109,38 +115,54 @@ class Attention(nn.Module):
             weight, bias_qkv = self.qkv.weight, self.qkv.bias
             q = F.linear(x[:, :n_queries], weight[:c], bias_qkv[:c])
             k, v = F.linear(x, weight[c:], bias_qkv[c:]).chunk(2, dim=2)
-        if _FUSED_EXPORT:
-            return self.proj(self.fused(q, k, v, keep))
         q, k, v = (
             z.reshape(b, z.shape[1], self.n_heads, -1).transpose(1, 2) for z in (q, k, v)
         )  # (B, H, T or n, D)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, q.shape[2], c))
 
-    def fused(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None
+    def exported(
+        self, x: torch.Tensor, keep: torch.Tensor | None, n_queries: int | None
     ) -> torch.Tensor:
-        """Export form of the attention. The padding mask rides on one extra query/key
-        dimension per head: q' = [q, 1], k' = [k, MASKED_SCORE / scale if padding else 0],
-        so scale * q'.k' = scale * q.k + (MASKED_SCORE or 0), the additive mask of
-        :meth:`forward` exactly, and the kernel needs no mask input."""
-        if keep is None:
-            return _FusedAttention.apply(q, k, v, self.n_heads, self.scale)
-        b, n, _ = q.shape
-        t = k.shape[1]
+        """Export form of :meth:`forward`, the same result in fewer memory passes:
+
+        - projections over (B*T, C) rows, which export as ``Gemm`` with the bias fused (a 3-D
+          input exports as ``MatMul`` then a separate ``Add``);
+        - q, k and v each from their own rows of the packed weight (the weight slices fold
+          to constants when the session loads), so no split of a packed (B, T, 3C) output;
+        - one attention kernel without a mask input (:class:`_FusedAttention`, flash kernel
+          on the CPU): the padding mask rides on one extra query/key dimension per head,
+          q' = [q, 1] and k' = [k, MASKED_SCORE / scale on padding, else 0], so that
+          scale * q'.k' = scale * q.k + the additive mask of :meth:`forward` exactly. The 1
+          comes out of the query projection itself (a zero weight row and a bias of 1 per
+          head).
+        """
+        b, t, c = x.shape
+        n = t if n_queries is None else n_queries
         h = self.n_heads
-        head = self.qkv.in_features // h
-        q4, k4 = q.reshape(b, n, h, head), k.reshape(b, t, h, head)
-        key_bias = torch.where(keep, 0.0, MASKED_SCORE / self.scale)[:, :, None, None]
-        q_aug = torch.cat([q4, torch.ones_like(q4[..., :1])], dim=3)
-        k_aug = torch.cat([k4, key_bias.expand(-1, -1, h, -1)], dim=3)
-        return _FusedAttention.apply(
-            q_aug.reshape(b, n, h * (head + 1)),
-            k_aug.reshape(b, t, h * (head + 1)),
-            v,
-            h,
-            self.scale,
+        head = c // h
+        weight, bias = self.qkv.weight, self.qkv.bias
+        rows = x.reshape(b * t, c)
+        query_rows = rows if n_queries is None else x[:, :n].reshape(b * n, c)
+        k = F.linear(rows, weight[c : 2 * c], bias[c : 2 * c])
+        v = F.linear(rows, weight[2 * c :], bias[2 * c :])
+        if keep is None:
+            q = F.linear(query_rows, weight[:c], bias[:c])
+        else:
+            wq = torch.cat(
+                [weight[:c].reshape(h, head, c), torch.zeros_like(weight[:h]).reshape(h, 1, c)],
+                dim=1,
+            ).reshape(h * (head + 1), c)
+            bq = torch.cat(
+                [bias[:c].reshape(h, head), torch.ones_like(bias[:h]).reshape(h, 1)], dim=1
+            ).reshape(h * (head + 1))
+            q = F.linear(query_rows, wq, bq)
+            key_bias = torch.where(keep, 0.0, MASKED_SCORE / self.scale).reshape(b * t, 1, 1)
+            k = torch.cat([k.reshape(b * t, h, head), key_bias.expand(-1, h, -1)], dim=2)
+        out = _FusedAttention.apply(
+            q.reshape(b, n, -1), k.reshape(b, t, -1), v.reshape(b, t, c), h, self.scale
         )
+        return self.proj(out.reshape(b * n, c)).reshape(b, n, c)
 
 
 class Block(nn.Module):
@@ -171,6 +193,9 @@ class Block(nn.Module):
         attended = self.attn(self.norm1(x), bias, keep, n_queries)
         x = x if n_queries is None else x[:, :n_queries]
         x = x + self.dropout(attended)
+        if _FUSED_EXPORT:  # over (B*T, C) rows: Gemm with the bias fused (see Attention.exported)
+            b, t, c = x.shape
+            return x + self.mlp(self.norm2(x).reshape(b * t, c)).reshape(b, t, c)
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
