@@ -100,3 +100,18 @@ def test_classify_command_takes_a_precision(shared_data: Path, tmp_path: Path) -
     done = runner.invoke(app, [*args, "--precision", "fp16", "--provider", "cpu", "-o", str(out)])
     assert done.exit_code == 0, done.output
     assert "fp16" in done.output and out.is_file()
+
+
+def test_auto_serves_float32_when_cuda_falls_back_to_the_cpu(monkeypatch) -> None:
+    """CUDA asked for but not created (here: this onnxruntime has no CUDA provider, as on a
+    host without a usable GPU): ONNX Runtime runs on the CPU, and so must the fp32 graph."""
+    from astro_classifier.inference import model as model_module
+
+    monkeypatch.setattr(
+        model_module,
+        "providers_for",
+        lambda provider: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    loaded = LoadedModel.load("atat-lsst", provider="auto")
+    assert loaded.providers[0] == "CPUExecutionProvider"
+    assert loaded.metadata.precision == "fp32" and loaded.path == resolve_model_path("atat-lsst")

@@ -69,12 +69,9 @@ def test_no_alert_lost_or_duplicated_when_a_worker_joins_and_one_leaves(
     # ~12 s of stream at PRODUCE_RATE: still going after the second worker (model load, a
     # decode pool to spawn, a rebalance) has joined, even though one worker keeps up alone
     values = [path.read_bytes() for path in files] * 5
-    # Two members on one host need their own transactional ids (the default is per host).
-    first = workers(
-        config,
-        tmp_path / "worker-a.log",
-        {"ASTROCLF_TRANSACTIONAL_ID": unique_name("astroclf-a")},
-    ).wait_ready()
+    # Default transactional ids: two members of one group on one host claim slots 0 and 1
+    # (with one id they would fence each other, exactly-once).
+    first = workers(config, tmp_path / "worker-a.log", {}).wait_ready()
 
     def produce_spread() -> None:  # over all four partitions, paced
         producer = Producer({"bootstrap.servers": bootstrap})
@@ -90,10 +87,7 @@ def test_no_alert_lost_or_duplicated_when_a_worker_joins_and_one_leaves(
     second = workers(
         config,
         tmp_path / "worker-b.log",
-        {
-            "ASTROCLF_TRANSACTIONAL_ID": unique_name("astroclf-b"),
-            "ASTROCLF_DECODE_WORKERS": "2",
-        },
+        {"ASTROCLF_DECODE_WORKERS": "2"},
     ).wait_ready()
     wait_until(
         lambda: any(e["event"] == "partitions_assigned" for e in second.events()),
@@ -135,6 +129,14 @@ def test_no_alert_lost_or_duplicated_when_a_worker_joins_and_one_leaves(
     revoked = [e for e in first.events() if e["event"] == "partitions_revoked"]
     assert len(revoked) >= 2  # the join, then the shutdown
     assert any(e["event"] == "decode_pool_ready" for e in second.events())
+    if exactly_once:  # the default ids: one slot each on this host
+        ids = [
+            next(e for e in w.events() if e["event"] == "transactions_initialised")[
+                "transactional_id"
+            ]
+            for w in (first, second)
+        ]
+        assert ids[0] != ids[1] and ids[0].endswith("-0") and ids[1].endswith("-1")
 
 
 # -- kill -9 with a decode pool ---------------------------------------------------------------

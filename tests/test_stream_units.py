@@ -905,3 +905,27 @@ def test_exactly_once_never_commits_a_local_produce_failure() -> None:
     assert sorted(x.error_class for x in done.dead_letters) == ["InputError", "MessageTooLarge"]
     committed = [(t, len(v)) for t, v, _ in producer.log[-2:]]
     assert all(t == "dlq" and n < 3000 for t, n in committed)
+
+
+def test_default_transactional_ids_take_one_slot_per_live_worker(tmp_path: Path) -> None:
+    """Two workers of one group on one host get -0 and -1; a slot freed (the process ended)
+    is taken again, so a restarted worker fences its crashed predecessor; an explicit id is
+    used as given."""
+    from astro_classifier.stream.config import claim_transactional_id
+
+    settings = StreamSettings(
+        group_id="g-slots", input_topics=["in"], output_topic="out", dead_letter_topic="dl"
+    )
+    first = claim_transactional_id(settings, tmp_path)
+    second = claim_transactional_id(settings, tmp_path)
+    assert first.transactional_id.endswith("-0") and second.transactional_id.endswith("-1")
+    assert first.transactional_id.startswith(settings.effective_transactional_id())
+    other_group = settings.model_copy(update={"group_id": "g-other"})
+    assert claim_transactional_id(other_group, tmp_path).transactional_id.endswith("-0")
+    first.release()
+    again = claim_transactional_id(settings, tmp_path)
+    assert again.transactional_id == first.transactional_id
+    explicit = settings.model_copy(update={"transactional_id": "mine"})
+    assert claim_transactional_id(explicit, tmp_path).transactional_id == "mine"
+    for claim in (second, again):
+        claim.release()

@@ -338,6 +338,10 @@ def providers_for(provider: Provider) -> list[str]:
     )
 
 
+def _on_cuda(session: Any) -> bool:
+    return session.get_providers()[0] == "CUDAExecutionProvider"
+
+
 class BoundCalls:
     """Session calls through ONNX Runtime's IOBinding with device buffers kept per call shape.
 
@@ -424,16 +428,20 @@ class LoadedModel:
         import onnxruntime as ort
 
         providers = providers_for(provider)
-        path = select_precision(
-            resolve_model_path(model), providers[0] == "CUDAExecutionProvider", precision
-        )
-        metadata = read_metadata(path)
+        main = resolve_model_path(model)
+        path = select_precision(main, providers[0] == "CUDAExecutionProvider", precision)
         if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # find cuDNN/cuBLAS from the nvidia-* wheels, as torch does
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        if path != main and precision == "auto" and not _on_cuda(session):
+            # CUDA asked for but not created (no device, driver too old): ONNX Runtime fell
+            # back to the CPU, where the float32 graph is the one to serve
+            path = main
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        metadata = read_metadata(path)
         expected = ModelInputs.names() + extra_input_names(metadata)
         got = [i.name for i in session.get_inputs()]
         if got != expected:
@@ -455,7 +463,7 @@ class LoadedModel:
                 f"{path}: the metadata asks for the energy OOD score, but the graph has no "
                 f"'logits' output (outputs: {outputs})"
             )
-        on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
+        on_cuda = _on_cuda(session)
         bound = None
         if io_binding or (io_binding is None and on_cuda):
             bound = BoundCalls(session, "cuda" if on_cuda else "cpu")

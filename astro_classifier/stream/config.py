@@ -13,8 +13,10 @@ refused with the closest valid name, except the few that are not settings
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import socket
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -154,6 +156,8 @@ class StreamSettings(BaseSettings):
         )
 
     def effective_transactional_id(self) -> str:
+        """The configured id, or the default prefix; :func:`claim_transactional_id` adds the
+        slot that keeps two workers of one group on one host apart."""
         return self.transactional_id or f"astroclf-{self.group_id}-{socket.gethostname()}"
 
     def librdkafka(self) -> dict[str, str]:
@@ -202,3 +206,61 @@ def check_environment(environ: Mapping[str, str]) -> None:
         problems.append(f"unknown environment variable {name}: {hint}")
     if problems:
         raise ValueError("; ".join(problems))
+
+
+TRANSACTIONAL_ID_LOCKS = Path(tempfile.gettempdir()) / "astroclf-transactional-ids"
+MAX_SLOTS = 256
+
+
+class TransactionalIdClaim:
+    """An exactly-once producer id held by this process (see :func:`claim_transactional_id`);
+    ``release()`` frees its slot (the operating system also frees it when the process dies,
+    kill -9 included)."""
+
+    def __init__(self, transactional_id: str, handle: Any = None) -> None:
+        self.transactional_id = transactional_id
+        self._handle = handle
+
+    def release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()  # closing the file drops its lock
+
+
+def claim_transactional_id(
+    settings: StreamSettings, lock_dir: Path | None = None
+) -> TransactionalIdClaim:
+    """This worker's exactly-once producer id.
+
+    Two producers with one ``transactional.id`` fence each other: the second to start aborts
+    the first one's transactions, and the first stops. A configured ``transactional_id`` is
+    used as given (the operator keeps them unique). The default is
+    ``astroclf-<group>-<host>-<slot>``, where the slot is the lowest number whose lock file
+    (in ``lock_dir``, default: a folder of the system's temporary directory) no other live
+    process holds: several workers of one group on one host get 0, 1, 2, ...; a worker
+    restarted after a crash gets its slot back, so its ``init_transactions`` aborts the
+    transaction the crashed one left open instead of leaving it to time out. In a container
+    each worker sees its own host name and temporary directory: slot 0.
+    """
+    if settings.transactional_id:
+        return TransactionalIdClaim(settings.transactional_id)
+    prefix = settings.effective_transactional_id()
+    try:
+        import fcntl
+    except ImportError:  # no POSIX file locks: one worker per host and group
+        return TransactionalIdClaim(f"{prefix}-0")
+    folder = lock_dir or TRANSACTIONAL_ID_LOCKS
+    folder.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha1(prefix.encode()).hexdigest()[:16]
+    for slot in range(MAX_SLOTS):
+        handle = open(folder / f"{key}-{slot}.lock", "a")  # noqa: SIM115 (held for the process)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        return TransactionalIdClaim(f"{prefix}-{slot}", handle)
+    raise RuntimeError(
+        f"{MAX_SLOTS} workers of group {settings.group_id!r} already run on this host "
+        f"(locks in {folder}); set transactional_id explicitly"
+    )

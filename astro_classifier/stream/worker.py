@@ -60,7 +60,11 @@ from astro_classifier.stream.batch import (
     Output,
 )
 from astro_classifier.stream.codecs import schema_source
-from astro_classifier.stream.config import StreamSettings
+from astro_classifier.stream.config import (
+    StreamSettings,
+    TransactionalIdClaim,
+    claim_transactional_id,
+)
 from astro_classifier.stream.delivery import (
     AtLeastOnceDelivery,
     Backoff,
@@ -133,6 +137,7 @@ class StreamWorker:
         self._last_answer = time.monotonic()  # last fetch or metadata answer from the brokers
         self._consumer: Any = None
         self._producer: Any = None
+        self._transactional_id: TransactionalIdClaim | None = None  # exactly-once only
         self._delivery: Delivery | None = None
         self._processor: BatchProcessor | None = None
         self._last_progress_log = time.monotonic()
@@ -201,6 +206,8 @@ class StreamWorker:
             self._set_not_ready("stopped", "the worker is stopping")
             self.health.stop()
             self._release_kafka(clean=code == 0)
+            if self._transactional_id is not None:  # after the producer is closed
+                self._transactional_id.release()
             if self._processor is not None:
                 self._processor.close()
             if self.metrics_server is not None:
@@ -283,6 +290,8 @@ class StreamWorker:
             return 1
 
         self._set_not_ready("starting", "connecting to Kafka")
+        if self.exactly_once:
+            self._transactional_id = claim_transactional_id(settings)
         self._producer = self._make_producer()
         self._consumer = self._make_consumer()
         self._check_kafka()
@@ -292,7 +301,7 @@ class StreamWorker:
             log_event(
                 logging.INFO,
                 "transactions_initialised",
-                transactional_id=settings.effective_transactional_id(),
+                transactional_id=self._transactional_id.transactional_id,
             )
         self._delivery = self._make_delivery()
         self._consumer.subscribe(
@@ -421,7 +430,7 @@ class StreamWorker:
         conf.update(settings.librdkafka())
         conf.update(self._common_conf())
         if self.exactly_once:
-            conf["transactional.id"] = settings.effective_transactional_id()
+            conf["transactional.id"] = self._transactional_id.transactional_id
         return Producer(conf)
 
     def _make_consumer(self) -> Any:
