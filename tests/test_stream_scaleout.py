@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kafka_broker import require_stream_extra, transaction_outcomes, unique_name
+from tests.kafka_broker import require_stream_extra, transaction_outcomes
 from tests.test_stream_worker import (
     PRODUCE_RATE,
     SIGTERM_LIMIT_S,
