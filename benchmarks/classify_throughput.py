@@ -86,6 +86,14 @@ def main() -> None:
         help="auto: the fp16 companion on CUDA when the model has one",
     )
     parser.add_argument("--objects", type=int, default=2000, help="PLAsTiCC objects to classify")
+    parser.add_argument(
+        "--data",
+        default="plasticc",
+        choices=["plasticc", "ztf-alerts"],
+        help="plasticc: training-set light curves at their real lengths; ztf-alerts: the "
+        "light curves of every real ZTF alert packet in the shared data (what the ZTF worker "
+        "classifies), repeated to --objects",
+    )
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
@@ -108,13 +116,20 @@ def main() -> None:
     from astro_classifier.inference.classify import bucketed_inputs, classify
     from astro_classifier.inference.model import LoadedModel
 
-    plasticc = shared_data() / "lightcurves" / "plasticc"
-    batch = read_plasticc(
-        plasticc / "plasticc_train_lightcurves.csv.gz", plasticc / "plasticc_train_metadata.csv.gz"
-    )
-    # a random sample: the file is ordered, deep-drilling objects (352 points) first
-    pick = np.random.default_rng(0).permutation(len(batch))[: args.objects]
-    batch = batch.select(np.sort(pick))
+    if args.data == "plasticc":
+        plasticc = shared_data() / "lightcurves" / "plasticc"
+        batch = read_plasticc(
+            plasticc / "plasticc_train_lightcurves.csv.gz",
+            plasticc / "plasticc_train_metadata.csv.gz",
+        )
+        # a random sample: the file is ordered, deep-drilling objects (352 points) first
+        pick = np.random.default_rng(0).permutation(len(batch))[: args.objects]
+        batch = batch.select(np.sort(pick))
+    else:
+        from astro_classifier.data.readers import read_light_curves
+
+        alerts = read_light_curves(sorted((shared_data() / "alerts" / "ztf").rglob("*.avro")))
+        batch = alerts.select(np.arange(args.objects) % len(alerts))
     model = LoadedModel.load(args.model, provider=args.provider, precision=args.precision)
     meta, spec = model.metadata, model.metadata.preprocessing
     n = len(batch)
@@ -124,6 +139,7 @@ def main() -> None:
         "precision": model.metadata.precision,
         "providers": model.providers,
         "objects": n,
+        "data": args.data,
         "batch_size": args.batch_size,
         "machine": {
             "platform": platform.platform(),
@@ -133,7 +149,8 @@ def main() -> None:
         "versions": versions(),
     }
     print(
-        f"{n} PLAsTiCC objects, mean {batch.lengths.mean():.0f} points; model {meta.name}; {model.providers}"
+        f"{n} objects ({args.data}), mean {batch.lengths.mean():.0f} points; model {meta.name}; "
+        f"{model.providers}"
     )
 
     # 1. features
@@ -250,7 +267,11 @@ def main() -> None:
 
     out = (
         args.out
-        or ROOT / "benchmarks" / "results" / f"classify_throughput_{meta.name}_{args.provider}.json"
+        or ROOT
+        / "benchmarks"
+        / "results"
+        / f"classify_throughput_{meta.name}_{args.provider}"
+        f"{'' if args.data == 'plasticc' else '_' + args.data}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
