@@ -242,9 +242,7 @@ def main() -> None:
     elif torch is not None:
         from astro_classifier.training.registry import create_model
 
-        cfg = dict(meta.architecture_config)
-        sizes = {k: cfg.pop(k) for k in ("n_classes", "n_bands", "n_features")}
-        net = create_model(meta.architecture, **sizes, **cfg).eval()
+        net = create_model(meta.architecture, **meta.architecture_config).eval()
         device = torch.device("cuda" if args.provider == "cuda" else "cpu")
         net.to(device)
         feeds = [{k: torch.from_numpy(v) for k, v in x.as_dict().items()} for x in calls]

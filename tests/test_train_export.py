@@ -341,11 +341,9 @@ def test_warm_start_reads_every_served_weight_from_the_graph(exported, run) -> N
 
     trained, _ = load_checkpoint(run[0])
     meta = read_metadata(exported[0])
-    config = dict(meta.architecture_config)
-    sizes = {k: config.pop(k) for k in ("n_classes", "n_bands", "n_features")}
     from astro_classifier.training.registry import create_model
 
-    fresh_model = create_model(meta.architecture, **sizes, **config)
+    fresh_model = create_model(meta.architecture, **meta.architecture_config)
     fresh = load_onnx_weights(fresh_model, exported[0])
     assert fresh and all(k.startswith(("lc_head.", "tab_head.")) for k in fresh)
     want = trained.state_dict()

@@ -318,6 +318,15 @@ def trace_to_onnx(
         return onnx.load(str(tmp_path))
 
 
+def atat_graph_axes() -> tuple[list[str], dict[str, dict[int, str]]]:
+    """Input names of an ATAT graph and its dynamic axes: batch everywhere, length on the
+    per-point inputs."""
+    names = ModelInputs.names()
+    dynamic = {n: {0: "batch", 1: "length"} for n in names if n != "tabular"}
+    dynamic |= {"tabular": {0: "batch"}} | {n: {0: "batch"} for n in OUTPUT_NAMES}
+    return names, dynamic
+
+
 def to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The ATAT graph (traced with decomposed attention) in float16, inputs and outputs
     float32; the feature tokenizer and the calibration stay float32."""
@@ -359,9 +368,7 @@ def export_run(
     model = CalibratedModel(model, calibration.temperature).eval()
     inputs = validation_inputs(run_dir, ckpt, spec, parity_objects)
     example = inputs[0].take(np.arange(min(2, len(inputs[0]))))
-    names = ModelInputs.names()
-    dynamic = {n: {0: "batch", 1: "length"} for n in names if n != "tabular"}
-    dynamic |= {"tabular": {0: "batch"}} | {n: {0: "batch"} for n in OUTPUT_NAMES}
+    names, dynamic = atat_graph_axes()
     # fp32: ONNX Runtime's fused attention kernel; fp16 keeps the decomposed ops, which the
     # float16 converter knows.
     proto = trace_to_onnx(

@@ -30,6 +30,7 @@ from astro_classifier.export.onnx_export import (
     CalibratedModel,
     ParityError,
     ParityReport,
+    atat_graph_axes,
     check_parity,
     to_float16,
     trace_to_onnx,
@@ -58,18 +59,14 @@ def reexport_onnx(
         raise ValueError(f"{src}: a {meta.precision} model; re-export its fp32 file")
     if not inputs:
         raise ValueError("no light curves for the parity check")
-    config = dict(meta.architecture_config)
-    sizes = {k: config.pop(k) for k in ("n_classes", "n_bands", "n_features")}
-    model = create_model(meta.architecture, **sizes, **config).eval()
+    model = create_model(meta.architecture, **meta.architecture_config).eval()
     fresh = [k for k in load_onnx_weights(model, src) if not k.startswith(UNUSED_HEADS)]
     if fresh:
         raise ParityError(f"{src}: weights not found in the graph: {fresh}; {out} not written")
     temperature = meta.calibration.temperature if meta.calibration else 1.0
     calibrated = CalibratedModel(model, temperature).eval()
 
-    names = ModelInputs.names()
-    dynamic = {n: {0: "batch", 1: "length"} for n in names if n != "tabular"}
-    dynamic |= {"tabular": {0: "batch"}} | {n: {0: "batch"} for n in OUTPUT_NAMES}
+    names, dynamic = atat_graph_axes()
     example = inputs[0].take(np.arange(min(2, len(inputs[0]))))
     # float16: the decomposed attention, which the float16 converter knows
     proto = trace_to_onnx(
