@@ -375,11 +375,16 @@ def test_reexport_from_the_onnx_file_keeps_outputs_and_metadata(exported, run, t
         )
 
 
-def test_reexport_refuses_without_data_and_for_other_families(exported, tmp_path) -> None:
+def test_reexport_refuses_without_data_and_from_a_float16_file(exported, tmp_path) -> None:
+    from astro_classifier.errors import ModelError
     from astro_classifier.export.reexport import reexport_onnx
+    from astro_classifier.inference.model import fp16_companion, resolve_model_path
 
-    with pytest.raises(ValueError, match="no light curves"):
+    with pytest.raises(ModelError, match="no light curves"):
         reexport_onnx(exported[0], tmp_path / "x.onnx", [])
+    half = fp16_companion(resolve_model_path("atat-lsst"))
+    with pytest.raises(ModelError, match="fp16 model; re-export its fp32 file"):
+        reexport_onnx(half, tmp_path / "x.onnx", [])
     assert not (tmp_path / "x.onnx").exists()
 
 

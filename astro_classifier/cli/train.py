@@ -95,7 +95,7 @@ def export_command(
                 "re-exporting an .onnx file needs --parity-data (light-curve files)",
                 param_hint="--parity-data",
             )
-        with user_errors(ParityError, ValueError):
+        with user_errors(ParityError):
             inputs = parity_inputs(source, list(parity_data), parity_objects, parity_metadata)
             report = reexport_onnx(source, output, inputs, fp16=fp16)
     else:

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from astro_classifier import __version__
+from astro_classifier.errors import ModelError
 from astro_classifier.export.onnx_export import (
     FP16_MIN_TOP_AGREEMENT,
     FP16_TOLERANCE,
@@ -56,9 +57,9 @@ def reexport_onnx(
     tolerances (|dp| <= 2e-2, the same top class for >= 99 % of the objects)."""
     meta = read_metadata(src)
     if meta.precision != "fp32":
-        raise ValueError(f"{src}: a {meta.precision} model; re-export its fp32 file")
+        raise ModelError(f"{src}: a {meta.precision} model; re-export its fp32 file")
     if not inputs:
-        raise ValueError("no light curves for the parity check")
+        raise ModelError(f"{src}: no light curves for the parity check")
     model = create_model(meta.architecture, **meta.architecture_config).eval()
     fresh = [k for k in load_onnx_weights(model, src) if not k.startswith(UNUSED_HEADS)]
     if fresh:

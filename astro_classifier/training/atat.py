@@ -67,7 +67,7 @@ class _FusedAttention(torch.autograd.Function):
     ``com.microsoft.MultiHeadAttention`` with no mask input, which ONNX Runtime's CPU
     provider runs with its flash-attention kernel (given a key-padding mask input it falls
     back to a kernel ~1.7x slower). Padding is masked through the keys instead, see
-    :meth:`Attention.fused`.
+    :meth:`Attention.exported`.
     """
 
     @staticmethod
@@ -221,7 +221,7 @@ class Encoder(nn.Module):
             # (B, H, T, T) score matrix, which took a quarter of ONNX Runtime's CPU time.
             # (Where on constants rather than a Cast: Cast targets survive fp16 conversion badly.)
             bias = torch.where(keep, 0.0, MASKED_SCORE)[:, None, None, :]
-            key_mask = keep  # the export form masks through the keys (Attention.fused)
+            key_mask = keep  # the export form masks through the keys (Attention.exported)
         # Only the CLS row of the last block is ever read: that block attends from CLS alone
         # (its keys and values still come from every row), which skips the rest of its
         # query projection, attention rows and MLP: the same output, a third less work
