@@ -337,12 +337,11 @@ def test_tiny_model_classifies_with_scores_and_abstains(exported, run) -> None:
 def test_warm_start_reads_every_served_weight_from_the_graph(exported, run) -> None:
     """An exported file alone gives back the network's weights (the calibration wrapper's
     prefix and temperature aside): all but the two heads serving never computes."""
+    from astro_classifier.training.registry import create_model
     from astro_classifier.training.warm_start import load_onnx_weights
 
     trained, _ = load_checkpoint(run[0])
     meta = read_metadata(exported[0])
-    from astro_classifier.training.registry import create_model
-
     fresh_model = create_model(meta.architecture, **meta.architecture_config)
     fresh = load_onnx_weights(fresh_model, exported[0])
     assert fresh and all(k.startswith(("lc_head.", "tab_head.")) for k in fresh)
@@ -352,24 +351,31 @@ def test_warm_start_reads_every_served_weight_from_the_graph(exported, run) -> N
             torch.testing.assert_close(value, want[key], atol=0, rtol=0, msg=key)
 
 
-def test_reexport_from_the_onnx_file_keeps_outputs_and_metadata(exported, run, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def parity_inputs(exported, run) -> list[ModelInputs]:
+    """The run's validation light curves in serving buckets (the re-export's parity data)."""
+    from astro_classifier.export.onnx_export import validation_inputs
+
+    ckpt = load_checkpoint(run[0])[1]
+    return validation_inputs(run[0], ckpt, read_metadata(exported[0]).preprocessing, 512)
+
+
+def test_reexport_from_the_onnx_file_keeps_outputs_and_metadata(
+    exported, parity_inputs, tmp_path
+) -> None:
     """`astroclf export MODEL.onnx` traces the file's weights again in the current graph
     form; the written file matches the old one on real light curves and carries its metadata."""
     from astro_classifier.export.reexport import reexport_onnx
 
-    calls, _ = validation_calls(
-        run[0], load_checkpoint(run[0])[1], read_metadata(exported[0]).preprocessing
-    )
-    inputs = [x for _, x in calls]
     out = tmp_path / "again.onnx"
-    report = reexport_onnx(exported[0], out, inputs)
+    report = reexport_onnx(exported[0], out, parity_inputs)
     assert report.ok and report.top_class_agreement == 1.0
     assert report.previous_graph_max_diff is not None and report.previous_graph_max_diff <= 1e-5
     old, new = read_metadata(exported[0]), read_metadata(out)
     assert new.labels == old.labels and new.calibration == old.calibration and new.ood == old.ood
     assert new.preprocessing == old.preprocessing and new.name == old.name
     a, b = LoadedModel.load(exported[0]), LoadedModel.load(out)
-    for x in inputs:
+    for x in parity_inputs:
         np.testing.assert_allclose(
             b.predict(x).probabilities, a.predict(x).probabilities, atol=1e-5, rtol=0
         )
@@ -420,19 +426,16 @@ def test_export_command_reexports_a_shipped_model(shared_data: Path, tmp_path: P
     assert read_metadata(out).labels == read_metadata(src).labels
 
 
-def test_reexport_writes_a_float16_companion(exported, run, tmp_path) -> None:
+def test_reexport_writes_a_float16_companion(exported, parity_inputs, tmp_path) -> None:
     """--fp16 on an .onnx file: float16 weights, precision fp16 in the metadata, parity within
     the float16 budget, and serving picks it up as the companion under fp16/."""
     from astro_classifier.export.reexport import reexport_onnx
     from astro_classifier.inference.model import select_precision
 
-    calls, _ = validation_calls(
-        run[0], load_checkpoint(run[0])[1], read_metadata(exported[0]).preprocessing
-    )
     main = tmp_path / "atat-tiny.onnx"
     main.write_bytes(exported[0].read_bytes())
     half = tmp_path / "fp16" / "atat-tiny.onnx"
-    report = reexport_onnx(main, half, [x for _, x in calls], fp16=True)
+    report = reexport_onnx(main, half, parity_inputs, fp16=True)
     assert report.max_abs_diff <= 2e-2 and read_metadata(half).precision == "fp16"
     assert onnx.TensorProto.FLOAT16 in {i.data_type for i in onnx.load(str(half)).graph.initializer}
     assert select_precision(main, on_cuda=True) == half
