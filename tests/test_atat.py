@@ -239,3 +239,74 @@ def test_last_block_from_cls_alone_equals_every_row(n_features: int) -> None:
                 atol=1e-5,
                 rtol=0,
             )
+
+
+@pytest.mark.parametrize("n_features", [N_FEATURES, 0])
+def test_export_forms_equal_the_training_forms(n_features: int) -> None:
+    """Inside fused_attention_export the model runs its export forms (rows as Gemm, the
+    last block scored in the input space, the folded feature tokenizer): same outputs."""
+    from astro_classifier.training.atat import fused_attention_export
+
+    model = _tiny(n_features)
+    if n_features:
+        g = torch.Generator().manual_seed(3)
+        model.tab_tokens.fit_quantiles(torch.randn(200, n_features, generator=g).round())
+    inputs = _inputs(batch=6, length=11, n_features=n_features)
+    with torch.no_grad():
+        expected = model.forward_logits(**inputs)
+        with fused_attention_export():
+            exported = model.forward_logits(**inputs)
+    for head in expected:
+        torch.testing.assert_close(exported[head], expected[head], atol=2e-5, rtol=0)
+
+
+def test_last_block_export_form_for_several_queries() -> None:
+    """The input-space scoring of a last block holds for any number of query rows."""
+    from astro_classifier.training.atat import MASKED_SCORE
+
+    attn = _tiny().lc_encoder.blocks[0].attn
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 8, attn.proj.in_features, generator=g)
+    keep = torch.ones(5, 8, dtype=torch.bool)
+    keep[1:, 5:] = False
+    bias = torch.where(keep, 0.0, MASKED_SCORE)[:, None, None, :]
+    with torch.no_grad():
+        for n in (1, 3):
+            torch.testing.assert_close(
+                attn.exported_few_queries(x, keep, n), attn(x, bias, n_queries=n), atol=1e-5, rtol=0
+            )
+            torch.testing.assert_close(
+                attn.exported_few_queries(x, None, n), attn(x, None, n_queries=n), atol=1e-5, rtol=0
+            )
+
+
+def test_feature_tokenizer_export_form_on_ties_edges_and_infinities() -> None:
+    """The folded tokenizer (start, slope, clip) gives the training form's steps exactly
+    where it matters: at tied quantiles (0 up to the tie threshold, 1 above), at the table
+    edges, beyond them, at +-inf, and for a subnormal segment width."""
+    from astro_classifier.training.atat import TIE_TOLERANCE, QuantileFeatureTokens
+
+    q = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 1.0, 2.0, 2.0, 3.0, 1e8],
+            [-5.0, -1.0, -1.0, -1.0, 0.5, 0.5, 0.5, 0.5],
+            [0.0, 1e-40, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        ]
+    )
+    lo, hi = q[:, :-1], q[:, 1:]
+    width = hi - lo
+    tie_threshold = 2.0 + TIE_TOLERANCE * 2.0
+    probes = [
+        0.0,
+        1e-30,
+        2.0,
+        tie_threshold,
+        torch.nextafter(torch.tensor(tie_threshold), torch.tensor(9.0)).item(),
+    ]
+    probes += [-1.0, -1.0 + 1e-6, 0.5, 0.5000001, 1e8, 2e8, -1e9, 1.5, float("inf"), float("-inf")]
+    v = torch.tensor(probes).reshape(-1, 1, 1).expand(-1, 3, 1)
+    training = QuantileFeatureTokens._steps(v, lo, hi, width)
+    exported = QuantileFeatureTokens._exported_steps(v, lo, hi, width)
+    torch.testing.assert_close(exported, training, atol=1e-6, rtol=0)
+    # the tie at 2.0 steps exactly at its threshold
+    assert training[3, 0, 4] == 0 and training[4, 0, 4] == 1

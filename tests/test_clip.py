@@ -443,9 +443,16 @@ def test_a_pretraining_run_exports_an_embedding_only_model(pretrained, finetuned
 
 def test_clip_towers_export_the_fused_attention_kernel(exported) -> None:
     """The light-curve and metadata transformers' attention is ONNX Runtime's fused
-    MultiHeadAttention, one node per layer (parity is checked by the export itself)."""
+    MultiHeadAttention, one node per layer but the last, whose CLS query scores in the
+    input space (one small Softmax each); parity is checked by the export itself."""
     import onnx
 
-    ops = [n.op_type for n in onnx.load(str(exported[0])).graph.node]
+    nodes = onnx.load(str(exported[0])).graph.node
     cfg = read_metadata(exported[0]).architecture_config
-    assert ops.count("MultiHeadAttention") == cfg["lc_layers"] + cfg["tab_layers"]
+    ops = [n.op_type for n in nodes]
+    assert ops.count("MultiHeadAttention") == cfg["lc_layers"] + cfg["tab_layers"] - 2
+    attention_softmax = [n.name for n in nodes if n.op_type == "Softmax" and "/attn/" in n.name]
+    assert sorted(attention_softmax) == [
+        f"/lc_encoder/blocks.{cfg['lc_layers'] - 1}/attn/Softmax",
+        f"/tab_encoder/blocks.{cfg['tab_layers'] - 1}/attn/Softmax",
+    ]

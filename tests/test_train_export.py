@@ -156,11 +156,20 @@ def test_exported_model_passes_the_onnx_checker(exported) -> None:
 
 
 def test_fp32_graph_uses_the_fused_attention_kernel(exported, run, tmp_path: Path) -> None:
-    """Each encoder layer's attention is one MultiHeadAttention node (no
-    (B, H, T, T) Softmax left there); the fp16 graph keeps the decomposed ops."""
-    ops = [n.op_type for n in onnx.load(str(exported[0])).graph.node]
+    """Each encoder layer's attention but the last is one MultiHeadAttention node; the
+    last layer (CLS query alone) scores in the input space: one Softmax over (B, T, H) per
+    encoder, no (B, H, T, T) one anywhere. The fp16 graph keeps the decomposed ops."""
+    graph = onnx.load(str(exported[0])).graph
+    ops = [n.op_type for n in graph.node]
     layers = read_metadata(exported[0]).architecture_config
-    assert ops.count("MultiHeadAttention") == layers["lc_layers"] + layers["tab_layers"]
+    assert ops.count("MultiHeadAttention") == layers["lc_layers"] + layers["tab_layers"] - 2
+    softmax = [n.name for n in graph.node if n.op_type == "Softmax"]
+    last = {
+        f"/{enc}/blocks.{layers[key] - 1}/attn/Softmax"
+        for enc, key in (("lc_encoder", "lc_layers"), ("tab_encoder", "tab_layers"))
+    }
+    assert last <= set(softmax)
+    assert len(softmax) == 3  # the two last layers and the calibrated output
     fp16 = tmp_path / "fp16.onnx"
     export_run(run[0], fp16, fp16=True)
     assert "MultiHeadAttention" not in [n.op_type for n in onnx.load(str(fp16)).graph.node]

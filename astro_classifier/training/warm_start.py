@@ -7,9 +7,9 @@ graph still holds every weight the classifier uses, under one of three guises:
 - linear-layer weights folded into a ``MatMul`` as the transposed matrix, under a generated
   name (``onnx::MatMul_806``), found through the node's scoped name
   (``/lc_encoder/blocks.0/attn/qkv/MatMul`` -> ``lc_encoder.blocks.0.attn.qkv.weight``);
-- the quantile tables of the feature tokenizer, constant-folded into the ``Sub`` (lower
-  edges) and the ``Abs`` of the tie tolerance (upper edges; ``Greater`` in graphs exported
-  before it) of its piecewise-linear CDF.
+- the quantile tables of the feature tokenizer, constant-folded into its piecewise-linear
+  CDF: the upper edges are what the ``Abs`` of the tie tolerance reads (``Greater`` in
+  graphs exported before it), the lower edges the folded table whose columns continue them.
 
 What the graph does not hold (the light-curve-only and tabular-only heads, which serving
 does not use) keeps its fresh initialisation. :func:`atat_state_from_onnx` returns the
@@ -43,7 +43,8 @@ def atat_state_from_onnx(path: str | Path) -> tuple[dict[str, Any], dict[str, to
     for name, value in arrays.items():
         if not name.startswith("onnx::"):
             state[name] = torch.from_numpy(np.array(value))
-    lower = upper = None
+    upper = None
+    tokenizer_tables = []  # the constants folded into the feature tokenizer
     for node in proto.graph.node:
         scope = node.name.strip("/").split("/")
         generated = [i for i in node.input if i.startswith("onnx::") and i in arrays]
@@ -54,12 +55,25 @@ def atat_state_from_onnx(path: str | Path) -> tuple[dict[str, Any], dict[str, to
             state[f"{module}.weight"] = torch.from_numpy(
                 np.ascontiguousarray(arrays[generated[0]].T)
             )
-        elif node.op_type == "Sub" and scope[0] == "tab_tokens":
-            lower = arrays[generated[0]]
-        elif node.op_type in ("Greater", "Abs") and scope[0] == "tab_tokens":
-            # upper edges: compared directly (earlier graphs), or first through the tie
-            # tolerance, hi + TIE_TOLERANCE * |hi|, whose Abs reads them
-            upper = arrays[generated[0]]
+        elif scope[0] == "tab_tokens":
+            if node.op_type in ("Greater", "Abs"):
+                # upper edges: compared directly (earlier graphs), or first through the tie
+                # tolerance, hi + TIE_TOLERANCE * |hi|, whose Abs reads them
+                upper = arrays[generated[0]]
+            tokenizer_tables += [arrays[name] for name in generated]
+    # lower edges: the folded table whose columns continue the upper edges (lo[j+1] = hi[j]),
+    # read by a Sub (earlier graphs) or by the Where that swaps ties for their thresholds
+    lower = None
+    if upper is not None:
+        lower = next(
+            (
+                table
+                for table in tokenizer_tables
+                if table.shape == upper.shape
+                and np.array_equal(table[:, 1:], upper[:, :-1], equal_nan=True)
+            ),
+            None,
+        )
     # Exported graphs wrap the network in the calibration module (CalibratedModel): its
     # parameters sit under "model.", next to the temperature, which is not a weight.
     state = {
