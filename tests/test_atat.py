@@ -244,7 +244,8 @@ def test_last_block_from_cls_alone_equals_every_row(n_features: int) -> None:
 @pytest.mark.parametrize("n_features", [N_FEATURES, 0])
 def test_export_forms_equal_the_training_forms(n_features: int) -> None:
     """Inside fused_attention_export the model runs its export forms (rows as Gemm, the
-    last block scored in the input space, the folded feature tokenizer): same outputs."""
+    last block scored in the input space, the folded feature tokenizer, the missing token
+    by arithmetic): same outputs."""
     from astro_classifier.training.atat import fused_attention_export
 
     model = _tiny(n_features)
@@ -252,6 +253,9 @@ def test_export_forms_equal_the_training_forms(n_features: int) -> None:
         g = torch.Generator().manual_seed(3)
         model.tab_tokens.fit_quantiles(torch.randn(200, n_features, generator=g).round())
     inputs = _inputs(batch=6, length=11, n_features=n_features)
+    if n_features:  # missing features take the missing token in both forms
+        inputs["tabular"][0, 2] = float("nan")
+        inputs["tabular"][1] = float("nan")
     with torch.no_grad():
         expected = model.forward_logits(**inputs)
         with fused_attention_export():
