@@ -128,8 +128,8 @@ class Attention(nn.Module):
 
         - projections over (B*T, C) rows, which export as ``Gemm`` with the bias fused (a 3-D
           input exports as ``MatMul`` then a separate ``Add``);
-        - q, k and v each from their own rows of the packed weight (the weight slices fold
-          to constants when the session loads), so no split of a packed (B, T, 3C) output;
+        - q, k and v each from their own rows of the packed weight (slices of a 192 x 64
+          matrix per call, microseconds), so no split of a packed (B, T, 3C) output;
         - one attention kernel without a mask input (:class:`_FusedAttention`, flash kernel
           on the CPU): the padding mask rides on one extra query/key dimension per head,
           q' = [q, 1] and k' = [k, MASKED_SCORE / scale on padding, else 0], so that
@@ -292,6 +292,8 @@ class TimeModulatedTokens(nn.Module):
     def forward(
         self, flux: torch.Tensor, flux_err: torch.Tensor, time: torch.Tensor, band: torch.Tensor
     ) -> torch.Tensor:
+        if _FUSED_EXPORT:
+            return self.exported(flux, flux_err, time, band)
         b, length = flux.shape
         onehot = torch.where(band.unsqueeze(-1) == self.band_ids, 1.0, 0.0)  # (B, L, NB)
         values = torch.stack([flux, flux_err], dim=-1)  # (B, L, 2)
@@ -303,6 +305,49 @@ class TimeModulatedTokens(nn.Module):
             b, length, -1
         )  # (B, L, NB*2M)
         return x * (1.0 + self.gamma(per_band)) + self.beta(per_band)
+
+    def exported(
+        self, flux: torch.Tensor, flux_err: torch.Tensor, time: torch.Tensor, band: torch.Tensor
+    ) -> torch.Tensor:
+        """Export form of :meth:`forward`, the same tokens: the points of each band are
+        gathered (``NonZero`` + ``Gather``) and multiplied by that band's weights alone, then
+        scattered back to their places. The one-hot form multiplies every point by every
+        band's Fourier weights (n_bands x the work: 192 x 128 multiply-adds per point for six
+        bands, more than an attention block's projections).
+
+        Weight slices take their bounds from a tensor's shape (``unit`` = 1): the exporter
+        would fold constant slices of parameters into unnamed per-band copies, and the file
+        keeps each weight whole under its own name instead, which warm starts read."""
+        b, length = flux.shape
+        d = self.gamma.weight.shape[0]
+        # (N, 4) rows: flux, flux_err, 1 (for the band's offset), time
+        points = torch.stack([flux, flux_err, torch.ones_like(flux), time], dim=-1).reshape(-1, 4)
+        unit = points.shape[1] // 4
+        m2 = 2 * self.freqs.shape[0] * unit  # Fourier terms per band: sin and cos
+        bands = band.reshape(-1)
+        order, tokens = [], []
+        for k in range(self.n_bands):
+            rows = torch.nonzero(bands == k).squeeze(1)
+            p = points[rows]  # (K, 4)
+            w_value = torch.cat(
+                [
+                    self.value.weight[:, 2 * k * unit : 2 * (k + 1) * unit],
+                    self.value_bias.weight[:, k * unit : (k + 1) * unit],
+                ],
+                dim=1,
+            )
+            x = F.linear(p[:, :3], w_value, self.value.bias)
+            phase = p[:, 3:] * self.freqs
+            basis = torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1)  # (K, 2M)
+            columns = slice(k * m2, (k + 1) * m2)
+            gamma = F.linear(basis, self.gamma.weight[:, columns], torch.ones_like(self.value.bias))
+            beta = F.linear(basis, self.beta.weight[:, columns])
+            order.append(rows)
+            tokens.append(x * gamma + beta)
+        # every point belongs to one band (the model's bands are checked before the call)
+        out = torch.zeros(b * length, d, dtype=flux.dtype)
+        out = out.index_put((torch.cat(order),), torch.cat(tokens))
+        return out.reshape(b, length, d)
 
 
 TIE_TOLERANCE = 1e-5  # relative margin above a tied quantile before its step counts

@@ -79,6 +79,10 @@ def atat_state_from_onnx(path: str | Path) -> tuple[dict[str, Any], dict[str, to
     state = {
         key.removeprefix("model."): value for key, value in state.items() if key != "temperature"
     }
+    # The band ids are a constant of the architecture (0 .. n_bands - 1), which graphs whose
+    # light-curve tokens gather the points of each band do not hold.
+    if "lc_tokens.band_ids" not in state:
+        state["lc_tokens.band_ids"] = torch.arange(int(meta.architecture_config["n_bands"]))
     if lower is not None and upper is not None:
         state["tab_tokens.quantiles"] = torch.from_numpy(
             np.concatenate([np.asarray(lower), np.asarray(upper)[:, -1:]], axis=1).astype(
