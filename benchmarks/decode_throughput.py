@@ -10,8 +10,10 @@ alternating rounds on the same messages (best round of ``--rounds`` each):
 3. astroclf, schema cached + projected records (``decode_ztf_avro_bytes``: what the readers
    use);
 4. astroclf decode + ``ztf_records_to_batch``: bytes to a light-curve batch (no cleaning);
-5. astroclf ``decode_message``: bytes to cleaned light curves, in this process;
-6. the same through the decode pool (``DecodePool``, ``--pool-workers`` processes).
+5. astroclf ``decode_message``: bytes to cleaned light curves, in this process, per message;
+6. astroclf ``decode_messages`` on micro-batches of ``--batch-size`` messages (what the worker
+   calls): records of the whole micro-batch converted to light curves in one pass;
+7. the same through the decode pool (``DecodePool``, ``--pool-workers`` processes).
 
 Rates are messages per second of wall time; "per core" divides by the processes used.
 
@@ -54,6 +56,9 @@ def main() -> None:
     )
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--batch-size", type=int, default=500, help="messages per worker micro-batch (as stream)"
+    )
     parser.add_argument("--pool-workers", type=int, default=2)
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks/results/decode_throughput.json"
@@ -71,7 +76,7 @@ def main() -> None:
         decode_ztf_avro_bytes,
         ztf_records_to_batch,
     )
-    from astro_classifier.data.readers import decode_message
+    from astro_classifier.data.readers import decode_message, decode_messages
     from astro_classifier.stream.decoding import DecodePool
 
     files = sorted((shared_data() / "alerts/ztf").rglob("*.avro"))
@@ -106,9 +111,14 @@ def main() -> None:
         for v, source in items:
             decode_message(v, "ztf-avro", None, source)
 
+    def micro_batches() -> None:
+        for start in range(0, len(items), args.batch_size):
+            decode_messages(items[start : start + args.batch_size], "ztf-avro", None)
+
     def pooled() -> None:
-        results = pool.decode(items)
-        assert len(results) == len(items)
+        for start in range(0, len(items), args.batch_size):
+            results = pool.decode(items[start : start + args.batch_size])
+            assert len(results) == len(items[start : start + args.batch_size])
 
     methods: dict[str, tuple[Callable[[], None], int]] = {
         "fastavro.reader, full records": (plain, 1),
@@ -116,7 +126,8 @@ def main() -> None:
         "astroclf, schema cached + projected records": (cached_projected, 1),
         "astroclf decode + ztf_records_to_batch, 1 process": (to_batch, 1),
         "astroclf decode_message (to light curves), 1 process": (to_light_curves, 1),
-        f"astroclf decode_message, pool of {args.pool_workers}": (pooled, args.pool_workers),
+        "astroclf decode_messages (micro-batches), 1 process": (micro_batches, 1),
+        f"astroclf decode_messages, pool of {args.pool_workers}": (pooled, args.pool_workers),
     }
     clear_schema_cache()
     for run, _ in methods.values():  # warm: schema caches, imports, pool
@@ -149,6 +160,7 @@ def main() -> None:
         "files": len(files),
         "mean_message_kb": mean_kb,
         "rounds": args.rounds,
+        "batch_size": args.batch_size,
         "methods": rows,
         "machine": {
             "platform": platform.platform(),

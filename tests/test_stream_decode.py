@@ -24,7 +24,7 @@ from astro_classifier.errors import InputError
 CODECS = ("null", "deflate", "bzip2", "xz", "snappy", "zstandard", "lz4")
 
 
-def assert_same_batch(a, b) -> None:
+def assert_same_batch(a, b, dropped: bool = True) -> None:
     assert a.object_id.tolist() == b.object_id.tolist()
     assert list(a.alert_id) == list(b.alert_id)
     for name in ("offsets", "time", "band", "flux", "flux_err", "detected"):
@@ -32,7 +32,8 @@ def assert_same_batch(a, b) -> None:
     assert a.metadata.keys() == b.metadata.keys()
     for key in a.metadata:
         np.testing.assert_array_equal(a.metadata[key], b.metadata[key])
-    assert a.dropped == b.dropped
+    if dropped:
+        assert a.dropped == b.dropped
 
 
 def full_records(data: bytes) -> list[dict]:
@@ -141,6 +142,7 @@ def ztf_pool():
 def test_the_pool_gives_the_in_process_results_in_message_order(
     shared_data: Path, ztf_pool
 ) -> None:
+    from astro_classifier.data.lightcurve import merge_counts
     from astro_classifier.data.readers import decode_message
 
     files = sorted((shared_data / "alerts" / "ztf").glob("**/*.avro"))[::7]
@@ -150,6 +152,7 @@ def test_the_pool_gives_the_in_process_results_in_message_order(
     items = [(value, f"alerts[0]@{k}") for k, value in enumerate(values)]
     results = ztf_pool.decode(items)
     assert len(results) == len(values)
+    one_by_one = []
     for k, (value, source) in enumerate(items):
         if k in (3, 10):
             assert isinstance(results[k], InputError) and results[k].source == source
@@ -157,7 +160,72 @@ def test_the_pool_gives_the_in_process_results_in_message_order(
                 decode_message(value, "ztf-avro", None, source)
             assert str(expected.value) == str(results[k])
         else:
-            assert_same_batch(results[k], decode_message(value, "ztf-avro", None, source))
+            one_by_one.append(decode_message(value, "ztf-avro", None, source))
+            # dropped-point counts: per call of the pool's processes, compared in total below
+            assert_same_batch(results[k], one_by_one[-1], dropped=False)
+    good = [r for r in results if not isinstance(r, InputError)]
+    assert merge_counts(r.dropped for r in good) == merge_counts(b.dropped for b in one_by_one)
+    assert merge_counts(b.dropped for b in one_by_one)  # the files do drop points
+
+
+@pytest.mark.parametrize("kind", ["ztf", "rubin"])
+def test_messages_decoded_together_give_each_message_its_own_results(
+    shared_data: Path, kind: str
+) -> None:
+    """decode_messages converts the records of all messages in one pass and splits them back:
+    the same light curves as decode_message per message, errors in their messages' places
+    (also when one message's points are refused by the conversion itself), the same
+    dropped-point total."""
+    from astro_classifier.data.lightcurve import merge_counts
+    from astro_classifier.data.readers import decode_message, decode_messages
+
+    if kind == "ztf":
+        files, fmt = sorted((shared_data / "alerts" / "ztf").glob("**/*.avro"))[::5], "ztf-avro"
+    else:
+        files = sorted((shared_data / "alerts" / "lsst" / "fink-v7.4").glob("*.avro"))
+        fmt = "rubin-avro"
+    items = [(path.read_bytes(), f"alerts[0]@{k}") for k, path in enumerate(files)]
+    items.insert(2, (b"", "alerts[0]@empty"))
+    items.insert(5, (items[4][0][:200], "alerts[0]@truncated"))
+    expected = []
+    for value, source in items:
+        try:
+            expected.append(decode_message(value, fmt, None, source))
+        except InputError as exc:
+            expected.append(exc)
+    results = decode_messages(items, fmt, None)
+    assert len(results) == len(items)
+    for got, want in zip(results, expected, strict=True):
+        if isinstance(want, InputError):
+            assert isinstance(got, InputError) and str(got) == str(want)
+        else:
+            assert_same_batch(got, want, dropped=False)
+    good = [r for r in expected if not isinstance(r, InputError)]
+    assert merge_counts(
+        r.dropped for r in results if not isinstance(r, InputError)
+    ) == merge_counts(r.dropped for r in good)
+    assert sum(isinstance(r, InputError) for r in results) == 2
+
+
+def test_a_message_whose_points_the_conversion_refuses_is_named(shared_data: Path) -> None:
+    """When the one-pass conversion refuses the records (a point without a valid band),
+    the messages are converted one by one: only the faulty one becomes an InputError."""
+    from astro_classifier.data.readers import decode_messages
+
+    files = sorted((shared_data / "alerts" / "ztf").glob("**/*.avro"))[:4]
+    records = full_records(files[1].read_bytes())
+    records[0]["candidate"]["fid"] = 7  # not 1, 2 or 3
+    sink = io.BytesIO()
+    fastavro.writer(
+        sink,
+        fastavro.parse_schema(fastavro.reader(io.BytesIO(files[1].read_bytes())).writer_schema),
+        records,
+    )
+    items = [(path.read_bytes(), f"alerts[0]@{k}") for k, path in enumerate(files)]
+    items[1] = (sink.getvalue(), "alerts[0]@1")
+    results = decode_messages(items, "ztf-avro", None)
+    assert [isinstance(r, InputError) for r in results] == [False, True, False, False]
+    assert results[1].source == "alerts[0]@1" and "fid=7" in str(results[1])
 
 
 def test_a_transient_failure_in_the_pool_is_raised_in_the_worker(shared_data: Path) -> None:

@@ -452,10 +452,10 @@ def test_a_transient_decode_failure_propagates(ztf_model, monkeypatch) -> None:
     from astro_classifier.errors import TransientError
     from astro_classifier.stream import batch
 
-    def registry_down(value, input_format, schemas, source):
+    def registry_down(items, input_format, schemas, cutout_size=None):
         raise TransientError("Schema Registry", "connection refused")
 
-    monkeypatch.setattr(batch, "decode_message", registry_down)
+    monkeypatch.setattr(batch, "decode_messages", registry_down)
     with pytest.raises(TransientError):
         batch.BatchProcessor(ztf_model, "json", "json").process([FakeMessage(b"x", 0)])
 
@@ -494,14 +494,15 @@ def test_object_ids_keep_every_character(ztf_model) -> None:
 def test_dropped_points_are_counted_by_reason(ztf_model, monkeypatch) -> None:
     from astro_classifier.stream import batch
 
-    real = batch.decode_message
+    real = batch.decode_messages
 
-    def with_drops(value, input_format, schemas, source):
-        lcs = real(value, input_format, schemas, source)
-        lcs.dropped = {"non-finite flux": 2}
-        return lcs
+    def with_drops(items, input_format, schemas, cutout_size=None):
+        decoded = real(items, input_format, schemas, cutout_size)
+        for lcs in decoded:
+            lcs.dropped = {"non-finite flux": 2}
+        return decoded
 
-    monkeypatch.setattr(batch, "decode_message", with_drops)
+    monkeypatch.setattr(batch, "decode_messages", with_drops)
     messages = [FakeMessage(_json_alert(o, "g"), k) for k, o in enumerate("AB")]
     result = batch.BatchProcessor(ztf_model, "json", "avro").process(messages)
     assert result.dropped_points == {"non-finite flux": 4}

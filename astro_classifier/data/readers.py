@@ -87,6 +87,10 @@ class InputFormat:
     recognise: Callable[[FileProbe], bool]
     read: Callable[[list[Path], ReadOptions], LightCurveBatch]
     decode: Callable[[bytes, Any, str], LightCurveBatch] | None = None  # (value, schemas, source)
+    # ``decode`` in two stages, for formats that have them (alert records, then light curves):
+    # records of many messages convert to light curves in one pass (see decode_messages)
+    decode_records: Callable[[bytes, Any, str], list[Any]] | None = None
+    records_to_batch: Callable[[list[Any], str], LightCurveBatch] | None = None
     absolute_time: bool = True  # times are MJD (EROS-1: days from an arbitrary zero)
     object_table: bool = False  # takes an object table (``--metadata``)
     message_per_file: bool = False  # replay sends a file's bytes as one message
@@ -220,6 +224,18 @@ def _decode_ztf_avro(value: bytes, _schemas: Any, source: str) -> LightCurveBatc
     return ztf_records_to_batch(decode_ztf_avro_bytes(value, source), source)
 
 
+def _ztf_avro_records(value: bytes, _schemas: Any, source: str) -> list[Any]:
+    from astro_classifier.alerts.ztf import decode_ztf_avro_bytes
+
+    return decode_ztf_avro_bytes(value, source)
+
+
+def _ztf_records_to_batch(records: list[Any], source: str) -> LightCurveBatch:
+    from astro_classifier.alerts.ztf import ztf_records_to_batch
+
+    return ztf_records_to_batch(records, source)
+
+
 def _read_ztf_parquet(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
     from astro_classifier.alerts.ztf import read_ztf_parquet
 
@@ -242,6 +258,18 @@ def _decode_rubin_avro(value: bytes, _schemas: Any, source: str) -> LightCurveBa
     from astro_classifier.alerts.rubin import decode_rubin_avro_bytes, rubin_records_to_batch
 
     return rubin_records_to_batch(decode_rubin_avro_bytes(value, source), source)
+
+
+def _rubin_avro_records(value: bytes, _schemas: Any, source: str) -> list[Any]:
+    from astro_classifier.alerts.rubin import decode_rubin_avro_bytes
+
+    return decode_rubin_avro_bytes(value, source)
+
+
+def _rubin_records_to_batch(records: list[Any], source: str) -> LightCurveBatch:
+    from astro_classifier.alerts.rubin import rubin_records_to_batch
+
+    return rubin_records_to_batch(records, source)
 
 
 def _read_rubin_parquet(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
@@ -353,6 +381,8 @@ REGISTRY: dict[str, InputFormat] = {
             _is_ztf_avro,
             _read_ztf_avro,
             _decode_ztf_avro,
+            decode_records=_ztf_avro_records,
+            records_to_batch=_ztf_records_to_batch,
             message_per_file=True,
         ),
         InputFormat(
@@ -368,6 +398,8 @@ REGISTRY: dict[str, InputFormat] = {
             _is_rubin_avro,
             _read_rubin_avro,
             _decode_rubin_avro,
+            decode_records=_rubin_avro_records,
+            records_to_batch=_rubin_records_to_batch,
             message_per_file=True,
         ),
         InputFormat(
@@ -569,11 +601,7 @@ def decode_message(
     anything that is not a valid alert of ``input_format``; the worker dead-letters those.
     A Schema Registry that cannot be reached raises :class:`TransientError` instead.
     """
-    fmt = REGISTRY.get(input_format)
-    if fmt is None or fmt.decode is None:
-        raise ValueError(
-            f"{input_format!r} is not a message format; expected one of {list(MESSAGE_FORMATS)}"
-        )
+    fmt = _message_format(input_format)
     if not value:
         raise InputError(source, f"empty message; expected {fmt.description}")
     with np.errstate(all="ignore"):
@@ -583,6 +611,88 @@ def decode_message(
     if cutout_size is not None:
         batch.cutouts = message_cutouts(batch, value, input_format, schemas, source, cutout_size)
     return batch
+
+
+def _message_format(input_format: str) -> InputFormat:
+    fmt = REGISTRY.get(input_format)
+    if fmt is None or fmt.decode is None:
+        raise ValueError(
+            f"{input_format!r} is not a message format; expected one of {list(MESSAGE_FORMATS)}"
+        )
+    return fmt
+
+
+def decode_messages(
+    items: Sequence[tuple[bytes | None, str]],
+    input_format: str,
+    schemas: Any,
+    cutout_size: int | None = None,
+) -> list[LightCurveBatch | InputError]:
+    """:func:`decode_message` of each (value, source), in order: a batch, or the
+    :class:`InputError` that message raised (any other exception propagates).
+
+    Formats with a records stage (ZTF and Rubin Avro alerts) decode each message to its
+    alert records, then convert the records of all messages to light curves in one pass and
+    split them back per message: the conversion's fixed cost (a few dozen array operations,
+    ~4x the work of one alert's points) is paid once per call instead of once per message.
+    If that pass refuses the input, the messages are converted one by one, so the error
+    names its own message. The batches equal decode_message's, except that the dropped-point
+    counts of the whole call are carried by the first batch.
+    """
+    fmt = _message_format(input_format)
+    if fmt.records_to_batch is None or fmt.decode_records is None or cutout_size is not None:
+        return [
+            _decode_one(value, input_format, schemas, source, cutout_size)
+            for value, source in items
+        ]
+    results: list[LightCurveBatch | InputError | None] = [None] * len(items)
+    records: list[Any] = []
+    sizes: list[tuple[int, int]] = []  # (message index, its number of records)
+    for i, (value, source) in enumerate(items):
+        try:
+            if not value:
+                raise InputError(source, f"empty message; expected {fmt.description}")
+            decoded = fmt.decode_records(value, schemas, source)
+            if not decoded:
+                raise InputError(source, "the message holds no alert")
+        except InputError as exc:
+            results[i] = exc
+            continue
+        records += decoded
+        sizes.append((i, len(decoded)))
+    if not sizes:
+        return results  # type: ignore[return-value]
+    first, last = items[sizes[0][0]][1], items[sizes[-1][0]][1]
+    try:
+        with np.errstate(all="ignore"):
+            combined = clean_points(
+                fmt.records_to_batch(records, f"{first} .. {last}"), fmt.absolute_time
+            )
+    except InputError:  # convert message by message: the error names its message
+        return [
+            result if result is not None else _decode_one(value, input_format, schemas, source)
+            for result, (value, source) in zip(results, items, strict=True)
+        ]
+    start = 0
+    for i, count in sizes:
+        batch = combined.select(np.arange(start, start + count))
+        batch.dropped = combined.dropped if start == 0 else {}
+        results[i] = batch
+        start += count
+    return results  # type: ignore[return-value]
+
+
+def _decode_one(
+    value: bytes | None,
+    input_format: str,
+    schemas: Any,
+    source: str,
+    cutout_size: int | None = None,
+) -> LightCurveBatch | InputError:
+    try:
+        return decode_message(value, input_format, schemas, source, cutout_size)
+    except InputError as exc:
+        return exc
 
 
 def message_cutouts(

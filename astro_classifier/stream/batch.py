@@ -44,7 +44,7 @@ from astro_classifier.inference.model import LoadedModel
 from astro_classifier.stream.codecs import (
     MessageRef,
     classification_records,
-    decode_message,
+    decode_messages,
     encode_classification,
 )
 from astro_classifier.stream.decoding import DecodePool
@@ -247,21 +247,11 @@ class BatchProcessor:
     def _decode(self, messages: Sequence[Any]) -> list[LightCurveBatch | InputError]:
         """One batch or InputError per message, in message order; TransientError and any
         other failure propagate."""
+        items = [(m.value(), str(message_ref(m))) for m in messages]
         if self._pool is not None:
-            return self._pool.decode([(m.value(), str(message_ref(m))) for m in messages])
-        results: list[LightCurveBatch | InputError] = []
-        for message in messages:
-            source = str(message_ref(message))
-            try:
-                stamps = {} if self.cutout_size is None else {"cutout_size": self.cutout_size}
-                results.append(
-                    decode_message(
-                        message.value(), self.input_format, self.schemas, source, **stamps
-                    )
-                )
-            except InputError as exc:  # the message's fault; anything else is not
-                results.append(exc)
-        return results
+            return self._pool.decode(items)
+        # an InputError is the message's fault; anything else is not, and propagates
+        return decode_messages(items, self.input_format, self.schemas, self.cutout_size)
 
     def process(self, messages: Sequence[Any]) -> BatchResult:
         """Raises :class:`TransientError` or any non-input failure: see the module docstring."""

@@ -27,7 +27,10 @@ import fastavro
 import pyarrow as pa
 
 from astro_classifier.alerts.rubin import SchemaDirectory
-from astro_classifier.data.readers import decode_message  # noqa: F401  (the one dispatcher)
+from astro_classifier.data.readers import (  # noqa: F401  (the one dispatcher)
+    decode_message,
+    decode_messages,
+)
 from astro_classifier.errors import InputError, TransientError
 from astro_classifier.taxonomy import BROAD_CLASSES
 

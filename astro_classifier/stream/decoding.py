@@ -68,10 +68,10 @@ def _initialise(input_format: str, schemas: Any, cutout_size: int | None = None)
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from astro_classifier.data.readers import decode_message
+    from astro_classifier.data.readers import decode_messages
 
     _STATE.update(
-        decode=decode_message, input_format=input_format, schemas=schemas, cutout_size=cutout_size
+        decode=decode_messages, input_format=input_format, schemas=schemas, cutout_size=cutout_size
     )
 
 
@@ -82,21 +82,18 @@ def _ping(hold_s: float) -> int:
 
 def _decode_chunk(items: list[tuple[bytes | None, str]]) -> list[tuple]:
     decode = _STATE["decode"]
-    out: list[tuple] = []
-    for value, source in items:
-        try:
-            size = _STATE["cutout_size"]
-            stamps = {} if size is None else {"cutout_size": size}
-            out.append(
-                ("ok", decode(value, _STATE["input_format"], _STATE["schemas"], source, **stamps))
-            )
-        except InputError as exc:
-            out.append(("input", exc.source, exc.reason))
-        except TransientError as exc:
-            out.append(("transient", exc.dependency, exc.reason))
-        except Exception as exc:  # a bug: not the message's fault
-            out.append(("bug", type(exc).__name__, str(exc)))
-    return out
+    try:
+        decoded = decode(items, _STATE["input_format"], _STATE["schemas"], _STATE["cutout_size"])
+    except TransientError as exc:
+        return [("transient", exc.dependency, exc.reason)]
+    except Exception as exc:  # a bug: not a message's fault
+        return [("bug", type(exc).__name__, str(exc))]
+    return [
+        ("input", result.source, result.reason)
+        if isinstance(result, InputError)
+        else ("ok", result)
+        for result in decoded
+    ]
 
 
 # -- in the worker ------------------------------------------------------------------------
