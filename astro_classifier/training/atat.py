@@ -8,9 +8,12 @@ the mixed head; `forward_logits` returns all three heads' logits for the trainin
 Everything here exports to plain ONNX ops (Gather, MatMul, Softmax, Where, IsNaN): the
 quantile tables of the feature tokenizer are buffers, so the exported graph normalises raw
 feature values itself. Attention is dense and deterministic. Inside
-:func:`fused_attention_export`, attention exports instead as ONNX Runtime's fused
-``com.microsoft.MultiHeadAttention`` kernel (same result; it never materialises the
-(B, H, T, T) score tensor, which made the decomposed graph memory-bound on CPU).
+:func:`fused_attention_export`, the modules trace their export forms instead (the
+``exported`` methods): the same outputs in less work for ONNX Runtime. Attention becomes its
+fused ``com.microsoft.MultiHeadAttention`` kernel (it never materialises the (B, H, T, T)
+score tensor), an encoder's last block scores its CLS query in the input space, the
+light-curve tokens gather each band's points (NonZero, ScatterND), and the feature tokenizer
+folds to one clip. Each is tested against the training form and checked at export.
 """
 
 from __future__ import annotations
