@@ -218,10 +218,8 @@ def _read_ztf_avro(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
     return read_ztf_avro(paths)
 
 
-def _decode_ztf_avro(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
-    from astro_classifier.alerts.ztf import decode_ztf_avro_bytes, ztf_records_to_batch
-
-    return ztf_records_to_batch(decode_ztf_avro_bytes(value, source), source)
+def _decode_ztf_avro(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
+    return _ztf_records_to_batch(_ztf_avro_records(value, schemas, source), source)
 
 
 def _ztf_avro_records(value: bytes, _schemas: Any, source: str) -> list[Any]:
@@ -254,10 +252,8 @@ def _read_rubin_avro(paths: list[Path], _options: ReadOptions) -> LightCurveBatc
     return read_rubin_avro(paths)
 
 
-def _decode_rubin_avro(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
-    from astro_classifier.alerts.rubin import decode_rubin_avro_bytes, rubin_records_to_batch
-
-    return rubin_records_to_batch(decode_rubin_avro_bytes(value, source), source)
+def _decode_rubin_avro(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
+    return _rubin_records_to_batch(_rubin_avro_records(value, schemas, source), source)
 
 
 def _rubin_avro_records(value: bytes, _schemas: Any, source: str) -> list[Any]:
@@ -646,39 +642,43 @@ def decode_messages(
             for value, source in items
         ]
     results: list[LightCurveBatch | InputError | None] = [None] * len(items)
-    records: list[Any] = []
-    sizes: list[tuple[int, int]] = []  # (message index, its number of records)
+    decoded: list[tuple[int, list[Any]]] = []  # (message index, its records)
     for i, (value, source) in enumerate(items):
         try:
             if not value:
                 raise InputError(source, f"empty message; expected {fmt.description}")
-            decoded = fmt.decode_records(value, schemas, source)
-            if not decoded:
+            records = fmt.decode_records(value, schemas, source)
+            if not records:
                 raise InputError(source, "the message holds no alert")
         except InputError as exc:
             results[i] = exc
             continue
-        records += decoded
-        sizes.append((i, len(decoded)))
-    if not sizes:
+        decoded.append((i, records))
+    if not decoded:
         return results  # type: ignore[return-value]
-    first, last = items[sizes[0][0]][1], items[sizes[-1][0]][1]
-    try:
+
+    def to_light_curves(records: list[Any], source: str) -> LightCurveBatch:
         with np.errstate(all="ignore"):
-            combined = clean_points(
-                fmt.records_to_batch(records, f"{first} .. {last}"), fmt.absolute_time
-            )
+            return clean_points(fmt.records_to_batch(records, source), fmt.absolute_time)
+
+    first, last = items[decoded[0][0]][1], items[decoded[-1][0]][1]
+    try:
+        combined = to_light_curves(
+            [r for _, records in decoded for r in records], f"{first} .. {last}"
+        )
     except InputError:  # convert message by message: the error names its message
-        return [
-            result if result is not None else _decode_one(value, input_format, schemas, source)
-            for result, (value, source) in zip(results, items, strict=True)
-        ]
+        for i, records in decoded:
+            try:
+                results[i] = to_light_curves(records, items[i][1])
+            except InputError as exc:
+                results[i] = exc
+        return results  # type: ignore[return-value]
     start = 0
-    for i, count in sizes:
-        batch = combined.select(np.arange(start, start + count))
+    for i, records in decoded:
+        batch = combined.select(np.arange(start, start + len(records)))
         batch.dropped = combined.dropped if start == 0 else {}
         results[i] = batch
-        start += count
+        start += len(records)
     return results  # type: ignore[return-value]
 
 
