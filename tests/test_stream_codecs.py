@@ -31,6 +31,8 @@ def registry(shared_data: Path) -> Iterator[str]:
             requests.append(self.path)
             if self.path == "/schemas/ids/704":
                 body, status = json.dumps({"schema": schema}).encode(), 200
+            elif self.path == "/subjects":  # a registry holding schemas: 404s are genuine
+                body, status = b'["lsst-alerts-value"]', 200
             else:
                 body, status = b'{"error_code": 40403, "message": "Schema not found"}', 404
             self.send_response(status)

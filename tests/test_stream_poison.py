@@ -9,8 +9,9 @@ error policy of DESIGN.md "Stream semantics" in the topics themselves:
   and the worker stays ready;
 - outputs larger than ``message.max.bytes``, in both delivery modes: their inputs are
   dead-lettered with the value cut to fit (``astroclf.truncated``), nothing duplicated;
-- a Schema Registry that refuses connections, then answers 500, then recovers: nothing is
-  dead-lettered or committed during the outage, everything is classified after it;
+- a Schema Registry that refuses connections, then answers 500, then recovers, and one that
+  is wiped (404 for every id) after serving: nothing is dead-lettered or committed during
+  the outage, everything is classified after it;
 - a bug in the batch path (injected with ``sitecustomize``): exit 1 after
   ``max_consecutive_failures`` batches, nothing dead-lettered or committed;
 - start-up: an unreachable bootstrap or a missing input topic fails fast with exit 1;
@@ -219,28 +220,39 @@ def test_outputs_too_large_dead_letter_their_inputs_truncated(
 # -- Schema Registry down, then up -----------------------------------------------------------
 class RegistryStandIn:
     """A loopback Confluent Schema Registry serving the Rubin schemas of a schema folder
-    (id = major * 100 + minor); ``status`` 500 makes it fail."""
+    (id = major * 100 + minor) and, at ``/subjects``, one subject per alert schema there;
+    ``status`` 500 makes it fail; ``wiped`` makes it answer 404 for every schema id and an
+    empty list of subjects (a registry whose storage was lost)."""
 
     def __init__(self, schema_dir: Path, port: int) -> None:
         owner = self
         self.status = 200
+        self.wiped = False
         self.requests = 0
+        subjects = sorted(
+            f"{path.stem}-value" for path in schema_dir.glob("*/*/lsst.v*_*.alert.avsc")
+        )
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 owner.requests += 1
-                schema_id = int(self.path.rstrip("/").rsplit("/", 1)[1])
-                major, minor = divmod(schema_id, 100)
-                path = schema_dir / str(major) / str(minor) / f"lsst.v{major}_{minor}.alert.avsc"
                 if owner.status != 200:
                     status, body = owner.status, b'{"error_code": 50001, "message": "down"}'
-                elif not path.is_file():
-                    status, body = 404, b'{"error_code": 40403, "message": "not found"}'
+                elif self.path.rstrip("/") == "/subjects":
+                    status, body = 200, json.dumps([] if owner.wiped else subjects).encode()
                 else:
-                    text = fastavro.schema.to_parsing_canonical_form(
-                        fastavro.schema.load_schema(path)
+                    schema_id = int(self.path.rstrip("/").rsplit("/", 1)[1])
+                    major, minor = divmod(schema_id, 100)
+                    path = (
+                        schema_dir / str(major) / str(minor) / f"lsst.v{major}_{minor}.alert.avsc"
                     )
-                    status, body = 200, json.dumps({"schema": text}).encode()
+                    if owner.wiped or not path.is_file():
+                        status, body = 404, b'{"error_code": 40403, "message": "not found"}'
+                    else:
+                        text = fastavro.schema.to_parsing_canonical_form(
+                            fastavro.schema.load_schema(path)
+                        )
+                        status, body = 200, json.dumps({"schema": text}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -308,6 +320,79 @@ def test_a_schema_registry_outage_is_retried_never_dead_lettered(
     assert counter_total(metrics, "astroclf_retries_total", reason="Schema Registry") >= 2
     events = [e["event"] for e in worker.events()]
     assert "dead_letter" not in events
+
+
+def test_a_wiped_schema_registry_is_retried_never_dead_lettered(
+    kafka_bootstrap: str, shared_data: Path, tmp_path: Path, workers
+) -> None:
+    """A registry that served schemas, then answers 404 for every id (wiped, or a proxy or
+    URL change): the 404s are the registry's fault, not the alerts'."""
+    import io
+
+    from astro_classifier.stream.replay import replay
+
+    bootstrap = kafka_bootstrap
+    schema_dir = shared_data / "alerts" / "lsst" / "schema"
+    files = sorted((shared_data / "alerts" / "lsst" / "wire-v7.4").glob("*.avro"))
+    # The same alerts as v7.3 (schema id 703): an id the worker has not cached yet.
+    v7_4 = fastavro.schema.load_schema(schema_dir / "7" / "4" / "lsst.v7_4.alert.avsc")
+    v7_3 = fastavro.schema.load_schema(schema_dir / "7" / "3" / "lsst.v7_3.alert.avsc")
+    as_v7_3 = []
+    for path in files:
+        value = path.read_bytes()
+        assert value[:5] == b"\x00" + (704).to_bytes(4, "big")
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(
+            buffer, v7_3, fastavro.schemaless_reader(io.BytesIO(value[5:]), v7_4, None)
+        )
+        as_v7_3.append((None, b"\x00" + (703).to_bytes(4, "big") + buffer.getvalue(), []))
+    port = free_port()
+    topics = new_topics(bootstrap, input_partitions=1)
+    config = write_config(
+        tmp_path / "stream.yaml",
+        bootstrap,
+        topics,
+        input_format="rubin-wire",
+        schema_registry_url=f"http://127.0.0.1:{port}",
+        model="atat-lsst",
+        retry_backoff_max_s=1.0,
+    )
+    registry = RegistryStandIn(schema_dir, port)
+    try:
+        worker = workers(config, tmp_path / "worker.log").wait_ready()
+        replay(files, topics.input, {"bootstrap.servers": bootstrap})  # schema id 704
+        wait_until(lambda: all_committed(bootstrap, topics), 60, "the v7.4 alerts committed")
+        assert topic_end_offsets(bootstrap, topics.output)[0] == len(files)
+        registry.wiped = True
+        produce(bootstrap, topics.input, as_v7_3)
+
+        def retries() -> list[dict]:
+            return [e for e in worker.events() if e["event"] == "batch_retry"]
+
+        wait_until(lambda: len(retries()) >= 3, 30, "retries while the registry is wiped")
+        assert _http_status(f"{worker.url}/ready") == 503
+        for event in retries():
+            assert event["dependency"] == "Schema Registry"
+            assert "no longer knows schema id 704 it served before" in event["error"], event
+        assert committed_offsets(bootstrap, topics.group, topics.input)[0] == len(files)
+        assert topic_end_offsets(bootstrap, topics.output)[0] == len(files)
+        assert topic_end_offsets(bootstrap, topics.dead_letter)[0] == 0
+        registry.wiped = False  # restored
+        wait_until(lambda: all_committed(bootstrap, topics), 60, "every input offset committed")
+        wait_until(lambda: _http_status(f"{worker.url}/ready") == 200, 10, "ready again")
+        metrics = worker.metrics()
+        code, _ = worker.terminate()
+    finally:
+        registry.close()
+    assert code == 0
+    outputs = read_topic(bootstrap, topics.output)
+    assert not read_topic(bootstrap, topics.dead_letter)
+    ids = rubin_wire_alert_ids(schema_dir)
+    values = [path.read_bytes() for path in files] + [value for _, value, _ in as_v7_3]
+    expected = sorted(alert for value in values for _, alert in ids(value))
+    assert sorted(decode_output(m.value())["alertId"] for m in outputs) == expected
+    assert counter_total(metrics, "astroclf_retries_total", reason="Schema Registry") >= 3
+    assert "dead_letter" not in [e["event"] for e in worker.events()]
 
 
 # -- a bug: stop after max_consecutive_failures, nothing dead-lettered or committed ----------

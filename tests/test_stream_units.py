@@ -806,7 +806,9 @@ class _Registry:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
-                if owner.mode == "ok":
+                if self.path == "/subjects" and owner.mode != "500":
+                    body, status = b'["r-value"]', 200  # a registry holding schemas
+                elif owner.mode == "ok":
                     body, status = json.dumps({"schema": json.dumps(schema)}).encode(), 200
                 else:
                     body, status = b'{"error_code": 1}', int(owner.mode)
@@ -839,7 +841,7 @@ def test_schema_registry_outages_are_transient_and_unknown_ids_are_bad_input() -
     schema = {"type": "record", "name": "r", "fields": [{"name": "a", "type": "int"}]}
     stand_in = _Registry(schema)
     try:
-        registry = SchemaRegistry(stand_in.url, timeout_s=2)
+        registry = SchemaRegistry(stand_in.url, timeout_s=2, unknown_ttl_s=0)  # no 404 cache
         stand_in.mode = "500"
         with pytest.raises(TransientError, match="HTTP 500"):
             registry.get(1, "t[0]@1")

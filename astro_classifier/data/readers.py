@@ -618,14 +618,46 @@ def _message_format(input_format: str) -> InputFormat:
     return fmt
 
 
+@dataclass(frozen=True)
+class RecordError:
+    """One alert record of a container message that cannot be converted to a light curve.
+
+    ``index`` is its position in the container (0-based), ``reason`` why it was refused,
+    ``container`` the record alone as a valid single-record Avro container (the message's
+    writer schema, codec and user metadata), for an operator to inspect and replay.
+    """
+
+    index: int
+    reason: str
+    container: bytes
+
+
+@dataclass
+class PartialDecode:
+    """A container message whose records convert only in part: ``batch`` holds the light
+    curves of the good records (classified as usual), ``record_errors`` one
+    :class:`RecordError` per refused record (in container order), ``records`` the number of
+    records in the container. Plain data, so it crosses the decode pool's process boundary.
+    """
+
+    batch: LightCurveBatch
+    record_errors: list[RecordError]
+    records: int
+
+
+# What decode_messages gives per message.
+Decoded = LightCurveBatch | PartialDecode | InputError
+
+
 def decode_messages(
     items: Sequence[tuple[bytes | None, str]],
     input_format: str,
     schemas: Any,
     cutout_size: int | None = None,
-) -> list[LightCurveBatch | InputError]:
-    """:func:`decode_message` of each (value, source), in order: a batch, or the
-    :class:`InputError` that message raised (any other exception propagates).
+) -> list[Decoded]:
+    """:func:`decode_message` of each (value, source), in order: a batch, a
+    :class:`PartialDecode`, or the :class:`InputError` that message raised (any other
+    exception propagates).
 
     Formats with a records stage (ZTF and Rubin Avro alerts) decode each message to its
     alert records, then convert the records of all messages to light curves in one pass and
@@ -634,6 +666,13 @@ def decode_messages(
     If that pass refuses the input, the messages are converted one by one, so the error
     names its own message. The batches equal decode_message's, except that the dropped-point
     counts of the whole call are carried by the first batch.
+
+    A container of several records that the conversion refuses is converted record by
+    record: if some records convert and others do not, the message gives a
+    :class:`PartialDecode` (the good records' batch and one :class:`RecordError` per bad
+    record) instead of an InputError, so one bad record does not take the others with it.
+    If every record is refused, or the container itself cannot be decoded, the message is
+    one InputError as before.
     """
     fmt = _message_format(input_format)
     if fmt.records_to_batch is None or fmt.decode_records is None or cutout_size is not None:
@@ -641,7 +680,7 @@ def decode_messages(
             _decode_one(value, input_format, schemas, source, cutout_size)
             for value, source in items
         ]
-    results: list[LightCurveBatch | InputError | None] = [None] * len(items)
+    results: list[Decoded | None] = [None] * len(items)
     decoded: list[tuple[int, list[Any]]] = []  # (message index, its records)
     for i, (value, source) in enumerate(items):
         try:
@@ -657,21 +696,18 @@ def decode_messages(
     if not decoded:
         return results  # type: ignore[return-value]
 
-    def to_light_curves(records: list[Any], source: str) -> LightCurveBatch:
-        with np.errstate(all="ignore"):
-            return clean_points(fmt.records_to_batch(records, source), fmt.absolute_time)
-
     first, last = items[decoded[0][0]][1], items[decoded[-1][0]][1]
     try:
-        combined = to_light_curves(
-            [r for _, records in decoded for r in records], f"{first} .. {last}"
+        combined = _records_to_light_curves(
+            fmt, [r for _, records in decoded for r in records], f"{first} .. {last}"
         )
     except InputError:  # convert message by message: the error names its message
         for i, records in decoded:
+            value, source = items[i]
             try:
-                results[i] = to_light_curves(records, items[i][1])
-            except InputError as exc:
-                results[i] = exc
+                results[i] = _records_to_light_curves(fmt, records, source)
+            except InputError as exc:  # record by record, where the container has several
+                results[i] = _split_container(fmt, value, records, source, exc)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
     start = 0
     for i, records in decoded:
@@ -688,11 +724,77 @@ def _decode_one(
     schemas: Any,
     source: str,
     cutout_size: int | None = None,
-) -> LightCurveBatch | InputError:
+) -> Decoded:
     try:
         return decode_message(value, input_format, schemas, source, cutout_size)
     except InputError as exc:
-        return exc
+        fmt = _message_format(input_format)
+        if not value or fmt.decode_records is None or fmt.records_to_batch is None:
+            return exc
+        try:
+            records = fmt.decode_records(value, schemas, source)
+        except InputError:  # the container itself is broken: the message's error stands
+            return exc
+        split = _split_container(fmt, value, records, source, exc)
+        if isinstance(split, PartialDecode) and cutout_size is not None:
+            split.batch.cutouts = message_cutouts(
+                split.batch, value, input_format, schemas, source, cutout_size
+            )
+        return split
+
+
+def _records_to_light_curves(fmt: InputFormat, records: list[Any], source: str) -> LightCurveBatch:
+    with np.errstate(all="ignore"):
+        return clean_points(fmt.records_to_batch(records, source), fmt.absolute_time)  # type: ignore[misc]
+
+
+def _split_container(
+    fmt: InputFormat, value: bytes, records: list[Any], source: str, error: InputError
+) -> PartialDecode | InputError:
+    """The records of a container the conversion refused (``error``), converted one by one:
+    a :class:`PartialDecode` when some convert and others do not, otherwise ``error`` (one
+    record, every record refused, or none refused alone)."""
+    if len(records) < 2:
+        return error
+    refused: dict[int, str] = {}
+    for index, record in enumerate(records):
+        try:
+            _records_to_light_curves(fmt, [record], source)
+        except InputError as exc:
+            refused[index] = exc.reason
+    if not refused or len(refused) == len(records):
+        return error
+    try:
+        batch = _records_to_light_curves(
+            fmt, [r for k, r in enumerate(records) if k not in refused], source
+        )
+        alone = single_record_containers(value, refused)
+    except Exception:  # not splittable after all: the whole message is dead-lettered
+        return error
+    if len(batch) == 0 or set(alone) != set(refused):
+        return error
+    return PartialDecode(
+        batch,
+        [RecordError(k, reason, alone[k]) for k, reason in sorted(refused.items())],
+        len(records),
+    )
+
+
+def single_record_containers(value: bytes, indices: Any) -> dict[int, bytes]:
+    """Records ``indices`` (0-based) of the Avro container ``value``, each re-encoded alone as
+    a valid Avro container with the same writer schema, codec and user metadata."""
+    wanted = set(indices)
+    reader = fastavro.reader(io.BytesIO(value))
+    schema = fastavro.parse_schema(reader.writer_schema)
+    codec = reader.codec
+    metadata = {k: v for k, v in reader.metadata.items() if not k.startswith("avro.")}
+    out: dict[int, bytes] = {}
+    for index, record in enumerate(reader):
+        if index in wanted:
+            sink = io.BytesIO()
+            fastavro.writer(sink, schema, [record], codec=codec, metadata=metadata)
+            out[index] = sink.getvalue()
+    return out
 
 
 def message_cutouts(

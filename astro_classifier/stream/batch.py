@@ -19,7 +19,19 @@ A :class:`DeadLetter` is the input message (key, value, its own headers except `
 ones, which are replaced) plus the headers of :data:`DEAD_LETTER_HEADERS`. Input headers
 that cannot be read (a key that is not UTF-8) are left out and ``astroclf.headers.dropped``
 says why; a value cut to fit the producer's ``message.max.bytes`` carries
-``astroclf.truncated`` = its original size in bytes.
+``astroclf.truncated`` = its original size in bytes. When the key and headers alone do not
+fit, the input's own headers are left out first (``astroclf.headers.dropped`` says so), then
+the key is cut (``astroclf.key.truncated`` = its original size): a dead letter always goes out.
+
+An Avro container whose records convert only in part (:class:`PartialDecode`) is not
+dead-lettered whole: its good records are classified as usual and each bad record is a dead
+letter of its own, whose value is that record alone as a single-record Avro container (same
+writer schema) and whose headers add :data:`RECORD_HEADERS`: ``astroclf.record.index`` (its
+0-based index in the container) and ``astroclf.record.count`` (records in the container).
+If every record is bad, or the container cannot be decoded, the message is dead-lettered
+whole, without those headers. A later failure of its good records (``Unclassifiable``, an
+output that cannot be encoded) dead-letters the message whole, as for any message, beside
+its record dead letters.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ import numpy as np
 import pyarrow as pa
 
 from astro_classifier.data.lightcurve import LightCurveBatch, merge_counts
+from astro_classifier.data.readers import PartialDecode
 from astro_classifier.errors import InputError
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
@@ -61,6 +74,10 @@ H_SOURCE_OFFSET = "astroclf.source.offset"
 H_ERROR_TIME = "astroclf.error.time"
 H_TRUNCATED = "astroclf.truncated"  # original value size in bytes
 H_HEADERS_DROPPED = "astroclf.headers.dropped"  # why the input's own headers are missing
+H_KEY_TRUNCATED = "astroclf.key.truncated"  # original key size in bytes
+H_RECORD_INDEX = "astroclf.record.index"  # a record dead letter: its index in the container
+H_RECORD_COUNT = "astroclf.record.count"  # a record dead letter: records in the container
+RECORD_HEADERS = (H_RECORD_INDEX, H_RECORD_COUNT)
 DEAD_LETTER_HEADERS = (
     H_ERROR_CLASS,
     H_ERROR_MESSAGE,
@@ -82,10 +99,19 @@ def message_ref(message: Any) -> MessageRef:
 
 # confluent_kafka's Message.headers() raises on a key that is not UTF-8 and, called again on
 # the same message, returns a broken list that crashes the interpreter: read each message's
-# headers once and remember the answer (message kept alive, so its id is not reused).
+# headers once and remember the answer (message kept alive, so its id is not reused). The
+# memory holds the messages of the micro-batch in hand only: BatchProcessor.process() and the
+# worker, once a batch is delivered, call release_headers(); _HEADERS_READ_MAX is a backstop.
 _HEADERS_READ: OrderedDict[int, tuple[Any, list, str | None]] = OrderedDict()
-_HEADERS_READ_MAX = 20_000
+_HEADERS_READ_MAX = 5_000
 _HEADERS_LOCK = threading.Lock()
+
+
+def release_headers() -> None:
+    """Forget the headers read so far (and the messages kept alive for them): called between
+    micro-batches, when no dead letter of the previous batch is produced any more."""
+    with _HEADERS_LOCK:
+        _HEADERS_READ.clear()
 
 
 def _raise_pending_error() -> None:
@@ -142,29 +168,56 @@ class Output:
 
 @dataclasses.dataclass
 class DeadLetter:
-    """An input message that goes to the dead-letter topic, and why."""
+    """An input message that goes to the dead-letter topic, and why.
+
+    A record dead letter (one bad record of a container, see the module docstring) carries
+    that record alone in ``value_override``, used instead of the message's value everywhere
+    (:meth:`full_value`), and its ``record_index`` and ``record_count``.
+    """
 
     message: Any  # confluent_kafka.Message (or anything with its accessors)
     error_class: str
     error_message: str
     max_value_bytes: int | None = None  # cut the value to this many bytes (see H_TRUNCATED)
+    max_key_bytes: int | None = None  # cut the key to this many bytes (see H_KEY_TRUNCATED)
+    own_headers_dropped: str | None = None  # the input's headers left out, and why
+    value_override: bytes | None = None  # a record dead letter's value (its record alone)
+    record_index: int | None = None  # a record dead letter: its index in the container
+    record_count: int | None = None  # a record dead letter: records in the container
 
     @property
     def source(self) -> MessageRef:
         return message_ref(self.message)
 
     def key(self) -> bytes | None:
-        return self.message.key()
+        key = self.message.key()
+        if key is not None and self.max_key_bytes is not None:
+            return key[: self.max_key_bytes]
+        return key
+
+    @property
+    def key_truncated(self) -> bool:
+        key = self.message.key()
+        return key is not None and self.max_key_bytes is not None and len(key) > self.max_key_bytes
+
+    def own_headers(self) -> list[tuple[str, bytes | None]]:
+        """The input's own headers that travel with the dead letter (``astroclf.*`` ones
+        left out)."""
+        return [] if self.own_headers_dropped else input_headers(self.message)[0]
+
+    def full_value(self) -> bytes | None:
+        """The value before any cut: the message's, or a record dead letter's record."""
+        return self.value_override if self.value_override is not None else self.message.value()
 
     def value(self) -> bytes | None:
-        value = self.message.value()
+        value = self.full_value()
         if value is not None and self.max_value_bytes is not None:
             return value[: self.max_value_bytes]
         return value
 
     @property
     def truncated(self) -> bool:
-        value = self.message.value()
+        value = self.full_value()
         return (
             value is not None
             and self.max_value_bytes is not None
@@ -175,6 +228,8 @@ class DeadLetter:
         """The input's own headers (``astroclf.*`` ones replaced) followed by astroclf's."""
         now = now or datetime.now(timezone.utc)
         own, dropped = input_headers(self.message)
+        if self.own_headers_dropped:
+            own, dropped = [], self.own_headers_dropped
         ours: list[tuple[str, bytes | None]] = [
             (H_ERROR_CLASS, self.error_class.encode()),
             (
@@ -186,11 +241,33 @@ class DeadLetter:
             (H_SOURCE_OFFSET, str(self.message.offset()).encode()),
             (H_ERROR_TIME, now.isoformat(timespec="milliseconds").encode()),
         ]
+        if self.record_index is not None:
+            ours.append((H_RECORD_INDEX, str(self.record_index).encode()))
+            ours.append((H_RECORD_COUNT, str(self.record_count).encode()))
         if dropped is not None:
             ours.append((H_HEADERS_DROPPED, dropped.encode("utf-8", "backslashreplace")))
         if self.truncated:
-            ours.append((H_TRUNCATED, str(len(self.message.value())).encode()))
+            ours.append((H_TRUNCATED, str(len(self.full_value() or b"")).encode()))
+        if self.key_truncated:
+            ours.append((H_KEY_TRUNCATED, str(len(self.message.key())).encode()))
         return [*own, *ours]
+
+
+def record_dead_letters(message: Any, partial: PartialDecode) -> list[DeadLetter]:
+    """One dead letter per bad record of a container ``message`` decoded in part."""
+    source = message_ref(message)
+    return [
+        DeadLetter(
+            message,
+            InputError.__name__,
+            f"{source}: record {error.index} of the {partial.records} in the container: "
+            f"{error.reason}",
+            value_override=error.container,
+            record_index=error.index,
+            record_count=partial.records,
+        )
+        for error in partial.record_errors
+    ]
 
 
 @dataclasses.dataclass
@@ -255,12 +332,17 @@ class BatchProcessor:
 
     def process(self, messages: Sequence[Any]) -> BatchResult:
         """Raises :class:`TransientError` or any non-input failure: see the module docstring."""
+        release_headers()  # the previous batch is delivered: drop its messages
         dead: dict[int, DeadLetter] = {}
         decoded: list[tuple[int, LightCurveBatch]] = []
         started = time.perf_counter()
+        record_dead: dict[int, list[DeadLetter]] = {}  # bad records of split containers
         for i, (message, result) in enumerate(zip(messages, self._decode(messages), strict=True)):
             if isinstance(result, InputError):
                 dead[i] = DeadLetter(message, type(result).__name__, str(result))
+            elif isinstance(result, PartialDecode):  # good records go on, bad ones alone
+                record_dead[i] = record_dead_letters(message, result)
+                decoded.append((i, result.batch))
             else:
                 decoded.append((i, result))
         decode_seconds = time.perf_counter() - started
@@ -296,7 +378,11 @@ class BatchProcessor:
                 dead[i] = DeadLetter(messages[i], type(exc).__name__, str(exc))
         return BatchResult(
             outputs=outputs,
-            dead_letters=[dead[i] for i in sorted(dead)],
+            dead_letters=[
+                letter
+                for i in sorted(dead.keys() | record_dead.keys())
+                for letter in [*record_dead.get(i, []), *([dead[i]] if i in dead else [])]
+            ],
             decode_seconds=decode_seconds,
             inference_seconds=inference_seconds,
             features_seconds=self._features_seconds,

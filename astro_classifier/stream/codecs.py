@@ -3,7 +3,9 @@
 Input: a message value is decoded by :func:`decode_message`, the format registry's
 (:mod:`astro_classifier.data.readers`: ``ztf-avro``, ``ztf-parquet``, ``rubin-avro``,
 ``rubin-parquet``, ``rubin-wire``, ``json``); here live the schema lookups ``rubin-wire``
-needs (a local schema folder or a Confluent Schema Registry).
+needs (a local schema folder or a Confluent Schema Registry). A registry that cannot be
+reached, or that answers 404 while it looks unhealthy (wiped, a wrong URL), is a transient
+failure, never the message's fault: see :class:`SchemaRegistry`.
 
 Output: one classification per alert, keyed by object id, as schemaless Avro with the schema
 ``schemas/classification.avsc`` shipped in this package (fields modelled on the ELAsTiCC
@@ -15,8 +17,10 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -38,21 +42,69 @@ CLASSIFICATION_SCHEMA_NAME = "classification.avsc"
 
 
 # -- input ----------------------------------------------------------------------------------
+class _NotFound(Exception):
+    """The registry answered HTTP 404."""
+
+
 class SchemaRegistry:
     """Rubin alert schemas from a Confluent Schema Registry (``GET /schemas/ids/<id>``), cached.
 
     Has the same ``get(schema_id, source)`` as :class:`SchemaDirectory`, so
-    :func:`decode_rubin_wire` takes either. An unknown schema id (HTTP 404) is the message's
-    fault (:class:`InputError`); a registry that cannot be reached, times out or answers
-    5xx (or anything but a schema) is a :class:`TransientError`: the worker retries.
+    :func:`decode_rubin_wire` takes either. Schemas fetched are cached for good (a schema id
+    never changes meaning). Whose fault a failure is:
+
+    - a registry that cannot be reached, times out or answers 5xx (or anything but a schema)
+      is a :class:`TransientError`: the worker retries the batch with backoff, ``/ready``
+      answers 503, nothing is dead-lettered or committed past it;
+    - an unknown schema id (HTTP 404) is the message's fault (:class:`InputError`, a dead
+      letter) **only if the registry is healthy**. A registry that answers 404 for every id
+      (wiped, a proxy or a URL that now points elsewhere) would otherwise drain the stream
+      into the dead-letter topic. So a 404 is checked against the registry's health:
+
+      - if this registry has served a schema before, that id (the last one served) is
+        fetched again, bypassing the cache (a canary): a 404 there too means "the registry at
+        URL no longer knows schema id X it served before", a :class:`TransientError`, as is a
+        canary that fails (5xx, unreachable, not a schema);
+      - if it never has, ``GET /subjects`` is asked (a Confluent registry answers a JSON list
+        of subject names): a 404, anything but a list, or an empty list means the URL "does
+        not look like a Schema Registry holding schemas", a :class:`TransientError`; a
+        non-empty list means the 404 is genuine: :class:`InputError`.
+
+      The health verdict, either way, is kept ``health_ttl_s`` (10 s), so a flood of
+      unknown ids costs one check per ``health_ttl_s``; hence a registry wiped right after a
+      healthy verdict is noticed within ``health_ttl_s``.
+    - 404s judged genuine are cached per schema id for ``unknown_ttl_s`` (60 s): messages with
+      an id the registry does not know cost one request per id and ``unknown_ttl_s``, and a
+      schema registered later is picked up after at most ``unknown_ttl_s``. A 404 from an
+      unhealthy registry is never cached: the id is asked again on the next try (one request
+      per retry of the batch), so it is found as soon as the registry is back.
+
+    ``clock`` (seconds, monotonic) is injectable for tests; it is pickled with the registry
+    when a decode pool starts its processes (each process then keeps its own caches), so it
+    must be a module-level function such as the default :func:`time.monotonic`.
     """
 
     DEPENDENCY = "Schema Registry"
+    MAX_UNKNOWN = 10_000  # cached 404s kept at most (junk messages can carry any id)
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 10.0,
+        unknown_ttl_s: float = 60.0,
+        health_ttl_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.unknown_ttl_s = unknown_ttl_s
+        self.health_ttl_s = health_ttl_s
+        self.clock = clock
         self._parsed: dict[int, Any] = {}
+        self._served: int | None = None  # the last schema id served: the canary
+        self._unknown: dict[int, float] = {}  # schema id -> until when its 404 holds
+        # (until when, None: healthy, else why not) of the last health check
+        self._health: tuple[float, str | None] | None = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:  # for decode pool processes: no lock
@@ -64,18 +116,90 @@ class SchemaRegistry:
 
     def get(self, schema_id: int, source: str) -> Any:
         with self._lock:
-            if schema_id not in self._parsed:
-                self._parsed[schema_id] = self._fetch(schema_id, source)
-            return self._parsed[schema_id]
+            if schema_id in self._parsed:
+                return self._parsed[schema_id]
+            now = self.clock()
+            if self._unknown.get(schema_id, now) > now:  # a genuine 404, not expired
+                self._require_healthy(schema_id, now)
+                raise InputError(source, self._unknown_reason(schema_id))
+            self._unknown.pop(schema_id, None)
+            address = f"{self.url}/schemas/ids/{schema_id}"
+            try:
+                schema = self._parse(address, self._get_json(address))
+            except _NotFound:
+                now = self.clock()  # the request may have taken a while
+                self._require_healthy(schema_id, now)
+                self._remember_unknown(schema_id, now)
+                raise InputError(source, self._unknown_reason(schema_id)) from None
+            self._parsed[schema_id] = schema
+            self._served = schema_id
+            return schema
 
-    def _fetch(self, schema_id: int, source: str) -> Any:
-        address = f"{self.url}/schemas/ids/{schema_id}"
+    # -- whose fault is a 404 ------------------------------------------------------------
+    def _require_healthy(self, schema_id: int, now: float) -> None:
+        """Raise :class:`TransientError` unless the registry looks healthy (see above)."""
+        if self._health is None or self._health[0] <= now:
+            self._health = (now + self.health_ttl_s, self._check_health())
+        problem = self._health[1]
+        if problem is not None:
+            self._unknown.clear()  # 404s seen lately may have come from this broken state
+            raise TransientError(
+                self.DEPENDENCY,
+                f"{problem} (HTTP 404 for schema id {schema_id}: not the message's fault)",
+            )
+
+    def _check_health(self) -> str | None:
+        """None if the registry looks healthy, else why it does not."""
+        if self._served is not None:
+            address = f"{self.url}/schemas/ids/{self._served}"
+            try:
+                self._parse(address, self._get_json(address))
+            except _NotFound:
+                return (
+                    f"the registry at {self.url} no longer knows schema id {self._served} it "
+                    "served before: wiped, or the URL now points elsewhere"
+                )
+            except TransientError as exc:
+                served = self._served
+                return f"schema id {served}, served before, cannot be fetched again: {exc.reason}"
+            return None
+        address = f"{self.url}/subjects"
+        try:
+            subjects = self._get_json(address)
+        except _NotFound:
+            answer = "HTTP 404"
+        except TransientError as exc:
+            return f"the subjects of {self.url} cannot be listed: {exc.reason}"
+        else:
+            if isinstance(subjects, list) and subjects:
+                return None
+            answer = "an empty list" if subjects == [] else f"{type(subjects).__name__}, not a list"
+        return (
+            f"{self.url} does not look like a Schema Registry holding schemas "
+            f"(GET {address}: {answer}): a wrong URL, a proxy, or a wiped registry"
+        )
+
+    def _remember_unknown(self, schema_id: int, now: float) -> None:
+        if len(self._unknown) >= self.MAX_UNKNOWN:
+            self._unknown = {k: t for k, t in self._unknown.items() if t > now}
+            while len(self._unknown) >= self.MAX_UNKNOWN:  # the oldest first
+                del self._unknown[next(iter(self._unknown))]
+        self._unknown[schema_id] = now + self.unknown_ttl_s
+
+    def _unknown_reason(self, schema_id: int) -> str:
+        return f"schema id {schema_id} is unknown to {self.url}"
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def _get_json(self, address: str) -> Any:
+        """The JSON answer to ``GET address``; :class:`_NotFound` for a 404, else
+        :class:`TransientError` for any failure."""
         try:
             with urllib.request.urlopen(address, timeout=self.timeout_s) as reply:
-                body = json.load(reply)
+                return json.load(reply)
         except urllib.error.HTTPError as exc:
+            exc.close()
             if exc.code == 404:
-                raise InputError(source, f"schema id {schema_id} is unknown to {self.url}") from exc
+                raise _NotFound(address) from exc
             raise TransientError(
                 self.DEPENDENCY, f"GET {address}: HTTP {exc.code} {exc.reason}"
             ) from exc
@@ -83,6 +207,8 @@ class SchemaRegistry:
             raise TransientError(
                 self.DEPENDENCY, f"GET {address}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _parse(self, address: str, body: Any) -> Any:
         try:
             return fastavro.parse_schema(json.loads(body["schema"]))
         except (KeyError, TypeError, ValueError) as exc:

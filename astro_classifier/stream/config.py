@@ -3,7 +3,13 @@
 Environment variables win over the file: ``ASTROCLF_BOOTSTRAP_SERVERS``,
 ``ASTROCLF_INPUT_TOPICS='["ztf"]'`` (JSON for lists and maps), ``ASTROCLF_KAFKA__SASL_MECHANISM``
 (``__`` descends into maps). Secrets (``kafka_secrets``, e.g. ``sasl.password``) are
-``SecretStr``: they reach librdkafka but never a log line or ``repr``.
+``SecretStr``: they reach librdkafka but never a log line or ``repr``. A secret-looking
+property put in the plain ``kafka`` map by mistake (:data:`SECRET_PROPERTIES`) is redacted
+from logs all the same.
+
+The producer's ``message.timeout.ms`` defaults to ``delivery_retry_s`` (kept at or under
+``transaction.timeout.ms`` for exactly-once) and must stay under the consumer's
+``max.poll.interval.ms``: a delivery that hangs is given up before the group evicts the worker.
 
 An ``ASTROCLF_*`` variable that names no setting (a typo such as ``ASTROCLF_BATCH_SIZ``) is
 refused with the closest valid name, except the few that are not settings
@@ -13,6 +19,7 @@ refused with the closest valid name, except the few that are not settings
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import hashlib
 import os
 import socket
@@ -34,6 +41,20 @@ InputFormat = Literal[
     "ztf-avro", "ztf-parquet", "rubin-avro", "rubin-parquet", "rubin-wire", "json"
 ]
 ENV_PREFIX = "ASTROCLF_"
+REDACTED = "**********"
+# librdkafka properties whose values are secrets: in the plain ``kafka`` map they are redacted
+# from every log line (and the worker warns to move them to ``kafka_secrets``).
+SECRET_PROPERTIES = (
+    "*password*",
+    "*secret*",
+    "*token*",
+    "*jaas*",
+    "sasl.oauthbearer.*",
+    "ssl.key.*",
+)
+# librdkafka defaults the worker's timeouts are checked against (milliseconds).
+MAX_POLL_INTERVAL_MS = 300_000
+TRANSACTION_TIMEOUT_MS = 60_000
 # ASTROCLF_* variables that are not worker settings (read by other parts of the project).
 NON_SETTING_VARIABLES = frozenset({"ASTROCLF_SHARED_DATA"})
 
@@ -125,6 +146,49 @@ class StreamSettings(BaseSettings):
             raise ValueError("input_format rubin-wire needs schema_dir or schema_registry_url")
         return self
 
+    @model_validator(mode="after")
+    def _timeouts(self) -> StreamSettings:
+        poll = self.max_poll_interval_ms()
+        if self.delivery_retry_s * 1000 >= poll:
+            raise ValueError(
+                f"delivery_retry_s {self.delivery_retry_s} must be under the consumer's "
+                f"max.poll.interval.ms {poll} (the group would evict a worker retrying a delivery)"
+            )
+        timeout = self.kafka_property("message.timeout.ms")
+        if timeout is not None and int(timeout) >= poll:
+            raise ValueError(
+                f"kafka message.timeout.ms {timeout} must be under max.poll.interval.ms {poll} "
+                "(the group would evict a worker waiting for a delivery)"
+            )
+        return self
+
+    def kafka_property(self, name: str) -> str | None:
+        """A librdkafka property of the ``kafka`` map (keys from the environment come with
+        underscores), as librdkafka receives it; None when not set."""
+        for key in (name, name.replace(".", "_")):
+            if key in self.kafka:
+                return _librdkafka_value(self.kafka[key])
+        return None
+
+    def max_poll_interval_ms(self) -> int:
+        return int(self.kafka_property("max.poll.interval.ms") or MAX_POLL_INTERVAL_MS)
+
+    def message_timeout_ms(self) -> int:
+        """The producer's ``message.timeout.ms``: as configured, else ``delivery_retry_s``
+        (at most ``transaction.timeout.ms`` for exactly-once, which librdkafka requires)."""
+        configured = self.kafka_property("message.timeout.ms")
+        if configured is not None:
+            return int(configured)
+        timeout = int(self.delivery_retry_s * 1000)
+        if self.delivery == "exactly-once":
+            transaction = self.kafka_property("transaction.timeout.ms")
+            timeout = min(timeout, int(transaction or TRANSACTION_TIMEOUT_MS))
+        return timeout
+
+    def secret_kafka_properties(self) -> list[str]:
+        """Keys of the plain ``kafka`` map that look like secrets (:data:`SECRET_PROPERTIES`)."""
+        return [key for key in self.kafka if is_secret_property(key)]
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -171,8 +235,20 @@ class StreamSettings(BaseSettings):
         return conf
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as plain data for logs: secrets shown as '**********'."""
-        return self.model_dump(mode="json")
+        """The settings as plain data for logs: ``kafka_secrets`` and secret-looking keys of
+        the ``kafka`` map shown as '**********'."""
+        doc = self.model_dump(mode="json")
+        doc["kafka"] = {
+            key: REDACTED if is_secret_property(key) else value
+            for key, value in doc["kafka"].items()
+        }
+        return doc
+
+
+def is_secret_property(key: str) -> bool:
+    """Whether a librdkafka property name (dots or underscores) names a secret."""
+    name = key.lower().replace("_", ".")
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in SECRET_PROPERTIES)
 
 
 def _librdkafka_value(value: str | int | float | bool) -> str:

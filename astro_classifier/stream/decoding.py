@@ -4,7 +4,8 @@ Decoding (Avro containers above all) is pure CPU work in Python, so one worker p
 decodes on one core however many the machine has. :class:`DecodePool` spreads a batch's
 messages over ``decode_workers`` processes and gives the results back **in message order**,
 one per message, exactly as the in-process path (``decode_workers: 0``) does: a decoded
-:class:`LightCurveBatch`, or the :class:`InputError` that dead-letters the message. The
+:class:`LightCurveBatch`, a :class:`PartialDecode` (a container with good and bad records),
+or the :class:`InputError` that dead-letters the message. The
 worker's loop, offsets and delivery do not know whether a pool was used: a batch is still
 decoded completely before it is classified, produced and committed, so the delivery
 guarantees are those of the in-process path.
@@ -32,17 +33,19 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.errors import InputError, TransientError
+
+if TYPE_CHECKING:
+    from astro_classifier.data.readers import Decoded
 
 log = logging.getLogger("astro_classifier.stream")
 
 TASKS_PER_WORKER = 2  # chunks per process and batch: balance against per-task overhead
 
-# One result per message: a batch, or (kind, *details) for a failure.
-Decoded = LightCurveBatch | InputError
+# One result per message (readers.Decoded): a batch, a PartialDecode, or an InputError.
+# Across the process boundary: ("ok", batch or PartialDecode), or (kind, *details) for a failure.
 
 
 class DecodeWorkerError(RuntimeError):
@@ -137,7 +140,8 @@ class DecodePool:
         return self
 
     def decode(self, items: Sequence[tuple[bytes | None, str]]) -> list[Decoded]:
-        """(value, source) per message -> a batch or an InputError per message, in order.
+        """(value, source) per message -> a batch, a PartialDecode or an InputError per
+        message, in order.
 
         Raises :class:`TransientError` (first one in message order) or
         :class:`DecodeWorkerError`.

@@ -15,8 +15,10 @@ Both apply the same policy to failed deliveries:
 - *too large* (``message.max.bytes`` of the producer or the broker): an output is replaced by
   a dead letter of its input message, a dead letter has its value cut to fit (header
   ``astroclf.truncated`` = original size). Values are cut *before* producing when they
-  cannot fit the producer's limit. A dead letter that still cannot be delivered raises
-  :class:`Undeliverable`;
+  cannot fit the producer's limit; key and headers too (the input's own headers left out,
+  then the key cut, ``astroclf.key.truncated``) when they alone exceed it, so one message
+  with a huge key never blocks its partition. A dead letter that cannot be delivered even
+  empty raises :class:`Undeliverable`;
 - *transient* (timeouts, broker down, leader moves): produced again after a backoff, the
   batch not committed meanwhile; after ``retry_for_s`` :class:`DeliveryFailed` is raised and
   the worker reads the batch again;
@@ -207,7 +209,7 @@ class Delivery:
         """The batch's messages, each within ``max_message_bytes`` (see module docstring)."""
         now = datetime.now(timezone.utc)
         items: list[Item] = []
-        dead_sources = {d.source for d in result.dead_letters}
+        dead_sources = {d.source for d in result.dead_letters if d.value_override is None}
         limit = self.max_message_bytes - FRAMING_BYTES
         for out in result.outputs:
             if serialized_size(out.key, out.value, None) <= limit:
@@ -229,32 +231,66 @@ class Delivery:
         )
 
     def _dead_item(self, dead: DeadLetter, now: datetime, shrink: bool = False) -> Item:
-        """A dead letter as a message, its value cut when it cannot fit (or, with ``shrink``,
-        cut to half of what was last tried)."""
-        value = dead.message.value()
-        full = len(value or b"")
+        """A dead letter as a message, cut to fit ``max_message_bytes``: its value first; when
+        the key and headers alone do not fit, the input's own headers are left out and the
+        key is cut. With ``shrink`` (the broker refused the last try), what was last tried is
+        halved: the value, then (value empty) the input's headers, then the key."""
+        full = len(dead.full_value() or b"")
         if shrink:
-            tried = full if dead.max_value_bytes is None else min(full, dead.max_value_bytes)
-            if tried == 0:
-                raise Undeliverable(
-                    f"the dead letter of {dead.source} cannot be delivered even without its value"
-                )
-            dead.max_value_bytes = tried // 2
+            self._shrink(dead, full)
         else:
-            room = (
-                self.max_message_bytes
-                - FRAMING_BYTES
-                - serialized_size(dead.key(), None, dead.headers(now))
-                - 40  # the astroclf.truncated header
-            )
+            room = self._value_room(dead, now)
+            if room < 0:
+                self._fit_key_and_headers(dead, now, full)
+                room = self._value_room(dead, now)
             if full > room:
-                if room < 0:
-                    raise Undeliverable(
-                        f"the dead letter of {dead.source}: key and headers alone exceed "
-                        f"message.max.bytes {self.max_message_bytes}"
-                    )
-                dead.max_value_bytes = room
+                dead.max_value_bytes = max(room, 0)
         return Item(self.dead_letter_topic, dead.key(), dead.value(), dead.headers(now), dead=dead)
+
+    def _value_room(self, dead: DeadLetter, now: datetime) -> int:
+        """Bytes left for the dead letter's value under ``max_message_bytes``."""
+        return (
+            self.max_message_bytes
+            - FRAMING_BYTES
+            - serialized_size(dead.key(), None, dead.headers(now))
+            - 40  # the astroclf.truncated header
+        )
+
+    def _fit_key_and_headers(self, dead: DeadLetter, now: datetime, value_size: int) -> None:
+        """The key and headers alone exceed ``max_message_bytes``: leave out the input's own
+        headers; if that is not enough, cut the key (the value keeps what the key leaves, and
+        the key at least 1 KiB when there is that much room)."""
+        own = dead.own_headers()
+        if own:
+            dead.own_headers_dropped = (
+                f"the input's headers ({serialized_size(None, None, own)} bytes) do not fit "
+                f"message.max.bytes {self.max_message_bytes}"
+            )
+            if self._value_room(dead, now) >= 0:
+                return
+        key_size = len(dead.message.key() or b"")
+        dead.max_key_bytes = 0  # counts the astroclf.key.truncated header
+        room = self._value_room(dead, now)
+        if room < 0:
+            raise Undeliverable(
+                f"the dead letter of {dead.source}: astroclf's own headers alone exceed "
+                f"message.max.bytes {self.max_message_bytes}"
+            )
+        dead.max_key_bytes = min(key_size, max(room - value_size, min(room, 1024)))
+
+    def _shrink(self, dead: DeadLetter, full: int) -> None:
+        tried = full if dead.max_value_bytes is None else min(full, dead.max_value_bytes)
+        if tried > 0:
+            dead.max_value_bytes = tried // 2
+        elif not dead.own_headers_dropped and dead.own_headers():
+            dead.own_headers_dropped = "the input's headers were refused by the broker"
+        elif dead.key():
+            dead.max_key_bytes = len(dead.key()) // 2
+        else:
+            raise Undeliverable(
+                f"the dead letter of {dead.source} cannot be delivered even without its "
+                "value, key and headers"
+            )
 
     # -- producing ----------------------------------------------------------------------------
     def send(self, items: Sequence[Item]) -> list[tuple[Item, Any]]:
@@ -292,20 +328,41 @@ class Delivery:
                 return
 
     def _flush(self) -> None:
-        """Wait for every delivery report; a passed stop deadline raises StopTimeout.
+        """Wait for every delivery report, for at most ``retry_for_s``.
 
-        Deliveries that make no progress for FLUSH_STALL_S report a retry ("delivery
-        stalled"), so readiness drops even when librdkafka reports no broker error."""
-        pending, since, reported = len(self.producer), self.clock(), False
+        A passed stop deadline raises :class:`StopTimeout`. Deliveries that make no progress
+        for FLUSH_STALL_S report a retry ("delivery stalled"), so readiness drops even when
+        librdkafka reports no broker error. Reports still missing after ``retry_for_s``
+        (librdkafka would wait up to ``message.timeout.ms``) raise :class:`DeliveryFailed`:
+        the messages still queued are purged and, nothing having been committed, the worker
+        reads the batch again."""
+        started = self.clock()
+        pending, since, reported = len(self.producer), started, False
         while len(self.producer):
             self._check_stop()
             self.beat()
+            if self.clock() - started > self.retry_for_s:
+                left = len(self.producer)
+                self._purge_queued()
+                raise DeliveryFailed(
+                    f"{left} message(s) without a delivery report after {self.retry_for_s} s "
+                    "(delivery_retry_s)"
+                )
             self.producer.flush(0.2)
             if len(self.producer) < pending:
                 pending, since = len(self.producer), self.clock()
             elif not reported and self.clock() - since > FLUSH_STALL_S:
                 self.on_retry("delivery stalled", 0)
                 reported = True
+
+    def _purge_queued(self) -> None:
+        """Drop the messages librdkafka has not sent yet (their reports say _PURGE_QUEUE);
+        messages in flight are left to ``message.timeout.ms``."""
+        try:
+            self.producer.purge(in_queue=True, in_flight=False, blocking=False)
+            self.producer.poll(0)
+        except Exception as exc:  # KafkaException: e.g. a transactional producer's state
+            log_event(logging.WARNING, "producer_purge_failed", error=str(exc))
 
     def _check_stop(self) -> None:
         deadline = self.stop_deadline()
@@ -477,6 +534,9 @@ class ExactlyOnceDelivery(Delivery):
                     failures = self.send(items)
                 except StopTimeout:
                     self._abort(timeout_s=1.0)
+                    raise
+                except DeliveryFailed:  # a flush past its deadline: abort, read it again
+                    self._abort()
                     raise
                 if failures:
                     self._abort()

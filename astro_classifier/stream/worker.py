@@ -58,6 +58,7 @@ from astro_classifier.stream.batch import (
     BatchResult,
     DeadLetter,
     Output,
+    release_headers,
 )
 from astro_classifier.stream.codecs import schema_source
 from astro_classifier.stream.config import (
@@ -105,6 +106,10 @@ AUTH_ERRORS = frozenset({"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "_SSL"
 
 class StartupError(RuntimeError):
     """Kafka is not usable as configured (unreachable, authentication, missing topic)."""
+
+
+class KafkaConfigError(StartupError):
+    """librdkafka refused a property of the configuration (unknown name, invalid value)."""
 
 
 def _on_commit(error: Any, partitions: list) -> None:
@@ -178,13 +183,24 @@ class StreamWorker:
             host=socket.gethostname(),
             settings=settings.redacted(),
         )
+        secrets = settings.secret_kafka_properties()
+        if secrets:
+            log_event(
+                logging.WARNING,
+                "secret_in_kafka_map",
+                properties=secrets,
+                hint="redacted from logs; move them to kafka_secrets "
+                "(ASTROCLF_KAFKA_SECRETS__<NAME>), which are never shown",
+            )
         restore_signals = self._install_signal_handlers()
         code = 1
         try:
             code = self._run()
+        except KafkaConfigError as exc:
+            log_event(logging.ERROR, "config_invalid", error=str(exc))
         except StartupError as exc:
             log_event(logging.ERROR, "startup_failed", error=str(exc))
-        except (FatalKafkaError, Undeliverable) as exc:
+        except (FatalKafkaError, Undeliverable, DeliveryFailed) as exc:
             log_event(
                 logging.ERROR,
                 "worker_failed",
@@ -236,6 +252,7 @@ class StreamWorker:
     # -- start-up -------------------------------------------------------------------------
     def _run(self) -> int:
         settings = self.settings
+        self._check_kafka_config()
         try:
             started = time.perf_counter()
             model = LoadedModel.load(
@@ -422,20 +439,44 @@ class StreamWorker:
             "error_cb": self._on_kafka_error,
         }
 
-    def _make_producer(self) -> Any:
-        from confluent_kafka import Producer
+    def _check_kafka_config(self) -> None:
+        """Let librdkafka check both configurations before anything slow: a client made
+        without ``bootstrap.servers`` connects nowhere."""
+        from confluent_kafka import Consumer, Producer
 
+        for kind, conf, what in (
+            (Producer, self._producer_conf("check"), "producer"),
+            (Consumer, self._consumer_conf(), "consumer"),
+        ):
+            conf.pop("bootstrap.servers", None)
+            client = _kafka_client(kind, conf, what)
+            if kind is Consumer:
+                client.close()
+            del client
+
+    def _producer_conf(self, transactional_id: str | None) -> dict[str, Any]:
         settings = self.settings
         conf: dict[str, Any] = {"linger.ms": 5, "acks": "all", "enable.idempotence": True}
         conf.update(settings.librdkafka())
+        # Bounded under max.poll.interval.ms (StreamSettings checks a configured value).
+        conf["message.timeout.ms"] = settings.message_timeout_ms()
         conf.update(self._common_conf())
         if self.exactly_once:
-            conf["transactional.id"] = self._transactional_id.transactional_id
-        return Producer(conf)
+            conf["transactional.id"] = transactional_id
+        return conf
+
+    def _make_producer(self) -> Any:
+        from confluent_kafka import Producer
+
+        transactional_id = self._transactional_id.transactional_id if self.exactly_once else None
+        return _kafka_client(Producer, self._producer_conf(transactional_id), "producer")
 
     def _make_consumer(self) -> Any:
         from confluent_kafka import Consumer
 
+        return _kafka_client(Consumer, self._consumer_conf(), "consumer")
+
+    def _consumer_conf(self) -> dict[str, Any]:
         settings = self.settings
         conf: dict[str, Any] = {
             "auto.offset.reset": "earliest",
@@ -461,7 +502,7 @@ class StreamWorker:
             conf["isolation.level"] = "read_committed"
         if self.metrics_server is not None:
             conf["stats_cb"] = self._on_stats
-        return Consumer(conf)
+        return conf
 
     def _make_delivery(self) -> Delivery:
         settings = self.settings
@@ -533,7 +574,7 @@ class StreamWorker:
         if self._delivery is not None:
             try:
                 self._delivery.on_revoke()
-            except StopTimeout as exc:  # stopping with deliveries stuck: commit nothing more
+            except (StopTimeout, DeliveryFailed) as exc:  # deliveries stuck: commit nothing more
                 log_event(logging.WARNING, "revoke_commit_skipped", error=str(exc))
         self._forget(partitions)
 
@@ -678,10 +719,13 @@ class StreamWorker:
 
     def _handle_batch(self, messages: list) -> bool:
         assert self._processor is not None and self._delivery is not None
-        result = self._processor.process(messages)
-        started = time.perf_counter()
-        delivered = self._delivery.deliver(messages, result)
-        deliver_seconds = time.perf_counter() - started
+        try:
+            result = self._processor.process(messages)
+            started = time.perf_counter()
+            delivered = self._delivery.deliver(messages, result)
+            deliver_seconds = time.perf_counter() - started
+        finally:
+            release_headers()  # no dead letter of this batch is produced any more
         m = self.metrics
         m.batches.inc()
         m.batch_size.observe(len(messages))
@@ -798,6 +842,23 @@ class StreamWorker:
         if now - self._last_progress_log >= PROGRESS_LOG_INTERVAL_S:
             self._last_progress_log = now
             log_event(logging.INFO, "progress", **self._totals)
+
+
+def _kafka_client(kind: Callable[[dict], Any], conf: dict[str, Any], what: str) -> Any:
+    """A confluent_kafka Producer or Consumer; a property librdkafka refuses (an unknown name
+    such as ``securty.protocol``, a bad value) is a :class:`KafkaConfigError` naming it."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    try:
+        return kind(conf)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if error.code() != KafkaError._INVALID_ARG:
+            raise
+        raise KafkaConfigError(
+            f"the Kafka {what} configuration is invalid: {error.str()} (check the kafka and "
+            "kafka_secrets settings, or the ASTROCLF_KAFKA__* variables)"
+        ) from exc
 
 
 def _names(partitions: list) -> list[str]:
