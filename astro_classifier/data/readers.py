@@ -439,6 +439,17 @@ REGISTRY: dict[str, InputFormat] = {
             *_catalogue("alerce_examples", "alerce_examples"),
         ),
         InputFormat(
+            "ztf-bts-antares",
+            "ZTF BTS transients as ANTARES alert light curves: labels.csv + "
+            "antares_lightcurves.tar.gz (a folder)",
+            *_catalogue("antares_bts", "antares_bts"),
+        ),
+        InputFormat(
+            "tdss-quasars",
+            "TDSS/SDSS quasar light curves: gband.tar.gz + rband.tar.gz (a folder)",
+            *_catalogue("tdss", "tdss_quasars"),
+        ),
+        InputFormat(
             "json",
             'astroclf JSON alerts, one per line {"object_id", "points": [...]}',
             lambda probe: set(JSON_ALERT_KEYS) <= probe.json_keys,

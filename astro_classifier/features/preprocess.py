@@ -9,11 +9,13 @@ names) are a :class:`PreprocessingSpec`, stored in each model's metadata.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from astro_classifier.data.lightcurve import BAND_INDEX, BANDS, LightCurveBatch
+from astro_classifier.data.render import nightly_bin
 from astro_classifier.features.lc_features import compute_light_curve_features, feature_names
 
 # Object metadata a model may use as tabular inputs (canonical names, see data/plasticc.py).
@@ -48,6 +50,17 @@ class PreprocessingSpec(BaseModel):
         (), description="object metadata columns used as tabular inputs (NaN when absent)"
     )
     light_curve_features: bool = Field(True, description="append light-curve package features")
+    nightly_bin: bool = Field(
+        False,
+        description="reduce each light curve to one point per band and night before anything "
+        "else (data/render.py nightly_bin), so that dense histories (multi-year forced "
+        "photometry, Rubin deep fields) look like the light curves the model was trained on",
+    )
+    masked_features: tuple[str, ...] = Field(
+        (),
+        description="tabular features always given as missing (NaN): those that measure the "
+        "catalogue or processing a light curve came from rather than the object",
+    )
 
     @field_validator("bands")
     @classmethod
@@ -67,6 +80,18 @@ class PreprocessingSpec(BaseModel):
             raise ValueError(
                 f"unknown metadata feature(s) {unknown}; known: {list(KNOWN_METADATA_FEATURES)}"
             )
+        return names
+
+    @field_validator("masked_features")
+    @classmethod
+    def _known_features(cls, names: tuple[str, ...], info: Any) -> tuple[str, ...]:
+        data = info.data
+        known = list(data.get("metadata_features", ()))
+        if data.get("light_curve_features", True):
+            known += feature_names(data.get("bands", BANDS))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"masked_features {unknown} are not tabular features of this spec")
         return names
 
     @property
@@ -116,11 +141,19 @@ class ModelInputs:
 def keep_model_bands(
     batch: LightCurveBatch, spec: PreprocessingSpec
 ) -> tuple[LightCurveBatch, int]:
-    """Drop points in bands the model does not use; returns the batch and the dropped count."""
+    """The light curves as the model sees them: points in bands the model does not use
+    dropped, then (``spec.nightly_bin``) one point per band and night. Returns the batch and
+    the count of points outside the model's bands.
+
+    Every door (training, batch, stream, evaluation) starts here, so that a change of view
+    reaches all of them at once."""
     keep = np.isin(batch.band, [BAND_INDEX[b] for b in spec.bands])
-    if keep.all():
-        return batch, 0
-    return batch.select_points(keep), int((~keep).sum())
+    outside = int((~keep).sum())
+    if not keep.all():
+        batch = batch.select_points(keep)
+    if spec.nightly_bin:
+        batch = nightly_bin(batch)
+    return batch, outside
 
 
 def truncate_for_model(
@@ -153,7 +186,11 @@ def tabular_features(
         columns.append(compute_light_curve_features(batch, spec.bands, n_jobs=n_jobs))
     if not columns:
         return np.zeros((len(batch), 0), np.float32)
-    return np.concatenate(columns, axis=1).astype(np.float32)
+    out = np.concatenate(columns, axis=1).astype(np.float32)
+    if spec.masked_features:
+        names = spec.feature_names
+        out[:, [names.index(n) for n in spec.masked_features]] = np.nan
+    return out
 
 
 def window_start(batch: LightCurveBatch, max_length: int) -> np.ndarray:

@@ -43,13 +43,12 @@ from typing import Literal
 import numpy as np
 
 from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.data.render import ALERT_HISTORY_DAYS, DETECTION_SIGMA
 from astro_classifier.data.units import AB_ZERO_POINT_NJY
 
 H0_KM_S_MPC = 70.0
 OMEGA_M = 0.3
 C_KM_S = 299792.458
-DETECTION_SIGMA = 5.0
-ALERT_HISTORY_DAYS = 30.0  # ZTF alerts carry 30 days of history before the candidate
 
 _Z_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 5.0, 4000)])
 

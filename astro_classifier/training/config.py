@@ -69,6 +69,38 @@ class AugmentSection(_Strict):
     seed: int = 0
 
 
+class RenderSection(_Strict):
+    """Copies of a source's objects re-rendered in other processings (data/render.py), each
+    copy in one processing drawn at random, so that no class owns a processing."""
+
+    copies: int = Field(2, ge=1, le=20)
+    processings: list[str] = Field(
+        ["alert", "forced", "detections", "sparse"],
+        description="processings drawn from (data/render.py PROCESSINGS)",
+    )
+    baseline: bool = Field(
+        False,
+        description="transients: forced copies get a pre-explosion baseline of zero-signal epochs",
+    )
+    max_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="balance sources within a class: at most this many objects per class of "
+        "this source get rendered copies (the rest are kept as read)",
+    )
+    seed: int = 0
+
+    @field_validator("processings")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        from astro_classifier.data.render import PROCESSINGS
+
+        unknown = [n for n in names if n not in PROCESSINGS]
+        if unknown or not names:
+            raise ValueError(f"unknown processing(s) {unknown}; known: {list(PROCESSINGS)}")
+        return names
+
+
 class SourceSection(_Strict):
     """One more labelled data set, read through the format registry."""
 
@@ -83,6 +115,10 @@ class SourceSection(_Strict):
         "(data/splits.py real_sky_split), so that benchmarks/real_sky.py reports unseen objects",
     )
     augment: AugmentSection | None = None
+    render: RenderSection | None = None
+    max_objects: int | None = Field(
+        None, ge=1, description="a stratified subsample of this source (balance sources)"
+    )
 
     @field_validator("path", "metadata")
     @classmethod
@@ -95,6 +131,9 @@ class DataSection(_Strict):
     light_curves: str
     metadata: str | None = None
     augment: AugmentSection | None = Field(None, description="augmented copies of the main set")
+    render: RenderSection | None = Field(
+        None, description="copies of the main set rendered in other processings"
+    )
     extra_sources: list[SourceSection] = Field(
         default_factory=list, description="more labelled sets, e.g. real-sky train splits"
     )

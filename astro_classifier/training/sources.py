@@ -17,10 +17,12 @@ from rich.console import Console
 
 from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.data.readers import read_light_curves
+from astro_classifier.data.render import PROCESSINGS, render_random
 from astro_classifier.data.splits import real_sky_split, stratified_folds, stratified_split
 from astro_classifier.errors import InputError
+from astro_classifier.taxonomy import broad_class_of
 from astro_classifier.training.augment import AugmentSpec, augment
-from astro_classifier.training.config import SourceSection, TrainConfig
+from astro_classifier.training.config import RenderSection, SourceSection, TrainConfig
 
 GROUP_STRIDE = 1e7  # split_group = source index * GROUP_STRIDE + row of the object in its source
 
@@ -34,7 +36,11 @@ def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch
     """
     data = cfg.data
     main = SourceSection(
-        path=data.light_curves, format=data.format, metadata=data.metadata, augment=data.augment
+        path=data.light_curves,
+        format=data.format,
+        metadata=data.metadata,
+        augment=data.augment,
+        render=data.render,
     )
     batches = []
     for index, src in enumerate([main, *data.extra_sources]):
@@ -57,8 +63,9 @@ def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch
                     f"[dim]{src.path}: not trained on (class not in data.classes): {dict(dropped)}[/dim]"
                 )
             batch = batch.select(np.flatnonzero(keep))
-        if index == 0 and data.max_objects is not None and data.max_objects < len(batch):
-            _, keep = stratified_split(batch.label, data.max_objects / len(batch), data.seed)
+        limit = data.max_objects if index == 0 else src.max_objects
+        if limit is not None and limit < len(batch):
+            _, keep = stratified_split(batch.label, limit / len(batch), data.seed)
             batch = batch.select(keep)
         # alerts of one object (a later alert repeats the earlier ones' history) form a group
         _, first, inverse = np.unique(
@@ -72,6 +79,8 @@ def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch
         else:
             batch.metadata["augment_copy"] = np.zeros(len(batch))
         batch.metadata["split_group"] = groups
+        if src.render is not None:
+            batch = add_rendered_copies(batch, src.render)
         # numeric metadata only: string columns (a catalogue's type text) are not model inputs
         batch.metadata = {
             k: v for k, v in batch.metadata.items() if np.asarray(v).dtype.kind in "fiub"
@@ -79,6 +88,41 @@ def read_training_objects(cfg: TrainConfig, console: Console) -> LightCurveBatch
         console.print(f"{src.path}: {len(batch)} objects ({dict(Counter(batch.label.tolist()))})")
         batches.append(batch)
     return LightCurveBatch.concat(batches)
+
+
+def add_rendered_copies(batch: LightCurveBatch, spec: RenderSection) -> LightCurveBatch:
+    """``batch`` followed by ``spec.copies`` copies of (up to ``spec.max_per_class`` objects
+    per class of) it, each object of a copy in a processing drawn from ``spec.processings``.
+
+    Copies keep their object's ``split_group``, so they fall on its side of every split, and
+    get ``augment_copy`` numbers after the existing ones (validation and hold-out rows are the
+    objects as read); metadata ``processing`` says which rendering each row is (-1: as read,
+    else the index in :data:`PROCESSINGS`)."""
+    rng = np.random.default_rng(spec.seed)
+    rows = np.arange(len(batch))
+    if spec.max_per_class is not None:
+        rows = np.concatenate(
+            [
+                rng.permutation(np.flatnonzero(batch.label == label))[: spec.max_per_class]
+                for label in np.unique(batch.label)
+            ]
+        )
+        rows.sort()
+    base = batch.select(rows)
+    names_list = list(PROCESSINGS)
+    # a pre-explosion baseline makes sense for transients only
+    baseline = spec.baseline & np.array(
+        [broad_class_of(str(label)) == "transient" for label in base.label], bool
+    )
+    first_copy = float(np.max(batch.metadata["augment_copy"], initial=0.0)) + 1
+    batch.metadata["processing"] = np.full(len(batch), -1.0)
+    copies = [batch]
+    for c in range(spec.copies):
+        rendered, names = render_random(base, rng, processings=spec.processings, baseline=baseline)
+        rendered.metadata["augment_copy"] = np.full(len(rendered), first_copy + c)
+        rendered.metadata["processing"] = np.array([names_list.index(n) for n in names], np.float64)
+        copies.append(rendered)
+    return LightCurveBatch.concat(copies)
 
 
 def label_alerts(
