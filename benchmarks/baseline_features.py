@@ -148,8 +148,16 @@ def fit_feature_baseline(x: np.ndarray, labels: np.ndarray, classes: list[str]) 
     index = {label: k for k, label in enumerate(classes)}
     y = np.array([index[label] for label in labels], dtype=np.int64)
     model = HistGradientBoostingClassifier(**HGB_PARAMS)
-    model.fit(np.where(np.isfinite(x), x, np.nan), y)
+    model.fit(finite_or_nan(x), y)
     return model
+
+
+def finite_or_nan(x: np.ndarray) -> np.ndarray:
+    """Non-finite values as NaN (missing); a column missing everywhere (a masked feature) as
+    0, which the histogram binning of scikit-learn cannot take all-NaN."""
+    x = np.where(np.isfinite(x), x, np.nan)
+    x[:, np.isnan(x).all(axis=0)] = 0.0
+    return x
 
 
 def summarise(values: list[float]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ classified with ``astro_classifier.inference.classify.classify`` (the serving pa
 |---|---|---|
 | ``ztf-bts-snia`` | ``read_ztf_bts`` (ZTF g/R magnitudes) | atat-ztf |
 | ``manytde`` | ``read_manytde`` (ZTF g/r forced photometry) | atat-ztf |
+| ``ztf-bts-antares`` | ``read_antares_bts`` (ZTF g/R magnitudes, every BTS type) | atat-ztf |
+| ``tdss-quasars`` | ``read_tdss_quasars`` as difference flux (SDSS + PS1 g/r) | atat-ztf |
 | ``alerce-examples`` | ``read_alerce_examples`` (ZTF detections + limits) | atat-ztf |
 | ``slsne`` | ``read_slsne`` (u..y from many telescopes) | atat-ztf, atat-lsst |
 | ``osc-sne`` | ``read_osc`` (u..y) | atat-ztf, atat-lsst |
@@ -68,6 +70,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_features import (  # noqa: E402
+    finite_or_nan,
     fit_feature_baseline,
     machine_info,
     predict_proba_all_classes,
@@ -76,12 +79,15 @@ from baseline_features import (  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from astro_classifier.data.alerce_examples import read_alerce_examples  # noqa: E402
+from astro_classifier.data.antares_bts import read_antares_bts  # noqa: E402
 from astro_classifier.data.eros1 import read_eros1  # noqa: E402
 from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
 from astro_classifier.data.manytde import read_manytde  # noqa: E402
 from astro_classifier.data.osc import read_osc  # noqa: E402
+from astro_classifier.data.render import difference_flux  # noqa: E402
 from astro_classifier.data.slsne import read_slsne  # noqa: E402
 from astro_classifier.data.splits import real_sky_split  # noqa: E402
+from astro_classifier.data.tdss import read_tdss_quasars  # noqa: E402
 from astro_classifier.data.ztf_bts import read_ztf_bts  # noqa: E402
 from astro_classifier.features.preprocess import keep_model_bands, tabular_features  # noqa: E402
 from astro_classifier.inference.classify import classify  # noqa: E402
@@ -166,6 +172,18 @@ SETS: tuple[RealSet, ...] = (
         "alerce-examples",
         "ALeRCE SNe, ZTF detections + limits",
         lambda d: read_alerce_examples(d / "lightcurves" / "alerce-examples"),
+        ("atat-ztf",),
+    ),
+    RealSet(
+        "ztf-bts-antares",
+        "BTS transients of every type, ANTARES alert light curves (g/R mags)",
+        lambda d: read_antares_bts(d / "lightcurves" / "ztf-bts-antares"),
+        ("atat-ztf",),
+    ),
+    RealSet(
+        "tdss-quasars",
+        "TDSS quasars, SDSS + PS1 g/r, as difference flux",
+        lambda d: difference_flux(read_tdss_quasars(d / "lightcurves" / "tdss-quasars")),
         ("atat-ztf",),
     ),
     RealSet(
@@ -390,7 +408,7 @@ def evaluate_set(
         fitted, fit_seconds, n_fit = baselines.get(model)
         kept, _ = keep_model_bands(batch.select(result.rows), spec)
         x = tabular_features(kept, spec, n_jobs=2)
-        x = np.where(np.isfinite(x), x, np.nan)
+        x = finite_or_nan(x)
         base = predict_proba_all_classes(fitted, x, len(labels))
         out["baseline"] = score(truth, base, labels)
         out["baseline_fit_seconds"] = fit_seconds

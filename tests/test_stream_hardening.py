@@ -26,13 +26,13 @@ from pathlib import Path
 import pytest
 
 from tests.kafka_broker import free_port, read_topic, require_stream_extra
-from tests.test_stream_worker import (
+from tests.test_stream_worker import (  # noqa: F401  (workers: a fixture)
     SIGTERM_LIMIT_S,
-    Worker,
     all_committed,
     decode_output,
     new_topics,
     wait_until,
+    workers,
     write_config,
     ztf_alert_ids,
 )
@@ -40,24 +40,13 @@ from tests.test_stream_worker import (
 require_stream_extra()
 
 
-@pytest.fixture
-def workers():
-    started: list[Worker] = []
-
-    def start(config: Path, log_path: Path, extra_env: dict | None = None) -> Worker:
-        worker = Worker(config, log_path, extra_env)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.close()
-
-
 # -- 1. a key or headers larger than message.max.bytes ---------------------------------------
 @pytest.mark.kafka
 def test_an_oversized_key_or_header_is_cut_never_a_crash_loop(
-    kafka_bootstrap: str, shared_data: Path, tmp_path: Path, workers
+    kafka_bootstrap: str,
+    shared_data: Path,
+    tmp_path: Path,
+    workers,  # noqa: F811
 ) -> None:
     from confluent_kafka import Producer
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,22 @@ def _reference_inputs(batch, spec, k: int, width: int) -> dict[str, np.ndarray]:
         )
         if "ugrizy"[b] in spec.bands
     ]
+    if spec.nightly_bin:  # one point per band and night (night = floor(MJD + 0.25))
+        nights: dict[tuple[int, int], list] = {}
+        for p in points:
+            nights.setdefault((p[1], math.floor(p[0] + 0.25)), []).append(p)
+        points = []
+        for group in nights.values():
+            w = [1.0 / float(e) ** 2 for _, _, _, e, _ in group]
+            points.append(
+                (
+                    sum(wi * t for wi, (t, *_) in zip(w, group, strict=True)) / sum(w),
+                    group[0][1],
+                    sum(wi * f for wi, (_, _, f, _, _) in zip(w, group, strict=True)) / sum(w),
+                    1.0 / math.sqrt(sum(w)),
+                    any(d for *_, d in group),
+                )
+            )
     points.sort(key=lambda p: p[0])
     detected_times = [p[0] for p in points if p[4]]
     t0 = min(detected_times) if detected_times else points[0][0]  # first detection, else first
