@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("energy", "swap", "1 - p_max")
     }
     png = args.out.with_suffix(".png")
-    risk_coverage_plot(curves, png, f"{Path(args.model).name}: {', '.join(sources)}")
+    risk_coverage_plot(curves, png, f"{args.model}: {', '.join(sources)}")
     print(json.dumps(result["all"], indent=2))
     print(f"wrote {args.out} and {png}")
     return 0

@@ -114,6 +114,7 @@ MODEL_CLASS_ALIASES: dict[str, tuple[str, ...]] = {
     "SNIax": ("SNIa",),
     "Mira": ("LPV",),
     "LPV": ("Mira",),
+    "QSO": ("AGN",),
 }
 CONFIGS = {
     "atat-ztf": PROJECT_ROOT / "configs" / "atat_ztf.yaml",
