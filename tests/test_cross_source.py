@@ -3,6 +3,8 @@ catalogue features (the pieces of configs/atat_ztf.yaml that data/render.py feed
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -119,3 +121,22 @@ def test_max_per_class_balances_a_source() -> None:
 def test_render_section_refuses_unknown_processings() -> None:
     with pytest.raises(ValidationError, match="unknown processing"):
         RenderSection(processings=["alert", "forced-ish"])
+
+
+def test_leave_one_source_out_configs_drop_exactly_that_source() -> None:
+    import yaml
+
+    from benchmarks.loso_configs import SOURCE_PATHS, loso_config
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "atat_ztf.yaml"
+    doc = yaml.safe_load(config.read_text())
+    paths = [e["path"] for e in doc["data"]["extra_sources"]]
+    for source, fragment in SOURCE_PATHS.items():
+        out = loso_config(doc, source, epochs=5)
+        assert out is not None, source  # every meter source is a source of the shipped config
+        kept = [e["path"] for e in out["data"]["extra_sources"]]
+        assert [p for p in paths if p not in kept] == [p for p in paths if fragment in p]
+        assert len(kept) == len(paths) - 1 and out["training"]["epochs"] == 5
+        assert out["data"]["light_curves"] == doc["data"]["light_curves"]  # simulation kept
+        TrainConfig.model_validate(out)  # still a valid config
+    assert doc["training"]["epochs"] != 5  # the original is untouched

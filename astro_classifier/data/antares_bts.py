@@ -44,7 +44,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.data.realsky import GENERIC_SN, count, sexagesimal_to_degrees, sn_type_label
+from astro_classifier.data.realsky import (
+    GENERIC_SN,
+    count,
+    parse_floats,
+    sexagesimal_to_degrees,
+    sn_type_label,
+)
 from astro_classifier.data.units import ab_mag_to_njy
 from astro_classifier.errors import InputError
 
@@ -141,7 +147,7 @@ def read_antares_bts(path: str | Path) -> LightCurveBatch:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InputError(tarball, f"cannot read the tarball ({exc})") from exc
 
-    time, mag, err = (_floats(v) for v in (times, mags, errs))
+    time, mag, err = (parse_floats(v) for v in (times, mags, errs))
     band_letter = np.asarray(bands, dtype=str)
     known_band = np.isin(band_letter, list(ANTARES_BANDS))
     for letter in np.unique(band_letter[~known_band]).tolist():
@@ -168,8 +174,8 @@ def read_antares_bts(path: str | Path) -> LightCurveBatch:
         metadata={
             "ra": radec[:, 0],
             "dec": radec[:, 1],
-            "redshift": _floats([r.get("redshift", "") for r in rows]),
-            "peak_mag": _floats([r.get("peakmag", "") for r in rows]),
+            "redshift": parse_floats([r.get("redshift", "") for r in rows]),
+            "peak_mag": parse_floats([r.get("peakmag", "") for r in rows]),
             "peak_band": np.array([(r.get("peakfilt") or "").strip() for r in rows], dtype=str),
             "type": np.array([r["type"] for r in rows], dtype=str),
         },
@@ -177,18 +183,3 @@ def read_antares_bts(path: str | Path) -> LightCurveBatch:
     )
     batch.dropped = dropped
     return batch
-
-
-def _floats(values: list[str]) -> np.ndarray:
-    """Strings -> float64; anything unparsable (``-``, ``>19.4``, empty) becomes NaN."""
-    try:
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        pass
-    out = np.full(len(values), np.nan)
-    for k, v in enumerate(values):
-        try:
-            out[k] = float(v)
-        except (TypeError, ValueError):
-            continue
-    return out

@@ -91,3 +91,18 @@ def count(dropped: dict[str, int], reason: str, n: int | np.integer) -> None:
     """Add ``n`` points to ``dropped[reason]`` (nothing is added for zero)."""
     if int(n):
         dropped[reason] = dropped.get(reason, 0) + int(n)
+
+
+def parse_floats(values: list) -> np.ndarray:
+    """Strings or bytes -> float64; anything unparsable (``-``, ``>19.4``, empty) is NaN."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        pass
+    out = np.full(len(values), np.nan)
+    for k, v in enumerate(values):
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out

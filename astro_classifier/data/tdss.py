@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.data.realsky import count, sexagesimal_to_degrees
+from astro_classifier.data.realsky import count, parse_floats, sexagesimal_to_degrees
 from astro_classifier.data.units import ab_mag_to_njy
 from astro_classifier.errors import InputError
 
@@ -102,7 +102,7 @@ def _read_band(tarball: Path, band: str) -> tuple[list[str], list[int], np.ndarr
                 tokens += values
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InputError(tarball, f"cannot read the tarball ({exc})") from exc
-    return names, sizes, _floats(tokens).reshape(-1, TDSS_COLUMNS)
+    return names, sizes, parse_floats(tokens).reshape(-1, TDSS_COLUMNS)
 
 
 def read_tdss_quasars(path: str | Path) -> LightCurveBatch:
@@ -147,18 +147,3 @@ def read_tdss_quasars(path: str | Path) -> LightCurveBatch:
     )
     batch.dropped = dropped
     return batch
-
-
-def _floats(values: list[bytes]) -> np.ndarray:
-    """Byte strings -> float64; anything unparsable becomes NaN."""
-    try:
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        pass
-    out = np.full(len(values), np.nan)
-    for k, v in enumerate(values):
-        try:
-            out[k] = float(v)
-        except (TypeError, ValueError):
-            continue
-    return out
