@@ -155,6 +155,10 @@ def test_info_prints_labels_and_bands(model: str) -> None:
     for label in meta.labels:
         assert label in text
     assert "holdout metrics" in text
+    spec = meta.preprocessing
+    assert ("one point per band and night" in text) == spec.nightly_bin
+    for name in spec.masked_features:
+        assert name in text
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,8 @@ def info_command(
         "tabular features": f"{len(meta.feature_names)} (metadata: {', '.join(spec.metadata_features) or 'none'})",
         "max length": f"{spec.max_length} points, buckets {meta.length_buckets}",
         "flux scale": f"asinh(flux / {spec.flux_scale_njy:g} nJy)",
+        "light curves": "binned to one point per band and night" if spec.nightly_bin else "as read",
+        "masked features": ", ".join(spec.masked_features) or "none",
         "training data": ", ".join(f"{k}={v}" for k, v in meta.training_data.items()),
         "written by": f"astroclf {meta.package_version} at {meta.created_at}",
     }
