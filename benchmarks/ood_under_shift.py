@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -136,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     data = args.data or shared_data_dir()
-    import os
-
     os.environ["ASTROCLF_SHARED_DATA"] = str(data)
     cfg = TrainConfig.from_yaml(PROJECT_ROOT / "configs" / "atat_ztf.yaml")
     sources = read_sources(data, dict(cfg.data.label_map), args.max_per_source)

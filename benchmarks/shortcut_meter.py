@@ -36,6 +36,7 @@ Results: a JSON file and a Markdown table beside it (``.md``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -68,7 +69,12 @@ from astro_classifier.data.eros1 import read_eros1  # noqa: E402
 from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
 from astro_classifier.data.manytde import read_manytde  # noqa: E402
 from astro_classifier.data.osc import read_osc  # noqa: E402
-from astro_classifier.data.render import PROCESSINGS, difference_flux, render  # noqa: E402
+from astro_classifier.data.render import (  # noqa: E402
+    PROCESSINGS,
+    difference_flux,
+    render,
+    render_random,
+)
 from astro_classifier.data.slsne import read_slsne  # noqa: E402
 from astro_classifier.data.splits import real_sky_split  # noqa: E402
 from astro_classifier.data.tdss import read_tdss_quasars  # noqa: E402
@@ -234,9 +240,8 @@ def leave_one_source_out(
 
 
 def _with_copies(batch: LightCurveBatch, spec: RenderSection) -> LightCurveBatch:
-    batch = LightCurveBatch.concat([batch])  # a copy: add_rendered_copies adds metadata
-    batch.metadata["augment_copy"] = np.zeros(len(batch))
-    return add_rendered_copies(batch, spec)
+    metadata = {**batch.metadata, "augment_copy": np.zeros(len(batch))}
+    return add_rendered_copies(dataclasses.replace(batch, metadata=metadata), spec)
 
 
 # -- 2. processing swap --------------------------------------------------------------------
@@ -292,8 +297,6 @@ def source_probe(
     batch = LightCurveBatch.concat(parts)
     y = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)])
     if rendered:  # every object in one processing drawn at random, as rendered training sees it
-        from astro_classifier.data.render import render_random
-
         batch, _ = render_random(batch, np.random.default_rng(SEED), baseline=True)
     x = features(batch, spec)
     out = {

@@ -10,6 +10,7 @@ exactly what a model was trained on.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -115,8 +116,10 @@ def add_rendered_copies(batch: LightCurveBatch, spec: RenderSection) -> LightCur
         [broad_class_of(str(label)) == "transient" for label in base.label], bool
     )
     first_copy = float(np.max(batch.metadata["augment_copy"], initial=0.0)) + 1
-    batch.metadata["processing"] = np.full(len(batch), -1.0)
-    copies = [batch]
+    as_read = dataclasses.replace(
+        batch, metadata={**batch.metadata, "processing": np.full(len(batch), -1.0)}
+    )
+    copies = [as_read]
     for c in range(spec.copies):
         rendered, names = render_random(base, rng, processings=spec.processings, baseline=baseline)
         rendered.metadata["augment_copy"] = np.full(len(rendered), first_copy + c)
