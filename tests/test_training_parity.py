@@ -135,3 +135,23 @@ def test_mixed_truncation_levels_in_one_call(objects) -> None:
     days = np.asarray(TRUNCATION_DAYS)[level]
     serving = light_curves_to_inputs(truncate_for_model(objects, spec, days), spec)
     assert_same_inputs(training, serving)
+
+
+def test_train_loss_is_per_head_of_the_heads_the_model_returned():
+    import torch
+    import torch.nn.functional as F
+
+    from astro_classifier.training.train import multi_head_loss
+
+    torch.manual_seed(0)
+    target = torch.tensor([0, 1, 2, 1])
+    one = {"mix": torch.randn(4, 3)}
+    loss, n = multi_head_loss(one, target, ("lc", "tab", "mix"))
+    assert n == 1
+    assert torch.isclose(loss / n, F.cross_entropy(one["mix"], target))
+    three = {"lc": torch.randn(4, 3), "tab": torch.randn(4, 3), "mix": torch.randn(4, 3)}
+    loss, n = multi_head_loss(three, target, ("lc", "tab", "mix"))
+    expected = sum(F.cross_entropy(v, target) for v in three.values()) / 3
+    assert n == 3 and torch.isclose(loss / n, expected)
+    with pytest.raises(ValueError, match="none of the heads"):
+        multi_head_loss({"other": torch.randn(4, 3)}, target, ("mix",))

@@ -44,7 +44,24 @@ from astro_classifier.training.registry import (
 from astro_classifier.training.sources import grouped_splits, read_training_objects
 
 log = logging.getLogger(__name__)
-HEADS = ("lc", "tab", "mix")
+
+
+def multi_head_loss(
+    logits: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    heads: tuple[str, ...],
+    class_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Sum of the cross-entropies of the ``heads`` the model returned, and how many there were.
+
+    The sum is what is optimised; divided by the count it is the per-head loss reported as
+    ``train_loss`` (comparable with ``val_loss``, the loss of the served head).
+    """
+    used = [h for h in heads if h in logits]
+    if not used:
+        raise ValueError(f"the model returned none of the heads {list(heads)}: {list(logits)}")
+    loss = sum(F.cross_entropy(logits[h], target, weight=class_weight) for h in used)
+    return loss, len(used)
 
 
 def seed_everything(seed: int) -> None:
@@ -269,18 +286,15 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
                 sub, feats = ds.truncated(index, level)
                 inputs = to_tensors(light_curves_to_inputs(sub, ds.spec, tabular=feats), device)
                 target = torch.from_numpy(y[index]).to(device)
-                logits = model.forward_logits(**inputs)
-                loss = sum(
-                    F.cross_entropy(logits[h], target, weight=class_weight)
-                    for h in entry.heads
-                    if h in logits
+                loss, n_heads = multi_head_loss(
+                    model.forward_logits(**inputs), target, entry.heads, class_weight
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 scheduler.step()
-                losses.append(loss.item())
+                losses.append(loss.item() / n_heads)
                 bar.update(task, advance=1, loss=float(np.mean(losses)))
             bar.remove_task(task)
 
@@ -295,7 +309,7 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
             )
             row = {
                 "epoch": epoch,
-                "train_loss": float(np.mean(losses)) / len(HEADS),
+                "train_loss": float(np.mean(losses)),
                 "val_loss": val_loss,
                 "val_macro_f1": report.macro_f1,
                 "val_accuracy": report.accuracy,
