@@ -69,6 +69,16 @@ class AugmentSection(_Strict):
     seed: int = 0
 
 
+def known_processings(names: list[str]) -> list[str]:
+    """``names`` if every one is a processing of data/render.py (and there is one)."""
+    from astro_classifier.data.render import PROCESSINGS
+
+    unknown = [n for n in names if n not in PROCESSINGS]
+    if unknown or not names:
+        raise ValueError(f"unknown processing(s) {unknown}; known: {list(PROCESSINGS)}")
+    return names
+
+
 class RenderSection(_Strict):
     """Copies of a source's objects re-rendered in other processings (data/render.py), each
     copy in one processing drawn at random, so that no class owns a processing."""
@@ -93,12 +103,7 @@ class RenderSection(_Strict):
     @field_validator("processings")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
-        from astro_classifier.data.render import PROCESSINGS
-
-        unknown = [n for n in names if n not in PROCESSINGS]
-        if unknown or not names:
-            raise ValueError(f"unknown processing(s) {unknown}; known: {list(PROCESSINGS)}")
-        return names
+        return known_processings(names)
 
 
 class SourceSection(_Strict):
@@ -186,6 +191,24 @@ class DataSection(_Strict):
         return None if value is None else expand_path(value)
 
 
+class RenderPretrainSection(_Strict):
+    """Contrastive pretraining on pairs of renderings before the supervised epochs
+    (training/contrastive.py); 0 epochs = off."""
+
+    epochs: int = Field(0, ge=0)
+    processings: list[str] = Field(
+        ["as-read", "alert", "forced", "detections", "sparse", "rubin"],
+        description="processings the two views of an object are drawn from (data/render.py)",
+    )
+    temperature: float = Field(0.2, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+
+    @field_validator("processings")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        return known_processings(names)
+
+
 class TrainingSection(_Strict):
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(128, ge=2)
@@ -205,6 +228,7 @@ class TrainingSection(_Strict):
         description="classify: cross-entropy on labels; contrastive: CLIP pretraining without "
         "labels on every non-hold-out object (CLIP models only)",
     )
+    render_pretrain: RenderPretrainSection = RenderPretrainSection()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all)")
     seed: int = 0

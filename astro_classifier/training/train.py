@@ -35,6 +35,7 @@ from astro_classifier.metrics import classification_report
 from astro_classifier.plots import plot_confusion_matrix, plot_learning_curves
 from astro_classifier.progress import progress_bar
 from astro_classifier.training.config import TrainConfig
+from astro_classifier.training.contrastive import pretrain_on_renderings, pretraining_rows
 from astro_classifier.training.registry import (
     create_model,
     get_entry,
@@ -241,6 +242,24 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
             model, torch.from_numpy(ds.features[:, train_idx].reshape(-1, ds.features.shape[-1]))
         )
     model.to(device)
+    pretrain = tc.render_pretrain
+    if pretrain.epochs:
+        rows = pretraining_rows(ds.batch, train_idx)
+        console.print(f"contrastive pretraining on renderings of {len(rows)} objects")
+        pretrain_on_renderings(
+            model,
+            ds.batch,
+            rows,
+            ds.spec,
+            epochs=pretrain.epochs,
+            processings=pretrain.processings,
+            temperature=pretrain.temperature,
+            learning_rate=pretrain.learning_rate,
+            batch_size=tc.batch_size,
+            seed=tc.seed,
+            device=device,
+            console=console,
+        )
 
     counts = np.bincount(y[train_idx], minlength=len(labels)).astype(np.float64)
     class_weight = (
