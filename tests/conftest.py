@@ -1,8 +1,13 @@
-"""Shared fixtures: where the real data lives.
+"""Shared fixtures: where the real data lives, and the tiny models several modules train.
 
 Tests read real data from ``ASTROCLF_SHARED_DATA`` (default ``../shared/data`` relative to
 the project root). Outside CI a test that needs it is skipped with the reason when it is
 absent; in CI (``CI=true``) its absence is an error.
+
+A test that trains or exports a model is marked ``slow`` (``pytest -m "not slow"`` skips
+it). The trained models that more than one module needs are session fixtures here, trained
+once per session; a test that requests one of them is marked ``slow`` at collection even if
+its module forgot the mark (``TRAINED_FIXTURES``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,15 @@ def shared_data() -> Path:
 
 pytest_plugins = ["tests.kafka_broker"]
 
+# Session fixtures that train a model: every test that uses one is slow.
+TRAINED_FIXTURES = frozenset({"image_model", "atat_tiny_run"})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if TRAINED_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def image_model(shared_data: Path, tmp_path_factory) -> tuple[Path, Path]:
@@ -63,3 +77,41 @@ def image_model(shared_data: Path, tmp_path_factory) -> tuple[Path, Path]:
     out = run_dir / "clip-tiny-alerts.onnx"
     export_run(run_dir, out)
     return run_dir, out
+
+
+@pytest.fixture(scope="session")
+def atat_tiny_run(shared_data: Path, tmp_path_factory):
+    """(CliRunner result, run dir) of `astroclf train configs/atat_tiny.yaml` cut to one
+    epoch on 120 real PLAsTiCC objects with only the whole-curve level
+    (``data.truncation_days=[.inf]``). Read-only: a test that changes the run directory
+    copies it first. Needs torch."""
+    pytest.importorskip("torch")
+    import torch
+    from typer.testing import CliRunner
+
+    from astro_classifier.cli.app import app
+
+    run_dir = tmp_path_factory.mktemp("atat-tiny") / "run"
+    threads = torch.get_num_threads()  # training.num_threads sets it for the whole process
+    try:
+        result = CliRunner().invoke(
+            app,
+            [
+                "train",
+                str(PROJECT_ROOT / "configs" / "atat_tiny.yaml"),
+                "-o",
+                str(run_dir),
+                "--set",
+                "data.truncation_days=[.inf]",
+                "--set",
+                "data.max_objects=120",
+                "--set",
+                "training.epochs=1",
+                "--set",
+                "training.num_threads=1",
+            ],
+            env={"ASTROCLF_SHARED_DATA": str(shared_data)},
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return result, run_dir

@@ -7,8 +7,6 @@ target survey's, and the ZTF target puts every copy's peak in ZTF's magnitude ra
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from rich.console import Console
@@ -186,27 +184,8 @@ def test_truncation_days_must_hold_the_whole_curve():
 
 
 @pytest.mark.slow
-def test_train_with_only_the_whole_curve_level_runs(shared_data, tmp_path):
-    from typer.testing import CliRunner
-
-    from astro_classifier.cli.app import app
-
-    config = Path(__file__).resolve().parent.parent / "configs" / "atat_tiny.yaml"
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            str(config),
-            "-o",
-            str(tmp_path / "run"),
-            "--set",
-            "data.truncation_days=[.inf]",
-            "--set",
-            "data.max_objects=120",
-            "--set",
-            "training.epochs=1",
-        ],
-        env={"ASTROCLF_SHARED_DATA": str(shared_data)},
-    )
+def test_train_with_only_the_whole_curve_level_runs(atat_tiny_run):
+    # `astroclf train configs/atat_tiny.yaml --set data.truncation_days=[.inf]` (conftest.py)
+    result, run_dir = atat_tiny_run
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert (run_dir / "checkpoint.pt").is_file()

@@ -1,11 +1,14 @@
 """CLIP models: pretrain (contrastive) -> fine-tune (few labels) -> export -> classify / embed.
 
-A tiny CLIP on 200 real PLAsTiCC objects, 2 epochs per stage: the module trains in seconds.
+A tiny CLIP on 200 real PLAsTiCC objects, 2 epochs per stage. The tests that train or
+export (the ``pretrained`` / ``finetuned`` / ``exported`` fixtures) are marked ``slow``; the
+model's unit tests on untrained towers are not.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +188,7 @@ def test_label_subset_keeps_one_object_per_class() -> None:
 # -- pretraining and fine-tuning ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pretraining_run_holds_model_yaml_and_plain_weights(pretrained) -> None:
     run_dir, metrics = pretrained
     raw = yaml.safe_load((run_dir / MODEL_YAML).read_text())
@@ -200,6 +204,7 @@ def test_pretraining_run_holds_model_yaml_and_plain_weights(pretrained) -> None:
     assert 0 <= zs["centroid_accuracy"] <= 1 and 0 <= zs["knn5_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_pretraining_never_sees_the_holdout_fold(pretrained) -> None:
     run_dir, metrics = pretrained
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
@@ -209,6 +214,7 @@ def test_pretraining_never_sees_the_holdout_fold(pretrained) -> None:
     assert metrics["n_holdout"] == len(holdout)
 
 
+@pytest.mark.slow
 def test_finetuning_starts_from_the_pretrained_towers(pretrained, finetuned) -> None:
     run_dir, metrics = finetuned
     assert metrics["init_from"] == str(pretrained[0])
@@ -218,6 +224,7 @@ def test_finetuning_starts_from_the_pretrained_towers(pretrained, finetuned) -> 
     assert model.head is not None and model.head.out_features == 14
 
 
+@pytest.mark.slow
 def test_frozen_finetuning_trains_only_the_head(pretrained, shared_data, tmp_path) -> None:
     cfg = _config(
         "clip_tiny_finetune.yaml",
@@ -233,6 +240,7 @@ def test_frozen_finetuning_trains_only_the_head(pretrained, shared_data, tmp_pat
         torch.testing.assert_close(after.state_dict()[key], value, atol=0, rtol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_finetuning_refuses_a_pretraining_that_saw_the_holdout(
     pretrained, shared_data, tmp_path
 ) -> None:
@@ -249,6 +257,7 @@ def test_finetuning_refuses_a_pretraining_that_saw_the_holdout(
 # -- export, classify, embed -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_parity_for_every_modality_combination(exported) -> None:
     out, report = exported
     assert report.max_abs_diff <= PARITY_TOLERANCE
@@ -261,6 +270,7 @@ def test_export_parity_for_every_modality_combination(exported) -> None:
     assert [i.name for i in meta.inputs][-2:] == ["has_photometry", "has_metadata"]
 
 
+@pytest.mark.slow
 def test_spectrum_tower_exports_with_missing_modality_parity(
     pretrained, shared_data, tmp_path
 ) -> None:
@@ -289,6 +299,7 @@ def test_spectrum_tower_exports_with_missing_modality_parity(
     assert not np.allclose(c.probabilities, b.probabilities)
 
 
+@pytest.mark.slow
 def test_classify_with_a_clip_model(exported, finetuned) -> None:
     out, _ = exported
     loaded = LoadedModel.load(out, provider="cpu")
@@ -315,6 +326,7 @@ def test_classify_with_a_clip_model(exported, finetuned) -> None:
     np.testing.assert_allclose(proba[order], expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_embeddings_do_not_depend_on_the_batch(exported, finetuned) -> None:
     loaded = LoadedModel.load(exported[0], provider="cpu")
     batch = TrainingDataset.load(finetuned[0] / "dataset.h5").batch
@@ -330,6 +342,7 @@ def test_embeddings_do_not_depend_on_the_batch(exported, finetuned) -> None:
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_embed_and_similar_commands(exported, finetuned, tmp_path) -> None:
     batch = TrainingDataset.load(finetuned[0] / "dataset.h5").batch.select(np.arange(60))
     lc = tmp_path / "lc.parquet"
@@ -381,7 +394,11 @@ def test_pi_constant_sanity() -> None:  # guards the degree conversions of galac
     )
 
 
-def test_atat_runs_hold_model_yaml_and_old_runs_still_load(shared_data, tmp_path) -> None:
+@pytest.mark.slow
+def test_atat_runs_hold_model_yaml_and_old_runs_still_load(
+    atat_tiny_run, shared_data, tmp_path
+) -> None:
+    # the shared run of conftest.py: these overrides of configs/atat_tiny.yaml
     cfg = _config(
         "atat_tiny.yaml",
         shared_data,
@@ -390,8 +407,10 @@ def test_atat_runs_hold_model_yaml_and_old_runs_still_load(shared_data, tmp_path
         "training.num_threads=1",
         "data.truncation_days=[.inf]",
     )
+    result, shared_run = atat_tiny_run
+    assert result.exit_code == 0, result.output
     run_dir = tmp_path / "atat"
-    _train(cfg, run_dir)
+    shutil.copytree(shared_run, run_dir)  # the files are removed below
     name, model = load_model_dir(run_dir)
     assert name == "atat_tiny"
     old = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # plain data only
@@ -428,6 +447,7 @@ def test_cli_refuses_a_model_typo(tmp_path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_pretraining_run_exports_an_embedding_only_model(pretrained, finetuned, tmp_path) -> None:
     out = tmp_path / "pre.onnx"
     report = export_run(pretrained[0], out)
@@ -441,6 +461,7 @@ def test_a_pretraining_run_exports_an_embedding_only_model(pretrained, finetuned
         classify(batch, loaded, n_jobs=1)
 
 
+@pytest.mark.slow
 def test_clip_towers_export_the_fused_attention_kernel(exported) -> None:
     """The light-curve and metadata transformers' attention is ONNX Runtime's fused
     MultiHeadAttention, one node per layer but the last, whose CLS query scores in the

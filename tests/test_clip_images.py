@@ -127,6 +127,7 @@ def test_alert_labels_come_from_the_alerts_and_alerts_of_one_object_split_togeth
 
 
 # -- export ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_exported_graph_holds_the_image_tower(image_model) -> None:
     _, path = image_model
     model = LoadedModel.load(path, provider="cpu")
@@ -140,6 +141,7 @@ def test_the_exported_graph_holds_the_image_tower(image_model) -> None:
     assert "embedding_image" in [o.name for o in model.session.get_outputs()]
 
 
+@pytest.mark.slow
 def test_parity_with_real_stamps_for_every_modality_combination(image_model) -> None:
     from astro_classifier.export.clip_export import ClipGraph, _real_images, check_parity
     from astro_classifier.export.onnx_export import load_checkpoint, validation_calls
@@ -163,6 +165,7 @@ def test_parity_with_real_stamps_for_every_modality_combination(image_model) -> 
 
 
 # -- serving --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_classify_feeds_the_stamps_and_they_change_the_answer(image_model, shared_data) -> None:
     _, path = image_model
     model = LoadedModel.load(path, provider="cpu")
@@ -181,6 +184,7 @@ def test_classify_feeds_the_stamps_and_they_change_the_answer(image_model, share
     assert with_stamps.table.column("broad_class").null_count == len(batch)
 
 
+@pytest.mark.slow
 def test_an_alert_with_a_broken_stamp_is_classified_without_images(
     image_model, shared_data
 ) -> None:
@@ -204,6 +208,7 @@ def test_an_alert_with_a_broken_stamp_is_classified_without_images(
     assert got[2] == pytest.approx(expected[0], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_classify_command_decodes_stamps_for_an_image_model(
     image_model, shared_data, tmp_path
 ) -> None:
@@ -221,6 +226,7 @@ def test_classify_command_decodes_stamps_for_an_image_model(
     )
 
 
+@pytest.mark.slow
 def test_messages_are_decoded_with_stamps_only_for_image_models(image_model, shared_data) -> None:
     from astro_classifier.stream.batch import BatchProcessor
     from tests.test_stream_units import FakeMessage
@@ -254,6 +260,7 @@ def test_messages_are_decoded_with_stamps_only_for_image_models(image_model, sha
     assert probs(a) == pytest.approx(probs(b), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_embed_image_vectors_and_search_light_curves_against_stamps(
     image_model, shared_data, tmp_path
 ) -> None:

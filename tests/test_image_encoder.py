@@ -82,6 +82,7 @@ def test_loss_counts_only_masked_valid_pixels():
     assert full == pytest.approx(float(err.mean()), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_torch(tmp_path):
     torch.manual_seed(1)
     encoder = ImageEncoder(ImageEncoderConfig()).eval()
@@ -100,6 +101,7 @@ def test_onnx_export_matches_torch(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_mim_loss_decreases_on_real_stamps(ztf_stamps):
     images, valid = ztf_stamps
     threads = torch.get_num_threads()

@@ -732,6 +732,7 @@ def image_model_run(
     )
 
 
+@pytest.mark.slow
 def test_a_model_with_an_image_tower_classifies_every_alert_once(image_model_run) -> None:
     """The worker decodes the stamps because the model has an image tower (issue 9): every
     alert once, by that model, its own labels, broad columns null (labels of no broad kind)."""

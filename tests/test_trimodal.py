@@ -78,6 +78,7 @@ def runs(shared_data: Path, tmp_path_factory) -> tuple[Path, dict, Path, dict]:
     return root / "pre", pre, root / "ft", ft
 
 
+@pytest.mark.slow
 def test_pretraining_feeds_real_spectra(runs) -> None:
     pre_dir, pre, _, _ = runs
     ds = TrainingDataset.load(pre_dir / "dataset.h5")
@@ -89,6 +90,7 @@ def test_pretraining_feeds_real_spectra(runs) -> None:
     assert any(k.startswith("wavelengths") for k in ds.spectra.dropped)  # refusals recorded
 
 
+@pytest.mark.slow
 def test_finetuning_scores_with_spectra(runs) -> None:
     _, _, ft_dir, ft = runs
     assert ft["init_from"] is not None
@@ -96,6 +98,7 @@ def test_finetuning_scores_with_spectra(runs) -> None:
     assert TrainingDataset.load(ft_dir / "dataset.h5").spectra is not None
 
 
+@pytest.mark.slow
 def test_export_parity_with_and_without_a_spectrum(runs, tmp_path: Path) -> None:
     _, _, ft_dir, _ = runs
     report = export_clip_run(ft_dir, tmp_path / "m.onnx", parity_objects=48)
@@ -135,6 +138,7 @@ def test_graph_normalisation_is_the_numpy_one() -> None:
     assert float((a[0] - a[1]).abs().max()) > 1e-4
 
 
+@pytest.mark.slow
 def test_embed_spectra_and_search_light_curves_against_them(
     runs, shared_data: Path, tmp_path: Path
 ) -> None:
