@@ -22,8 +22,8 @@ accuracy and macro F1, mean +- std over folds, paired differences with their sta
 error; and image -> light-curve retrieval recall@10 of the pretrained embeddings among the
 fold's alerts (random = 10 / fold size).
 
-    nice -n 19 python benchmarks/alert_clip.py                  # 1 x 5 folds
-    nice -n 19 python benchmarks/alert_clip.py --folds 2 --quick   # smoke test
+    nice -n 19 python -m benchmarks.alert_clip                  # 1 x 5 folds
+    nice -n 19 python -m benchmarks.alert_clip --folds 2 --quick   # smoke test
 
 Writes benchmarks/results/alert_clip.json and .md.
 """
@@ -42,10 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from astro_classifier.training.config import TrainConfig
 
-from astro_classifier.training.config import TrainConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = ROOT / "configs" / "clip_ztf_alerts.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -177,7 +176,7 @@ def main() -> None:
 
     result = {
         "benchmark": "alert_clip",
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python -m benchmarks.alert_clip", *sys.argv[1:]]),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),

@@ -17,7 +17,7 @@ is evaluated on.
 
 Usage::
 
-    python benchmarks/baseline_features.py [--folds 5] \
+    python -m benchmarks.baseline_features [--folds 5] \
         [--out benchmarks/results/baseline_features.json] [--plots]
 
 The real data folder is ``$ASTROCLF_SHARED_DATA`` (default ``../shared/data`` relative to

@@ -11,7 +11,7 @@ One run measures, on the same machine and the same light curves:
 4. padding efficiency (real tokens / padded tokens) of the serving buckets vs one
    padded call per batch of objects in file order.
 
-    python benchmarks/classify_throughput.py [--model atat-lsst] [--provider cpu|cuda] [--objects N]
+    python -m benchmarks.classify_throughput [--model atat-lsst] [--provider cpu|cuda] [--objects N]
 
 Writes benchmarks/results/classify_throughput_<model>_<provider>.json. torch is needed for
 part 3 only (the `train` extra); without it that part is skipped.

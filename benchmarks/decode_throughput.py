@@ -17,7 +17,7 @@ alternating rounds on the same messages (best round of ``--rounds`` each):
 
 Rates are messages per second of wall time; "per core" divides by the processes used.
 
-    python benchmarks/decode_throughput.py [--messages 2000] [--pool-workers 2]
+    python -m benchmarks.decode_throughput [--messages 2000] [--pool-workers 2]
 
 Writes benchmarks/results/decode_throughput.json.
 """

@@ -11,7 +11,7 @@
 
 Usage::
 
-    python benchmarks/embed_search.py [--sizes 100000,1000000] [--model clip.onnx --objects 2000]
+    python -m benchmarks.embed_search [--sizes 100000,1000000] [--model clip.onnx --objects 2000]
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
 
 
 def bench_search(n: int, dim: int, queries: int, k: int = 10, hnsw: bool = True) -> dict:

@@ -19,9 +19,9 @@ pretrained embeddings (class-centroid and 5-NN accuracy, training split -> valid
 
 Usage (one command; resumable: finished runs are read back from --work-dir)::
 
-    python benchmarks/few_labels.py                 # 5 seeds x 3 fractions x 4 methods (--plan cpu)
-    python benchmarks/few_labels.py --plan quick    # tiny models, 300 objects, 2 seeds: minutes
-    python benchmarks/few_labels.py --plan full     # the configs as written: a GPU's job
+    python -m benchmarks.few_labels                 # 5 seeds x 3 fractions x 4 methods (--plan cpu)
+    python -m benchmarks.few_labels --plan quick    # tiny models, 300 objects, 2 seeds: minutes
+    python -m benchmarks.few_labels --plan full     # the configs as written: a GPU's job
 
 ``--plan cpu`` (the recorded result) keeps the configs' encoders and data but feeds whole light
 curves only (no truncated copies) of at most 128 points and trains for a fixed number of
@@ -38,7 +38,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,6 @@ from typing import Any
 import numpy as np
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
 CONFIGS = PROJECT_ROOT / "configs"
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 METHODS = ("clip", "scratch", "atat", "gbm")
@@ -149,9 +147,7 @@ def _gbm(dataset: Path, cfg, seed: int) -> float:
     from astro_classifier.metrics import classification_report
     from astro_classifier.training.sources import grouped_splits
     from astro_classifier.training.train import label_seed, label_subset
-
-    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
-    from baseline_features import HGB_PARAMS
+    from benchmarks.baseline_features import HGB_PARAMS
 
     ds = TrainingDataset.load(dataset)
     labels = sorted(set(ds.batch.label.tolist()))

@@ -17,11 +17,11 @@ OUT="${1:-benchmarks/results}"
 mkdir -p "$OUT"
 python3 -c "import onnxruntime as o; print('providers:', o.get_available_providers())"
 for model in atat-lsst atat-ztf; do
-  python3 benchmarks/classify_throughput.py --model "$model" --provider cuda --precision fp32 \
+  python3 -m benchmarks.classify_throughput --model "$model" --provider cuda --precision fp32 \
     --objects 8000 --batch-size 2048 --out "$OUT/classify_throughput_${model}_cuda.json"
 done
 # the float16 companion (atat-lsst ships one; auto selects it on CUDA)
-python3 benchmarks/classify_throughput.py --model atat-lsst --provider cuda --precision fp16 \
+python3 -m benchmarks.classify_throughput --model atat-lsst --provider cuda --precision fp16 \
   --objects 8000 --batch-size 2048 --out "$OUT/classify_throughput_atat-lsst_cuda_fp16.json"
-python3 benchmarks/decode_throughput.py --pool-workers "$(nproc)" \
+python3 -m benchmarks.decode_throughput --pool-workers "$(nproc)" \
   --out "$OUT/decode_throughput_cuda_host.json" || echo "decode_throughput: see its --help"

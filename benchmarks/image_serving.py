@@ -10,7 +10,7 @@ one run, on one core (``--threads``):
    against the same model with the stamps absent, and against ``--baseline`` (a model
    without an image tower, default the shipped atat-ztf), objects/s.
 
-    python benchmarks/image_serving.py --model clip-ztf-alerts-solar.onnx
+    python -m benchmarks.image_serving --model clip-ztf-alerts-solar.onnx
 
 Writes benchmarks/results/image_serving.json.
 """
@@ -25,13 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.data.readers import decode_message
+from astro_classifier.inference.classify import classify
+from astro_classifier.inference.model import LoadedModel
 
-from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
-from astro_classifier.data.readers import decode_message  # noqa: E402
-from astro_classifier.inference.classify import classify  # noqa: E402
-from astro_classifier.inference.model import LoadedModel  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -83,7 +82,7 @@ def main() -> None:
     rate_base = best_rate(lambda: classify(without, baseline, n_jobs=1), n_obj, args.repeats)
     result = {
         "benchmark": "image_serving",
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python -m benchmarks.image_serving", *sys.argv[1:]]),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),

@@ -7,12 +7,12 @@ kept), with a shorter schedule unless ``--epochs`` says otherwise.
 
 Usage::
 
-    python benchmarks/loso_configs.py [--config configs/atat_ztf.yaml] [--out runs/loso] \
+    python -m benchmarks.loso_configs [--config configs/atat_ztf.yaml] [--out runs/loso] \
         [--only osc-sne manytde] [--epochs 6]
     # then, per written config:
     astroclf train runs/loso/<source>.yaml -o runs/loso/<source>
     astroclf export runs/loso/<source> -o runs/loso/<source>/model.onnx
-    python benchmarks/shortcut_meter.py --model atat-ztf \
+    python -m benchmarks.shortcut_meter --model atat-ztf \
         --loso <source>=runs/loso/<source>/model.onnx ...
 """
 

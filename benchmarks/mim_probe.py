@@ -17,7 +17,7 @@ pixels, and the encoder's CPU speed through ONNX Runtime.
 4. ONNX export of the encoder, parity with torch, stamps/s with ONNX Runtime at 1 and 2
    threads.
 
-Usage: ``python benchmarks/mim_probe.py`` (about 10 min on 2 busy CPU cores) or ``--quick``
+Usage: ``python -m benchmarks.mim_probe`` (about 10 min on 2 busy CPU cores) or ``--quick``
 (a smoke run: 3 epochs, 1 seed). Torch runs on one thread: on 2 cores shared with other
 work, two threads were 10x slower per epoch than one. Writes
 ``benchmarks/results/mim_probe.json`` (``mim_probe_quick.json`` with ``--quick``) and the
@@ -31,7 +31,6 @@ import datetime as dt
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +38,6 @@ from pathlib import Path
 import numpy as np
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 LABELS = ("solar_system", "point_source", "real")
 C_GRID = {"mim": (0.001, 0.01, 0.1, 1.0), "random_init": (0.001, 0.01, 0.1, 1.0)}
@@ -326,7 +324,7 @@ def main() -> None:
 
     out = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/mim_probe.py" + (" --quick" if args.quick else ""),
+        "command": "python -m benchmarks.mim_probe" + (" --quick" if args.quick else ""),
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),

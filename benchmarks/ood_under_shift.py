@@ -34,15 +34,13 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline_features import machine_info, shared_data_dir  # noqa: E402
-from shortcut_meter import SOURCES, read_sources  # noqa: E402
-
-from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
-from astro_classifier.data.render import render  # noqa: E402
-from astro_classifier.inference.classify import classify  # noqa: E402
-from astro_classifier.inference.model import LoadedModel  # noqa: E402
-from astro_classifier.training.config import TrainConfig  # noqa: E402
+from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.data.render import render
+from astro_classifier.inference.classify import classify
+from astro_classifier.inference.model import LoadedModel
+from astro_classifier.training.config import TrainConfig
+from benchmarks.baseline_features import machine_info, shared_data_dir
+from benchmarks.shortcut_meter import SOURCES, read_sources
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = PROJECT_ROOT / "benchmarks" / "results" / "ood_under_shift.json"

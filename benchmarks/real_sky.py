@@ -45,7 +45,7 @@ For ``atat-lsst``, whose tabular inputs include PLAsTiCC metadata, real objects 
 
 Usage::
 
-    python benchmarks/real_sky.py [--split test] [--model NAME_OR_PATH ...] \
+    python -m benchmarks.real_sky [--split test] [--model NAME_OR_PATH ...] \
         [--sets slsne manytde ...] [--max-objects N] [--out benchmarks/results/real_sky.json]
 
 ``--split test`` keeps only the objects of ``real_sky_split`` (object-level, by id hash;
@@ -67,36 +67,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline_features import (  # noqa: E402
+from astro_classifier.data.alerce_examples import read_alerce_examples
+from astro_classifier.data.antares_bts import read_antares_bts
+from astro_classifier.data.eros1 import read_eros1
+from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.data.manytde import read_manytde
+from astro_classifier.data.osc import read_osc
+from astro_classifier.data.render import difference_flux
+from astro_classifier.data.slsne import read_slsne
+from astro_classifier.data.splits import real_sky_split
+from astro_classifier.data.tdss import read_tdss_quasars
+from astro_classifier.data.ztf_bts import read_ztf_bts
+from astro_classifier.features.preprocess import keep_model_bands, tabular_features
+from astro_classifier.inference.classify import classify
+from astro_classifier.inference.model import LoadedModel
+from astro_classifier.metrics import expected_calibration_error
+from astro_classifier.taxonomy import BROAD_CLASSES, broad_class_of
+from astro_classifier.training.augment import AugmentSpec, augment
+from astro_classifier.training.config import TrainConfig
+from astro_classifier.training.sources import grouped_splits, read_training_objects
+from benchmarks.baseline_features import (
     finite_or_nan,
     fit_feature_baseline,
     machine_info,
     predict_proba_all_classes,
     shared_data_dir,
 )
-from rich.console import Console  # noqa: E402
-
-from astro_classifier.data.alerce_examples import read_alerce_examples  # noqa: E402
-from astro_classifier.data.antares_bts import read_antares_bts  # noqa: E402
-from astro_classifier.data.eros1 import read_eros1  # noqa: E402
-from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
-from astro_classifier.data.manytde import read_manytde  # noqa: E402
-from astro_classifier.data.osc import read_osc  # noqa: E402
-from astro_classifier.data.render import difference_flux  # noqa: E402
-from astro_classifier.data.slsne import read_slsne  # noqa: E402
-from astro_classifier.data.splits import real_sky_split  # noqa: E402
-from astro_classifier.data.tdss import read_tdss_quasars  # noqa: E402
-from astro_classifier.data.ztf_bts import read_ztf_bts  # noqa: E402
-from astro_classifier.features.preprocess import keep_model_bands, tabular_features  # noqa: E402
-from astro_classifier.inference.classify import classify  # noqa: E402
-from astro_classifier.inference.model import LoadedModel  # noqa: E402
-from astro_classifier.metrics import expected_calibration_error  # noqa: E402
-from astro_classifier.taxonomy import BROAD_CLASSES, broad_class_of  # noqa: E402
-from astro_classifier.training.augment import AugmentSpec, augment  # noqa: E402
-from astro_classifier.training.config import TrainConfig  # noqa: E402
-from astro_classifier.training.sources import grouped_splits, read_training_objects  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = PROJECT_ROOT / "benchmarks" / "results" / "real_sky.json"

@@ -27,7 +27,7 @@ real data in ZTF's bands, tell whether it does:
 
 Usage::
 
-    python benchmarks/shortcut_meter.py [--model atat-ztf --model path/to/new.onnx] \
+    python -m benchmarks.shortcut_meter [--model atat-ztf --model path/to/new.onnx] \
         [--max-per-source 600] [--out benchmarks/results/shortcut_meter.json]
 
 Results: a JSON file and a Markdown table beside it (``.md``).
@@ -49,42 +49,40 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline_features import (  # noqa: E402
+from astro_classifier.data.alerce_examples import read_alerce_examples
+from astro_classifier.data.antares_bts import read_antares_bts
+from astro_classifier.data.eros1 import read_eros1
+from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.data.manytde import read_manytde
+from astro_classifier.data.osc import read_osc
+from astro_classifier.data.render import (
+    PROCESSINGS,
+    difference_flux,
+    render,
+    render_random,
+)
+from astro_classifier.data.slsne import read_slsne
+from astro_classifier.data.splits import real_sky_split
+from astro_classifier.data.tdss import read_tdss_quasars
+from astro_classifier.data.ztf_bts import read_ztf_bts
+from astro_classifier.features.preprocess import keep_model_bands, tabular_features
+from astro_classifier.inference.classify import classify
+from astro_classifier.inference.model import LoadedModel
+from astro_classifier.taxonomy import broad_class_of
+from astro_classifier.training.config import RenderSection, TrainConfig
+from astro_classifier.training.sources import add_rendered_copies, read_training_objects
+from benchmarks.baseline_features import (
     finite_or_nan,
     fit_feature_baseline,
     machine_info,
     predict_proba_all_classes,
     shared_data_dir,
 )
-from rich.console import Console  # noqa: E402
-
-from astro_classifier.data.alerce_examples import read_alerce_examples  # noqa: E402
-from astro_classifier.data.antares_bts import read_antares_bts  # noqa: E402
-from astro_classifier.data.eros1 import read_eros1  # noqa: E402
-from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
-from astro_classifier.data.manytde import read_manytde  # noqa: E402
-from astro_classifier.data.osc import read_osc  # noqa: E402
-from astro_classifier.data.render import (  # noqa: E402
-    PROCESSINGS,
-    difference_flux,
-    render,
-    render_random,
-)
-from astro_classifier.data.slsne import read_slsne  # noqa: E402
-from astro_classifier.data.splits import real_sky_split  # noqa: E402
-from astro_classifier.data.tdss import read_tdss_quasars  # noqa: E402
-from astro_classifier.data.ztf_bts import read_ztf_bts  # noqa: E402
-from astro_classifier.features.preprocess import keep_model_bands, tabular_features  # noqa: E402
-from astro_classifier.inference.classify import classify  # noqa: E402
-from astro_classifier.inference.model import LoadedModel  # noqa: E402
-from astro_classifier.taxonomy import broad_class_of  # noqa: E402
-from astro_classifier.training.config import RenderSection, TrainConfig  # noqa: E402
-from astro_classifier.training.sources import add_rendered_copies, read_training_objects  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = PROJECT_ROOT / "benchmarks" / "results" / "shortcut_meter.json"

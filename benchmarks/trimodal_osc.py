@@ -18,8 +18,8 @@ and paired t p-values), LC -> spectrum retrieval recall@10 of the pretrained mod
 fold's objects (random = 10 / fold size), and a spectrum-only logistic regression (flux on
 the same grid, same folds: AUC and balanced accuracy) as a reference.
 
-    nice -n 19 python benchmarks/trimodal_osc.py             # 5 x 5 folds, ~25 min on 2 cores
-    nice -n 19 python benchmarks/trimodal_osc.py --repeats 1 --folds 2 --quick   # smoke test
+    nice -n 19 python -m benchmarks.trimodal_osc             # 5 x 5 folds, ~25 min on 2 cores
+    nice -n 19 python -m benchmarks.trimodal_osc --repeats 1 --folds 2 --quick   # smoke test
 
 Writes benchmarks/results/trimodal_osc.json, .md and PNGs (embedding map, retrieval examples).
 """
@@ -38,22 +38,21 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from astro_classifier.data.dataset import TrainingDataset  # noqa: E402
-from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
-from astro_classifier.data.osc import read_osc  # noqa: E402
-from astro_classifier.data.quality import clean_points  # noqa: E402
-from astro_classifier.data.slsne import read_slsne  # noqa: E402
-from astro_classifier.data.spectra import (  # noqa: E402
+from astro_classifier.data.dataset import TrainingDataset
+from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.data.osc import read_osc
+from astro_classifier.data.quality import clean_points
+from astro_classifier.data.slsne import read_slsne
+from astro_classifier.data.spectra import (
     Spectra,
     model_input,
     read_osc_spectra,
     read_slsne_spectra,
 )
-from astro_classifier.data.splits import stratified_folds, stratified_split  # noqa: E402
-from astro_classifier.training.config import TrainConfig  # noqa: E402
+from astro_classifier.data.splits import stratified_folds, stratified_split
+from astro_classifier.training.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = ROOT / "configs" / "clip_osc_trimodal.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -273,7 +272,7 @@ def main() -> None:
     ]
     result = {
         "benchmark": "trimodal_osc",
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python -m benchmarks.trimodal_osc", *sys.argv[1:]]),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
