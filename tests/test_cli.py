@@ -126,6 +126,39 @@ def test_command_help_explains_every_option(command: str) -> None:
         assert " ".join(help_text.split()[:4]) in text, f"{command}: help of {param.name}"
 
 
+def test_help_is_prose_that_the_terminal_wraps() -> None:
+    """Docstrings are wrapped at the source's width; the help joins each paragraph's lines
+    (so rich wraps them at the terminal's width, never mid-sentence) and keeps an indented
+    example block line by line."""
+    from astro_classifier.cli.common import prose
+
+    def documented() -> None:
+        """First line
+        goes on.
+
+        Second paragraph
+        goes on too:
+
+          EXAMPLE=1   kept
+          EXAMPLE=2   as is
+        """
+
+    assert prose(documented) == (
+        "First line goes on.\n\nSecond paragraph goes on too:\n\n"
+        "  EXAMPLE=1   kept\n  EXAMPLE=2   as is"
+    )
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        assert command.help == prose(command.callback), name
+        for paragraph in command.help.split("\n\n"):
+            assert "\n" not in paragraph or paragraph.startswith(" "), (name, paragraph)
+    wide = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["stream", "--help"])
+    _ok(wide)
+    assert "Logs: one JSON object per line on stderr. SIGTERM or Ctrl-C finishes the batch" in (
+        wide.output
+    )
+
+
 def test_version() -> None:
     result = invoke("--version")
     _ok(result)

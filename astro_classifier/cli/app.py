@@ -6,6 +6,7 @@ import typer
 
 from astro_classifier import __version__
 from astro_classifier.cli.classify import classify_command
+from astro_classifier.cli.common import prose
 from astro_classifier.cli.embed import embed_command, similar_command
 from astro_classifier.cli.evaluate import evaluate_command
 from astro_classifier.cli.info import info_command, models_command
@@ -19,16 +20,21 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("classify")(classify_command)
-app.command("evaluate")(evaluate_command)
-app.command("info")(info_command)
-app.command("models")(models_command)
-app.command("train")(train_command)
-app.command("export")(export_command)
-app.command("replay")(replay_command)
-app.command("stream")(stream_command)
-app.command("embed")(embed_command)
-app.command("similar")(similar_command)
+COMMANDS = {
+    "classify": classify_command,
+    "evaluate": evaluate_command,
+    "info": info_command,
+    "models": models_command,
+    "train": train_command,
+    "export": export_command,
+    "replay": replay_command,
+    "stream": stream_command,
+    "embed": embed_command,
+    "similar": similar_command,
+}
+for _name, _command in COMMANDS.items():
+    # help from the docstring, unwrapped: the terminal wraps it (common.prose)
+    app.command(_name, help=prose(_command))(_command)
 
 
 def _version(value: bool) -> None:

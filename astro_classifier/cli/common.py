@@ -1,11 +1,12 @@
-"""Helpers shared by the CLI commands: error reporting and atomic output files."""
+"""Helpers shared by the CLI commands: help text, error reporting and atomic output files."""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -17,6 +18,21 @@ from astro_classifier.errors import InputError, ModelError
 console = Console(stderr=True)
 # Errors that mean "the input or the model is wrong", shown without a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (InputError, ModelError, FileNotFoundError)
+
+
+def prose(command: Callable[..., object]) -> str:
+    """A command's help text from its docstring, ready for typer's rich help: the lines of
+    each paragraph joined into one, so the terminal wraps them at its own width instead of
+    breaking mid-sentence where the source wrapped them. Paragraphs stay apart, and a
+    paragraph whose lines are all indented (an example block) keeps its line breaks."""
+    paragraphs = []
+    for block in inspect.cleandoc(command.__doc__ or "").split("\n\n"):
+        lines = block.splitlines()
+        if lines and all(line.startswith(" ") for line in lines):
+            paragraphs.append(block)
+        else:
+            paragraphs.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(paragraphs)
 
 
 @contextlib.contextmanager
