@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from astro_classifier.data.lightcurve import LightCurveBatch
-from astro_classifier.errors import InputError
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import LightCurveBatch
+from astro_classifier.core.taxonomy import broad_class_of
 from astro_classifier.features.preprocess import truncate_for_model
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
@@ -31,7 +32,6 @@ from astro_classifier.metrics import (
     classification_report,
     reliability_curve,
 )
-from astro_classifier.taxonomy import broad_class_of
 
 ECE_BINS = 15
 

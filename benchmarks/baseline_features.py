@@ -43,7 +43,7 @@ from rich.progress import Progress
 from rich.table import Table
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 
-from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.plasticc import PLASTICC_CLASSES, read_plasticc
 from astro_classifier.data.splits import stratified_folds
 from astro_classifier.features.preprocess import PreprocessingSpec, tabular_features

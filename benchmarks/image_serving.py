@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.readers import decode_message
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.render import render
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel

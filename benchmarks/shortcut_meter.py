@@ -54,10 +54,11 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
+from astro_classifier.core.lightcurve import LightCurveBatch
+from astro_classifier.core.taxonomy import broad_class_of
 from astro_classifier.data.alerce_examples import read_alerce_examples
 from astro_classifier.data.antares_bts import read_antares_bts
 from astro_classifier.data.eros1 import read_eros1
-from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.data.manytde import read_manytde
 from astro_classifier.data.osc import read_osc
 from astro_classifier.data.render import (
@@ -73,7 +74,6 @@ from astro_classifier.data.ztf_bts import read_ztf_bts
 from astro_classifier.features.preprocess import keep_model_bands, tabular_features
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
-from astro_classifier.taxonomy import broad_class_of
 from astro_classifier.training.config import RenderSection, TrainConfig
 from astro_classifier.training.sources import add_rendered_copies, read_training_objects
 from benchmarks.baseline_features import (

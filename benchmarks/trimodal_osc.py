@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from astro_classifier.core.lightcurve import LightCurveBatch
+from astro_classifier.core.quality import clean_points
 from astro_classifier.data.dataset import TrainingDataset
-from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.data.osc import read_osc
-from astro_classifier.data.quality import clean_points
 from astro_classifier.data.slsne import read_slsne
 from astro_classifier.data.spectra import (
     Spectra,

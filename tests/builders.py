@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 
 
 def make_batch(

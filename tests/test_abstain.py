@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from astro_classifier.alerts.ztf import read_ztf_avro
-from astro_classifier.data.lightcurve import SOLAR_SYSTEM, LightCurveBatch
+from astro_classifier.core.lightcurve import SOLAR_SYSTEM, LightCurveBatch
+from astro_classifier.core.taxonomy import BROAD_CLASSES, broad_mapping
 from astro_classifier.inference.classify import (
     ABSTAIN_FEW_POINTS,
     ABSTAIN_SOLAR_SYSTEM,
@@ -21,7 +22,6 @@ from astro_classifier.inference.model import (
     ModelMetadata,
     read_metadata,
 )
-from astro_classifier.taxonomy import BROAD_CLASSES, broad_mapping
 from tests.test_classify import contract_columns
 
 

@@ -23,14 +23,14 @@ from typer.testing import CliRunner
 
 from astro_classifier.alerts.ztf import ztf_records_to_batch
 from astro_classifier.cli.app import app
-from astro_classifier.data.quality import (
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.quality import (
     DROP_ERR_NOT_POSITIVE,
     DROP_FLUX_NON_FINITE,
     DROP_TIME_BEFORE_1990,
     DROP_TIME_FUTURE,
 )
 from astro_classifier.data.readers import decode_message, detect_format, read_light_curves
-from astro_classifier.errors import InputError
 
 runner = CliRunner(env={"COLUMNS": "240"})
 CODECS = ("null", "deflate", "bzip2", "xz", "snappy", "zstandard", "lz4")

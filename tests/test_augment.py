@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.plasticc import read_plasticc
 from astro_classifier.training.augment import (
     AugmentSpec,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.plasticc import read_plasticc
 from astro_classifier.features.preprocess import light_curves_to_inputs
 from astro_classifier.inference.classify import (

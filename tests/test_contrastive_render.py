@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from rich.console import Console  # noqa: E402
 
-from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
+from astro_classifier.core.lightcurve import LightCurveBatch  # noqa: E402
 from astro_classifier.features.preprocess import PreprocessingSpec  # noqa: E402
 from astro_classifier.training.contrastive import (  # noqa: E402
     nt_xent,

@@ -21,6 +21,7 @@ from astropy.io import fits
 
 from astro_classifier.alerts import ztf as ztf_reader
 from astro_classifier.alerts.rubin import SchemaDirectory
+from astro_classifier.core.errors import InputError
 from astro_classifier.data import cutouts
 from astro_classifier.data.cutouts import (
     ALL_NAN,
@@ -35,7 +36,6 @@ from astro_classifier.data.cutouts import (
     read_cutouts,
     ztf_cutouts,
 )
-from astro_classifier.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

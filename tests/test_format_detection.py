@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from astro_classifier.core.errors import InputError
 from astro_classifier.data.longformat import write_long
 from astro_classifier.data.readers import FORMATS, detect_format, read_light_curves
-from astro_classifier.errors import InputError
 
 
 def _first(shared_data: Path, folder: str, pattern: str = "*.avro") -> Path:

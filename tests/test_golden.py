@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from astro_classifier.alerts.ztf import read_ztf_avro
-from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.plasticc import read_plasticc
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel, read_metadata

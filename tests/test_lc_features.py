@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.data.plasticc import read_plasticc
 from astro_classifier.features.lc_features import (
     SUMMARY_FEATURES,

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from astro_classifier.cli.app import app
-from astro_classifier.errors import ModelError
+from astro_classifier.core.errors import ModelError
 from astro_classifier.inference.model import (
     LoadedModel,
     fp16_companion,

@@ -6,7 +6,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.features.preprocess import (
     InputLayout,
     ModelInputs,

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.data.eros1 import read_eros1
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.errors import InputError
 
 STATIC_HEADER = (
     "Unnamed: 0,patch_id,star_id_b,star_id_r,magnitude_b,magnitude_r,asc_d,asc_m,asc_s,"

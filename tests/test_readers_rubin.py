@@ -19,8 +19,8 @@ from astro_classifier.alerts.rubin import (
     read_rubin_wire,
     rubin_records_to_batch,
 )
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.errors import InputError
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 
 FINK_ALERT = "58804293150441522_58804293150441522.avro"
 

@@ -16,8 +16,8 @@ from astro_classifier.alerts.ztf import (
     read_ztf_avro,
     ztf_records_to_batch,
 )
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.errors import InputError
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 
 FORCED_PHOT_FILES = ("1661382530015060001.avro", "forcedphot_test_1660293514215020000.avro")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.data.render import (
     ALERT_HISTORY_DAYS,
     PROCESSINGS,

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from astro_classifier.errors import InputError, TransientError
+from astro_classifier.core.errors import InputError, TransientError
 from astro_classifier.stream.codecs import SchemaRegistry
 
 SCHEMA = {"type": "record", "name": "r", "fields": [{"name": "a", "type": "int"}]}

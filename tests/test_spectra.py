@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from astro_classifier.core.errors import InputError
 from astro_classifier.data.spectra import (
     Spectra,
     _Builder,
@@ -19,7 +20,6 @@ from astro_classifier.data.spectra import (
     read_slsne_spectra,
     resample,
 )
-from astro_classifier.errors import InputError
 
 
 def _one(w, f, e=None, obj="a", time=np.nan) -> Spectra:

@@ -19,7 +19,7 @@ from astro_classifier.alerts.rubin import (
     rubin_records_to_batch,
 )
 from astro_classifier.alerts.ztf import decode_ztf_avro_bytes, ztf_records_to_batch
-from astro_classifier.errors import InputError
+from astro_classifier.core.errors import InputError
 
 CODECS = ("null", "deflate", "bzip2", "xz", "snappy", "zstandard", "lz4")
 
@@ -142,7 +142,7 @@ def ztf_pool():
 def test_the_pool_gives_the_in_process_results_in_message_order(
     shared_data: Path, ztf_pool
 ) -> None:
-    from astro_classifier.data.lightcurve import merge_counts
+    from astro_classifier.core.counts import merge_counts
     from astro_classifier.data.readers import decode_message
 
     files = sorted((shared_data / "alerts" / "ztf").glob("**/*.avro"))[::7]
@@ -176,7 +176,7 @@ def test_messages_decoded_together_give_each_message_its_own_results(
     the same light curves as decode_message per message, errors in their messages' places
     (also when one message's points are refused by the conversion itself), the same
     dropped-point total."""
-    from astro_classifier.data.lightcurve import merge_counts
+    from astro_classifier.core.counts import merge_counts
     from astro_classifier.data.readers import decode_message, decode_messages
 
     if kind == "ztf":
@@ -229,7 +229,7 @@ def test_a_message_whose_points_the_conversion_refuses_is_named(shared_data: Pat
 
 
 def test_a_transient_failure_in_the_pool_is_raised_in_the_worker(shared_data: Path) -> None:
-    from astro_classifier.errors import TransientError
+    from astro_classifier.core.errors import TransientError
     from astro_classifier.stream.codecs import SchemaRegistry
     from astro_classifier.stream.decoding import DecodePool
     from tests.kafka_broker import free_port

@@ -407,7 +407,7 @@ def test_a_container_with_several_alerts_gives_one_classification_each(
 def test_when_classify_refuses_the_input_the_messages_are_classified_one_by_one(
     ztf_model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from astro_classifier.errors import InputError
+    from astro_classifier.core.errors import InputError
     from astro_classifier.stream import batch
 
     real = batch.classify
@@ -449,7 +449,7 @@ def test_a_failure_that_is_not_the_inputs_fault_is_never_dead_lettered(
 
 
 def test_a_transient_decode_failure_propagates(ztf_model, monkeypatch) -> None:
-    from astro_classifier.errors import TransientError
+    from astro_classifier.core.errors import TransientError
     from astro_classifier.stream import batch
 
     def registry_down(items, input_format, schemas, cutout_size=None):
@@ -831,7 +831,7 @@ class _Registry:
 
 
 def test_schema_registry_outages_are_transient_and_unknown_ids_are_bad_input() -> None:
-    from astro_classifier.errors import InputError, TransientError
+    from astro_classifier.core.errors import InputError, TransientError
     from astro_classifier.stream.codecs import SchemaRegistry
     from tests.kafka_broker import free_port
 

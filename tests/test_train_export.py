@@ -16,8 +16,9 @@ torch = pytest.importorskip("torch")
 import onnx  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from astro_classifier.core.lightcurve import LightCurveBatch  # noqa: E402
+from astro_classifier.core.taxonomy import BROAD_CLASSES, broad_mapping  # noqa: E402
 from astro_classifier.data.dataset import TrainingDataset  # noqa: E402
-from astro_classifier.data.lightcurve import LightCurveBatch  # noqa: E402
 from astro_classifier.export import onnx_export  # noqa: E402
 from astro_classifier.export.calibration import softmax  # noqa: E402
 from astro_classifier.export.onnx_export import (  # noqa: E402
@@ -43,7 +44,6 @@ from astro_classifier.metrics import (  # noqa: E402
     expected_calibration_error,
     negative_log_likelihood,
 )
-from astro_classifier.taxonomy import BROAD_CLASSES, broad_mapping  # noqa: E402
 from astro_classifier.training.config import TrainConfig  # noqa: E402
 from astro_classifier.training.train import train  # noqa: E402
 
@@ -391,7 +391,7 @@ def test_reexport_from_the_onnx_file_keeps_outputs_and_metadata(
 
 
 def test_reexport_refuses_without_data_and_from_a_float16_file(exported, tmp_path) -> None:
-    from astro_classifier.errors import ModelError
+    from astro_classifier.core.errors import ModelError
     from astro_classifier.export.reexport import reexport_onnx
     from astro_classifier.inference.model import fp16_companion, resolve_model_path
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.dataset import TrainingDataset, content_hash
-from astro_classifier.data.lightcurve import LightCurveBatch
 from astro_classifier.data.plasticc import read_plasticc
 from astro_classifier.features.preprocess import (
     ModelInputs,

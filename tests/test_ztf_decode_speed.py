@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 
 from astro_classifier.alerts import avro, ztf
-from astro_classifier.data.lightcurve import SOLAR_SYSTEM, LightCurveBatch, as_id_array
-from astro_classifier.data.units import (
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import SOLAR_SYSTEM, LightCurveBatch, as_id_array
+from astro_classifier.core.units import (
     ab_mag_to_njy,
     mjd_from_jd,
     ztf_difference_mag_to_njy,
     ztf_forced_flux_to_njy,
 )
-from astro_classifier.errors import InputError
 
 
 def _files(shared_data: Path) -> list[Path]:

@@ -46,7 +46,7 @@ from typing import Any
 
 import fastavro
 
-from astro_classifier.errors import InputError
+from astro_classifier.core.errors import InputError
 
 AVRO_CONTAINER_MAGIC = b"Obj\x01"  # first bytes of an Avro object container file
 SYNC_SIZE = 16  # bytes of a container's sync marker

@@ -58,14 +58,14 @@ from astro_classifier.alerts.avro import (
     decode_avro_container,
     projected_reader_schema,
 )
-from astro_classifier.data.lightcurve import (
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import (
     SOLAR_SYSTEM,
     LightCurveBatch,
     as_id_array,
     band_indices,
 )
-from astro_classifier.data.units import rubin_flux_to_njy
-from astro_classifier.errors import InputError
+from astro_classifier.core.units import rubin_flux_to_njy
 
 logger = logging.getLogger(__name__)
 

@@ -58,14 +58,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from astro_classifier.alerts.avro import decode_avro_container
-from astro_classifier.data.lightcurve import BAND_INDEX, SOLAR_SYSTEM, LightCurveBatch, as_id_array
-from astro_classifier.data.units import (
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BAND_INDEX, SOLAR_SYSTEM, LightCurveBatch, as_id_array
+from astro_classifier.core.units import (
     ab_mag_to_njy,
     mjd_from_jd,
     ztf_difference_mag_to_njy,
     ztf_forced_flux_to_njy,
 )
-from astro_classifier.errors import InputError
 
 logger = logging.getLogger(__name__)
 

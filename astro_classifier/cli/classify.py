@@ -11,11 +11,11 @@ import typer
 from rich.table import Table
 
 from astro_classifier.cli.common import atomic_output, console, user_errors
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.progress import progress_bar
 from astro_classifier.data.readers import FORMATS
-from astro_classifier.errors import InputError
 from astro_classifier.inference.classify import ClassifyResult, classify
 from astro_classifier.inference.model import LoadedModel
-from astro_classifier.progress import progress_bar
 
 DEFAULT_MODEL = "atat-lsst"
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from astro_classifier.errors import InputError, ModelError
+from astro_classifier.core.errors import InputError, ModelError
 
 console = Console(stderr=True)
 # Errors that mean "the input or the model is wrong", shown without a traceback.

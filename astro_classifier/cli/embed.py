@@ -12,8 +12,8 @@ import typer
 from rich.table import Table
 
 from astro_classifier.cli.common import atomic_output, console, user_errors
+from astro_classifier.core.errors import InputError
 from astro_classifier.data.readers import FORMATS
-from astro_classifier.errors import InputError
 
 MODALITY_CHOICES = ("photometry", "metadata", "spectrum", "image", "fused")
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from astro_classifier.cli.common import console, parse_days, user_errors
-from astro_classifier.errors import InputError
+from astro_classifier.core.errors import InputError
 
 
 def evaluate_command(

@@ -34,16 +34,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.data.realsky import count
-from astro_classifier.data.tables import read_table, require_columns
-from astro_classifier.data.units import (
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.tables import read_table, require_columns
+from astro_classifier.core.taxonomy import canonical_label
+from astro_classifier.core.units import (
     limiting_mag_to_njy_err,
     mjd_from_jd,
     ztf_difference_mag_to_njy,
 )
-from astro_classifier.errors import InputError
-from astro_classifier.taxonomy import canonical_label
+from astro_classifier.data.realsky import count
 
 ALERCE_DETECTIONS = "30_sne_detections_corr.csv"
 ALERCE_NON_DETECTIONS = "30_sne_non_detections.csv"

@@ -43,7 +43,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.units import ab_mag_to_njy
 from astro_classifier.data.realsky import (
     GENERIC_SN,
     count,
@@ -51,8 +53,6 @@ from astro_classifier.data.realsky import (
     sexagesimal_to_degrees,
     sn_type_label,
 )
-from astro_classifier.data.units import ab_mag_to_njy
-from astro_classifier.errors import InputError
 
 ANTARES_LABELS = "labels.csv"
 ANTARES_TARBALL = "antares_lightcurves.tar.gz"

@@ -38,7 +38,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.spectra import Spectra, peak_times
 from astro_classifier.features.preprocess import (
     PreprocessingSpec,

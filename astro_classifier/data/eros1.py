@@ -38,10 +38,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.data.tables import read_table, require_columns
-from astro_classifier.data.units import eros_mag_to_njy
-from astro_classifier.errors import InputError
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.tables import read_table, require_columns
+from astro_classifier.core.units import eros_mag_to_njy
 
 logger = logging.getLogger(__name__)
 

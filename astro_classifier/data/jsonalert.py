@@ -16,8 +16,8 @@ import json
 
 import numpy as np
 
-from astro_classifier.data.lightcurve import LightCurveBatch, band_indices
-from astro_classifier.errors import InputError
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import LightCurveBatch, band_indices
 
 
 def decode_json_alert(data: bytes, source: str) -> LightCurveBatch:

@@ -35,15 +35,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from astro_classifier.data.lightcurve import BANDS, LightCurveBatch, band_indices
-from astro_classifier.data.tables import (
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BANDS, LightCurveBatch, band_indices
+from astro_classifier.core.tables import (
     CSV_SUFFIXES,
     PARQUET_SUFFIXES,
     read_table,
     require_columns,
     require_finite,
 )
-from astro_classifier.errors import InputError
 
 POINT_COLUMNS = ("object_id", "mjd", "band", "flux", "flux_err")
 DETECTED_COLUMN = "detected"

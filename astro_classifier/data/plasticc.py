@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from astro_classifier.data.lightcurve import BANDS, LightCurveBatch
-from astro_classifier.data.tables import read_table, require_columns, require_finite
-from astro_classifier.data.units import plasticc_fluxcal_to_njy
-from astro_classifier.errors import InputError
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BANDS, LightCurveBatch
+from astro_classifier.core.tables import read_table, require_columns, require_finite
+from astro_classifier.core.units import plasticc_fluxcal_to_njy
 
 # PLAsTiCC target ids -> readable class labels (SOURCES.md).
 PLASTICC_CLASSES: dict[int, str] = {

@@ -49,12 +49,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from astro_classifier.alerts.avro import AVRO_CONTAINER_MAGIC, WIRE_HEADER, WIRE_MAGIC_BYTE
-from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import LightCurveBatch
+from astro_classifier.core.quality import clean_points
+from astro_classifier.core.tables import CSV_SUFFIXES
 from astro_classifier.data.longformat import POINT_COLUMNS
 from astro_classifier.data.plasticc import is_plasticc_light_curve_table
-from astro_classifier.data.quality import clean_points
-from astro_classifier.data.tables import CSV_SUFFIXES
-from astro_classifier.errors import InputError
 
 PARQUET_MAGIC = b"PAR1"
 RUBIN_TABLE_COLUMNS = ("diaSource",)  # Rubin alert rows (Fink Parquet)

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from astro_classifier.taxonomy import canonical_label
+from astro_classifier.core.taxonomy import canonical_label
 
 # Subtypes that taxonomy.canonical_label does not know, folded into the project's classes.
 # Keys are lower-case with every non-alphanumeric character removed.

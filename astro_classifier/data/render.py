@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from astro_classifier.data.lightcurve import BANDS, LightCurveBatch
+from astro_classifier.core.lightcurve import BANDS, LightCurveBatch
 
 __all__ = [
     "ALERT_HISTORY_DAYS",

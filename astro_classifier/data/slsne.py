@@ -34,15 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.data.realsky import count
-from astro_classifier.data.units import (
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.units import (
     VEGA_TO_AB,
     ab_mag_to_njy,
     limiting_mag_to_njy_err,
     vega_mag_to_njy,
 )
-from astro_classifier.errors import InputError
+from astro_classifier.data.realsky import count
 
 SLSNE_TABLE = "sne_data.txt"
 SLSNE_TABLE_COLUMNS = ("Name", "RA_deg", "DEC_deg", "Redshift", "EBV", "Explosion", "Peak")

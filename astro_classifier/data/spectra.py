@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from astro_classifier.errors import InputError
+from astro_classifier.core.errors import InputError
 
 MIN_POINTS = 10
 WAVELENGTH_RANGE = (500.0, 100_000.0)  # Å: anything outside is another unit or garbage

@@ -35,10 +35,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.units import ab_mag_to_njy
 from astro_classifier.data.realsky import count, parse_floats, sexagesimal_to_degrees
-from astro_classifier.data.units import ab_mag_to_njy
-from astro_classifier.errors import InputError
 
 TDSS_BANDS = ("g", "r")
 TDSS_TARBALL = "{band}band.tar.gz"  # members <band>band/<name>

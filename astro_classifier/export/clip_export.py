@@ -31,8 +31,9 @@ import onnx
 import torch
 
 from astro_classifier import __version__
+from astro_classifier.core.errors import ModelError
+from astro_classifier.core.taxonomy import broad_mapping_or_none
 from astro_classifier.data.dataset import TrainingDataset
-from astro_classifier.errors import ModelError
 from astro_classifier.export.onnx_export import (
     CALIBRATION_BATCH,
     ParityError,
@@ -50,7 +51,6 @@ from astro_classifier.inference.model import (
     default_extra_inputs,
     default_length_buckets,
 )
-from astro_classifier.taxonomy import broad_mapping_or_none
 from astro_classifier.training.clip import CLIP
 
 PARITY_TOLERANCE = 1e-5

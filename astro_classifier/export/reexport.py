@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from astro_classifier import __version__
-from astro_classifier.errors import ModelError
+from astro_classifier.core.errors import ModelError
 from astro_classifier.export.onnx_export import (
     FP16_MIN_TOP_AGREEMENT,
     FP16_TOLERANCE,

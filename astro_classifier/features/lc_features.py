@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from astro_classifier.data.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 
 # Names of the per-band features produced by `_band_extractor`, in order.
 _MIN_POINTS = 4  # Kurtosis, the most demanding feature here, needs 4 points

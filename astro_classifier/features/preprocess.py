@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from astro_classifier.data.lightcurve import BAND_INDEX, BANDS, LightCurveBatch
+from astro_classifier.core.lightcurve import BAND_INDEX, BANDS, LightCurveBatch
 from astro_classifier.data.render import nightly_bin
 from astro_classifier.features.lc_features import compute_light_curve_features, feature_names
 

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from astro_classifier.data.lightcurve import SOLAR_SYSTEM, LightCurveBatch
-from astro_classifier.errors import ModelError
+from astro_classifier.core.errors import ModelError
+from astro_classifier.core.lightcurve import SOLAR_SYSTEM, LightCurveBatch
+from astro_classifier.core.taxonomy import BROAD_CLASSES
 from astro_classifier.features.preprocess import (
     InputLayout,
     ModelInputs,
@@ -41,7 +42,6 @@ from astro_classifier.features.preprocess import (
     tabular_features,
 )
 from astro_classifier.inference.model import LoadedModel
-from astro_classifier.taxonomy import BROAD_CLASSES
 
 SKIP_NO_USABLE_POINT = "no usable point (every point dropped, or none given)"
 SKIP_NO_POINTS = "no points in the model's bands"

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from astro_classifier.data.lightcurve import LightCurveBatch
+from astro_classifier.core.errors import InputError, ModelError
+from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.spectra import Spectra, spectra_for
-from astro_classifier.errors import InputError, ModelError
 from astro_classifier.features.preprocess import keep_model_bands, tabular_features
 from astro_classifier.inference.classify import bucketed_inputs
 from astro_classifier.inference.model import LoadedModel

@@ -47,7 +47,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from astro_classifier.errors import ModelError
+from astro_classifier.core.errors import ModelError
 from astro_classifier.features.preprocess import ModelInputs, PreprocessingSpec
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -127,7 +127,7 @@ class ModelMetadata(BaseModel):
         """label -> transient/stochastic/periodic: the stored mapping, else the project's."""
         if self.broad_classes is not None:
             return dict(self.broad_classes)
-        from astro_classifier.taxonomy import broad_mapping
+        from astro_classifier.core.taxonomy import broad_mapping
 
         return broad_mapping(self.labels)
 

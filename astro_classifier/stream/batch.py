@@ -49,9 +49,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from astro_classifier.data.lightcurve import LightCurveBatch, merge_counts
+from astro_classifier.core.counts import merge_counts
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.readers import PartialDecode
-from astro_classifier.errors import InputError
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
 from astro_classifier.stream.codecs import (

@@ -31,12 +31,12 @@ import fastavro
 import pyarrow as pa
 
 from astro_classifier.alerts.rubin import SchemaDirectory
+from astro_classifier.core.errors import InputError, TransientError
+from astro_classifier.core.taxonomy import BROAD_CLASSES
 from astro_classifier.data.readers import (  # noqa: F401  (the one dispatcher)
     decode_message,
     decode_messages,
 )
-from astro_classifier.errors import InputError, TransientError
-from astro_classifier.taxonomy import BROAD_CLASSES
 
 CLASSIFICATION_SCHEMA_NAME = "classification.avsc"
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
-from astro_classifier.errors import InputError, TransientError
+from astro_classifier.core.errors import InputError, TransientError
 
 if TYPE_CHECKING:
     from astro_classifier.data.readers import Decoded

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from astro_classifier.data.lightcurve import BANDS, LightCurveBatch
-from astro_classifier.errors import InputError
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BANDS, LightCurveBatch
 
 
 def batch_to_json_messages(batch: LightCurveBatch) -> Iterator[tuple[str, bytes]]:

@@ -48,7 +48,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from astro_classifier.errors import InputError, ModelError, TransientError
+from astro_classifier.core.errors import InputError, ModelError, TransientError
 from astro_classifier.inference.model import LoadedModel
 from astro_classifier.stream.batch import (
     DEAD_LETTER_HEADERS,

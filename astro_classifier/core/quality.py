@@ -24,7 +24,8 @@ import time as _time
 
 import numpy as np
 
-from astro_classifier.data.lightcurve import LightCurveBatch, merge_counts
+from astro_classifier.core.counts import merge_counts
+from astro_classifier.core.lightcurve import LightCurveBatch
 
 MJD_1990 = 47892.0  # 1990-01-01
 UNIX_EPOCH_MJD = 40587.0  # 1970-01-01

@@ -13,7 +13,7 @@ Per-object columns live in ``metadata`` (name -> array of length N, float64 unle
 reader says otherwise). ``alert_id`` is the alert identifier where the input was an alert
 (``None`` for batch light-curve files), ``label`` the class label where the input is labelled.
 ``cutouts`` is None unless a model that uses images asked for them: then a
-:class:`astro_classifier.data.cutouts.CutoutBatch` with one row per object (its alert's three
+:class:`astro_classifier.core.cutouts.CutoutBatch` with one row per object (its alert's three
 stamps, ``ok`` False where they are missing or unusable), carried through ``select`` and
 ``concat`` like the other per-object columns.
 """
@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from astro_classifier.errors import InputError
+from astro_classifier.core.counts import merge_counts
+from astro_classifier.core.cutouts import CutoutBatch
+from astro_classifier.core.errors import InputError
 
 BANDS: tuple[str, ...] = ("u", "g", "r", "i", "z", "y")
 BAND_INDEX: dict[str, int] = {b: i for i, b in enumerate(BANDS)}
@@ -54,22 +56,11 @@ def as_id_array(values: Iterable[object] | np.ndarray) -> np.ndarray:
     return out
 
 
-def merge_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
-    """Sum reason -> count dictionaries (dropped points of several batches)."""
-    total: dict[str, int] = {}
-    for one in counts:
-        for reason, n in one.items():
-            total[reason] = total.get(reason, 0) + int(n)
-    return total
-
-
 def _joined_cutouts(batches: Sequence[LightCurveBatch]) -> Any:
     """The batches' cutouts concatenated (None when none has any; a batch without them
     contributes rows marked missing)."""
     if all(b.cutouts is None for b in batches):
         return None
-    from astro_classifier.data.cutouts import CutoutBatch  # cutouts imports this module
-
     size = next(b.cutouts for b in batches if b.cutouts is not None).images.shape[-1]
     return CutoutBatch.concat(
         [b.cutouts if b.cutouts is not None else CutoutBatch.missing(len(b), size) for b in batches]
