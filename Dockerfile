@@ -3,8 +3,8 @@
 # GPU image for the Kafka worker `astroclf stream` (DESIGN.md): onnxruntime-gpu, no torch.
 # Operators' guide: docs/operations.md.
 #
-#   docker build -t astroclf-stream:0.1.0 .
-#   docker run --gpus all -v "$PWD/stream.yaml:/etc/astroclf/stream.yaml:ro" -p 9108:9108 astroclf-stream:0.1.0
+#   docker build -t astroclf-stream:0.3.0 .
+#   docker run --gpus all -v "$PWD/stream.yaml:/etc/astroclf/stream.yaml:ro" -p 9108:9108 astroclf-stream:0.3.0
 #
 # CUDA base and ONNX Runtime move together. onnxruntime-gpu 1.19-1.26 on PyPI are built for
 # CUDA 12 + cuDNN 9 (1.26.0 with CUDA 12.8); from 1.27 on, the PyPI wheels need CUDA 13
@@ -48,7 +48,7 @@ RUN python3 -m venv /opt/venv \
 # --- runtime --------------------------------------------------------------------------------
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS runtime
 
-ARG VERSION=0.1.0
+ARG VERSION=0.3.0
 LABEL org.opencontainers.image.title="astroclf-stream" \
       org.opencontainers.image.description="astroclf Kafka worker: classifies astronomical alerts with ONNX Runtime (CUDA)" \
       org.opencontainers.image.version="${VERSION}" \

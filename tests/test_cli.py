@@ -165,6 +165,17 @@ def test_version() -> None:
     assert result.stdout.strip() == f"astroclf {__version__}"
 
 
+def test_the_installed_distribution_has_the_package_version() -> None:
+    """pyproject.toml reads the version from astro_classifier.__version__ (one source)."""
+    import importlib.metadata
+
+    try:
+        installed = importlib.metadata.version("astro-classifier")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("astro-classifier is not installed (run from a source tree)")
+    assert installed == __version__
+
+
 # -- models and info ----------------------------------------------------------------------
 def test_models_lists_both_shipped_models() -> None:
     assert set(SHIPPED) <= set(shipped_models())
