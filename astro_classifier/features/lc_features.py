@@ -2,9 +2,8 @@
 
 Features are computed per band on flux in nJy with its errors, over all points of the band
 (detections and forced photometry alike). The set is chosen for serving cost: everything
-here is O(n) or O(n log n) per light curve; no periodogram, which would cost ~85 % of the
-time and cut throughput from ~1,000 to ~150 objects/s on two cores (benchmarks/RESULTS.md).
-A few summary columns come from numpy: detection counts and time spans, which separate
+here is O(n) or O(n log n) per light curve, so no periodogram (what one would cost is
+measured in benchmarks/RESULTS.md). A few summary columns come from numpy: detection counts and time spans, which separate
 transients from variable stars cheaply.
 
 A feature that a band cannot support (too few points) is NaN; the model embeds NaN as

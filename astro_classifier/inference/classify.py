@@ -2,7 +2,7 @@
 
 Steps: keep the model's bands; skip (and count) objects with no usable point; compute the
 tabular features once for all objects; group objects into length buckets; one session call
-per bucket chunk; assemble the output table of DESIGN.md's classification contract.
+per bucket chunk; assemble the output table (the README's output contract).
 
 Output columns, in order: ``object_id``, ``alert_id``, ``model``, ``model_version``, ``class``,
 ``probability``, ``prob_<label>`` per class (calibrated), ``broad_class``, ``prob_transient``,

@@ -226,8 +226,8 @@ class HNSWIndex:
     """Approximate cosine search: a FAISS HNSW graph over unit vectors (inner product).
 
     ``m``: graph degree; ``ef_construction``: build-time beam; ``ef_search``: query-time beam
-    (higher: better recall, slower). Build cost grows as N log N: about a minute for 10^6
-    64-dimensional vectors on 2 cores (benchmarks/embed_search.py).
+    (higher: better recall, slower). Build cost grows as N log N (measured by
+    ``python -m benchmarks.embed_search``, results in benchmarks/RESULTS.md).
     """
 
     def __init__(self, vectors: np.ndarray, m: int = 32, ef_construction: int = 128) -> None:

@@ -14,7 +14,7 @@ metrics server, a reachability check of Kafka (bootstrap reachable, authenticati
 input topics present, all within ``startup_timeout_s``; otherwise exit 1 with the reason),
 then the subscription, so that no partition is held by a worker that cannot classify yet.
 
-Error policy (DESIGN.md "Stream semantics"):
+Error policy:
 
 - bad input (:class:`InputError`, objects classify() skips, an output that cannot be encoded)
   -> dead letter;
