@@ -44,9 +44,9 @@ from rich.table import Table
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.plasticc import PLASTICC_CLASSES, read_plasticc
 from astro_classifier.data.splits import stratified_folds
 from astro_classifier.features.preprocess import PreprocessingSpec, tabular_features
+from astro_classifier.formats.plasticc import PLASTICC_CLASSES, read_plasticc
 from astro_classifier.metrics import ClassificationMetrics, classification_report
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

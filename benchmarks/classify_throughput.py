@@ -132,12 +132,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from astro_classifier.data.plasticc import read_plasticc
     from astro_classifier.features.lc_features import compute_light_curve_features
     from astro_classifier.features.preprocess import (
         keep_model_bands,
         tabular_features,
     )
+    from astro_classifier.formats.plasticc import read_plasticc
     from astro_classifier.inference.classify import bucketed_inputs, classify
     from astro_classifier.inference.model import LoadedModel
 
@@ -151,7 +151,7 @@ def main() -> None:
         pick = np.random.default_rng(0).permutation(len(batch))[: args.objects]
         batch = batch.select(np.sort(pick))
     else:
-        from astro_classifier.data.readers import read_light_curves
+        from astro_classifier.formats.registry import read_light_curves
 
         alerts = read_light_curves(sorted((shared_data() / "alerts" / "ztf").rglob("*.avro")))
         batch = alerts.select(np.arange(args.objects) % len(alerts))

@@ -70,13 +70,9 @@ def main() -> None:
     import numpy
     import pyarrow
 
-    from astro_classifier.alerts.avro import clear_schema_cache, decode_avro_container
-    from astro_classifier.alerts.ztf import (
-        EXPECTED,
-        decode_ztf_avro_bytes,
-        ztf_records_to_batch,
-    )
-    from astro_classifier.data.readers import decode_message, decode_messages
+    from astro_classifier.formats.avro import clear_schema_cache, decode_avro_container
+    from astro_classifier.formats.registry import decode_message, decode_messages
+    from astro_classifier.formats.ztf import EXPECTED, decode_ztf_avro_bytes, ztf_records_to_batch
     from astro_classifier.stream.decoding import DecodePool
 
     files = sorted((shared_data() / "alerts/ztf").rglob("*.avro"))

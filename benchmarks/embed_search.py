@@ -65,7 +65,7 @@ def bench_search(n: int, dim: int, queries: int, k: int = 10, hnsw: bool = True)
 
 
 def bench_embed(model_path: str, objects: int) -> dict:
-    from astro_classifier.data.plasticc import read_plasticc
+    from astro_classifier.formats.plasticc import read_plasticc
     from astro_classifier.inference.embeddings import embed_objects
     from astro_classifier.inference.model import LoadedModel
 

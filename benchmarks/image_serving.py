@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.readers import decode_message
+from astro_classifier.formats.registry import decode_message
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
 

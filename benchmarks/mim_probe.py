@@ -215,7 +215,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from astro_classifier.data.cutouts import STAMPS, read_cutouts
+    from astro_classifier.core.cutouts import STAMPS
+    from astro_classifier.formats.registry import read_cutouts
     from astro_classifier.training.image import (
         ImageEncoder,
         ImageEncoderConfig,
@@ -320,7 +321,7 @@ def main() -> None:
     import onnxruntime
     import sklearn
 
-    from astro_classifier.data.cutouts import STAMP_SIZE
+    from astro_classifier.core.cutouts import STAMP_SIZE
 
     out = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -40,16 +40,13 @@ import numpy as np
 
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.quality import clean_points
+from astro_classifier.core.spectra import Spectra
 from astro_classifier.data.dataset import TrainingDataset
 from astro_classifier.data.osc import read_osc
 from astro_classifier.data.slsne import read_slsne
-from astro_classifier.data.spectra import (
-    Spectra,
-    model_input,
-    read_osc_spectra,
-    read_slsne_spectra,
-)
+from astro_classifier.data.spectra import read_osc_spectra, read_slsne_spectra
 from astro_classifier.data.splits import stratified_folds, stratified_split
+from astro_classifier.features.spectra import model_input
 from astro_classifier.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,7 +346,7 @@ def plots(ds, labels, y, holdout, emb, rank, out: Path, spectrum_grid) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from astro_classifier.data.spectra import grid_centres
+    from astro_classifier.features.spectra import grid_centres
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     for ax, name in zip(axes, ("photometry", "spectrum", "fused"), strict=True):

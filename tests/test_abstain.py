@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astro_classifier.alerts.ztf import read_ztf_avro
 from astro_classifier.core.lightcurve import SOLAR_SYSTEM, LightCurveBatch
 from astro_classifier.core.taxonomy import BROAD_CLASSES, broad_mapping
+from astro_classifier.formats.ztf import read_ztf_avro
 from astro_classifier.inference.classify import (
     ABSTAIN_FEW_POINTS,
     ABSTAIN_SOLAR_SYSTEM,

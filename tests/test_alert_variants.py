@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from astro_classifier.alerts.ztf import ztf_records_to_batch
 from astro_classifier.cli.app import app
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.quality import (
@@ -30,7 +29,8 @@ from astro_classifier.core.quality import (
     DROP_TIME_BEFORE_1990,
     DROP_TIME_FUTURE,
 )
-from astro_classifier.data.readers import decode_message, detect_format, read_light_curves
+from astro_classifier.formats.registry import decode_message, detect_format, read_light_curves
+from astro_classifier.formats.ztf import ztf_records_to_batch
 
 runner = CliRunner(env={"COLUMNS": "240"})
 CODECS = ("null", "deflate", "bzip2", "xz", "snappy", "zstandard", "lz4")

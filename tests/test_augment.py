@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.plasticc import read_plasticc
+from astro_classifier.formats.plasticc import read_plasticc
 from astro_classifier.training.augment import (
     AugmentSpec,
     augment,

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from astro_classifier.cli.app import app
-from astro_classifier.data.plasticc import read_plasticc
 from astro_classifier.evaluation import evaluate
 from astro_classifier.export.calibration import fit_temperature, nll_at, softmax
+from astro_classifier.formats.plasticc import read_plasticc
 from astro_classifier.inference.model import LoadedModel
 from astro_classifier.metrics import (
     expected_calibration_error,

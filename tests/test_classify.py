@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.plasticc import read_plasticc
 from astro_classifier.features.preprocess import light_curves_to_inputs
+from astro_classifier.formats.plasticc import read_plasticc
 from astro_classifier.inference.classify import (
     SKIP_NO_POINTS,
     SKIP_NON_FINITE,

@@ -383,7 +383,7 @@ def test_exact_search_matches_brute_force() -> None:
 
 
 def _write_long_parquet(batch: LightCurveBatch, path: Path) -> None:
-    from astro_classifier.data.longformat import write_long
+    from astro_classifier.formats.longformat import write_long
 
     write_long(batch, path)
 

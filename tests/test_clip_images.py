@@ -21,14 +21,17 @@ from typer.testing import CliRunner
 torch = pytest.importorskip("torch")
 
 from astro_classifier.cli.app import app  # noqa: E402
-from astro_classifier.data.cutouts import (  # noqa: E402
+from astro_classifier.core.cutouts import (  # noqa: E402
     ALERT_LABELS,
     CORRUPT_GZIP,
     NO_ALERT,
     align_cutouts,
-    read_cutouts_of,
 )
-from astro_classifier.data.readers import decode_message, read_light_curves  # noqa: E402
+from astro_classifier.formats.registry import (  # noqa: E402
+    decode_message,
+    read_cutouts_of,  # noqa: E402
+    read_light_curves,
+)
 from astro_classifier.inference.classify import classify  # noqa: E402
 from astro_classifier.inference.model import LoadedModel  # noqa: E402
 from astro_classifier.training.clip import CLIP, CLIP_TINY, ClipConfig  # noqa: E402

@@ -19,23 +19,21 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 
-from astro_classifier.alerts import ztf as ztf_reader
-from astro_classifier.alerts.rubin import SchemaDirectory
-from astro_classifier.core.errors import InputError
-from astro_classifier.data import cutouts
-from astro_classifier.data.cutouts import (
+from astro_classifier.core.cutouts import (
     ALL_NAN,
     CORRUPT_GZIP,
     MISSING,
     NOT_FITS,
     STAMPS,
     WRONG_SHAPE,
-    center_crop_or_pad,
-    decode_cutouts,
-    normalise_stamp,
-    read_cutouts,
-    ztf_cutouts,
 )
+from astro_classifier.core.errors import InputError
+from astro_classifier.formats import stamps as cutouts
+from astro_classifier.formats import ztf as ztf_reader
+from astro_classifier.formats.registry import decode_cutouts, read_cutouts
+from astro_classifier.formats.rubin import SchemaDirectory
+from astro_classifier.formats.stamps import center_crop_or_pad, normalise_stamp
+from astro_classifier.formats.ztf import ztf_cutouts
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -215,7 +213,7 @@ def test_bad_input_names_the_source():
 def test_cutouts_import_without_torch():
     code = (
         "import sys\nsys.modules['torch'] = None\n"
-        "import astro_classifier.data.cutouts as c\n"
+        "import astro_classifier.formats.stamps as c\n"
         "import numpy as np\n"
         "img, ok = c.normalise_stamp(np.arange(64, dtype='f4').reshape(8, 8))\n"
         "print('torch' in sys.modules and sys.modules['torch'] is not None)"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from astro_classifier.core.errors import InputError
-from astro_classifier.data.longformat import write_long
-from astro_classifier.data.readers import FORMATS, detect_format, read_light_curves
+from astro_classifier.formats.longformat import write_long
+from astro_classifier.formats.registry import FORMATS, detect_format, read_light_curves
 
 
 def _first(shared_data: Path, folder: str, pattern: str = "*.avro") -> Path:
@@ -131,7 +131,7 @@ def test_eros1_needs_its_arrays_file_beside_it(tmp_path, shared_data):
 def test_stream_settings_accept_every_message_format_of_the_registry():
     from typing import get_args
 
-    from astro_classifier.data.readers import MESSAGE_FORMATS
+    from astro_classifier.formats.registry import MESSAGE_FORMATS
     from astro_classifier.stream.config import InputFormat
 
     assert set(get_args(InputFormat)) == set(MESSAGE_FORMATS)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astro_classifier.alerts.ztf import read_ztf_avro
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.plasticc import read_plasticc
+from astro_classifier.formats.plasticc import read_plasticc
+from astro_classifier.formats.ztf import read_ztf_avro
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel, read_metadata
 

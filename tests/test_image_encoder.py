@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from astro_classifier.data.cutouts import read_cutouts
+from astro_classifier.formats.registry import read_cutouts
 from astro_classifier.training.image import (
     ImageEncoder,
     ImageEncoderConfig,

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.data.plasticc import read_plasticc
 from astro_classifier.features.lc_features import (
     SUMMARY_FEATURES,
     _band_extractor,
@@ -16,6 +15,7 @@ from astro_classifier.features.lc_features import (
     compute_light_curve_features,
     feature_names,
 )
+from astro_classifier.formats.plasticc import read_plasticc
 from tests.builders import make_batch
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "plasticc"

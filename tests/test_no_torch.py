@@ -12,15 +12,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INFERENCE_MODULES = (
     "astro_classifier.cli.app",
     "astro_classifier.inference.classify",
-    "astro_classifier.alerts.ztf",
-    "astro_classifier.alerts.rubin",
-    "astro_classifier.data.readers",
+    "astro_classifier.formats.ztf",
+    "astro_classifier.formats.rubin",
+    "astro_classifier.formats.registry",
     "astro_classifier.evaluation",
 )
 
 # Classify the committed PLAsTiCC sample with the shipped atat-lsst model.
 CLASSIFY = """
-from astro_classifier.data.readers import read_light_curves
+from astro_classifier.formats.registry import read_light_curves
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from astro_classifier.data.plasticc import PLASTICC_CLASSES
+from astro_classifier.formats.plasticc import PLASTICC_CLASSES
 from astro_classifier.plots import (
     plot_confusion_matrix,
     plot_learning_curves,

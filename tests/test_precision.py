@@ -63,7 +63,7 @@ def test_a_companion_of_another_model_is_refused(tmp_path: Path) -> None:
 def test_float16_companion_agrees_with_float32_on_plasticc(shared_data: Path) -> None:
     """Within the export's float16 budget (|dp| <= 2e-2, >= 99 % same top class) on real
     PLAsTiCC light curves (a spread of 400 training-set objects)."""
-    from astro_classifier.data.plasticc import read_plasticc
+    from astro_classifier.formats.plasticc import read_plasticc
     from astro_classifier.inference.classify import classify
 
     folder = shared_data / "lightcurves" / "plasticc"

@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from astro_classifier.alerts.ztf import read_ztf_avro
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.eros1 import read_eros1
-from astro_classifier.data.longformat import read_long, write_long
+from astro_classifier.formats.longformat import read_long, write_long
+from astro_classifier.formats.ztf import read_ztf_avro
 
 
 def _assert_same(a: LightCurveBatch, b: LightCurveBatch) -> None:

@@ -28,7 +28,6 @@ from astro_classifier.data.antares_bts import (
 )
 from astro_classifier.data.manytde import looks_like_manytde
 from astro_classifier.data.osc import looks_like_osc
-from astro_classifier.data.readers import detect_format, read_light_curves
 from astro_classifier.data.slsne import looks_like_slsne
 from astro_classifier.data.tdss import (
     looks_like_tdss_quasars,
@@ -36,6 +35,7 @@ from astro_classifier.data.tdss import (
     sdss_name_to_degrees,
 )
 from astro_classifier.data.ztf_bts import looks_like_ztf_bts
+from astro_classifier.formats.registry import detect_format, read_light_curves
 
 LN10_OVER_2_5 = math.log(10) / 2.5
 

@@ -10,7 +10,9 @@ import fastavro
 import numpy as np
 import pytest
 
-from astro_classifier.alerts.rubin import (
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.formats.rubin import (
     SchemaDirectory,
     decode_rubin_wire,
     is_rubin_avro_schema,
@@ -19,8 +21,6 @@ from astro_classifier.alerts.rubin import (
     read_rubin_wire,
     rubin_records_to_batch,
 )
-from astro_classifier.core.errors import InputError
-from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 
 FINK_ALERT = "58804293150441522_58804293150441522.avro"
 

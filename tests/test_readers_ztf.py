@@ -11,13 +11,9 @@ import fastavro
 import numpy as np
 import pytest
 
-from astro_classifier.alerts.ztf import (
-    decode_ztf_avro_bytes,
-    read_ztf_avro,
-    ztf_records_to_batch,
-)
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.formats.ztf import decode_ztf_avro_bytes, read_ztf_avro, ztf_records_to_batch
 
 FORCED_PHOT_FILES = ("1661382530015060001.avro", "forcedphot_test_1660293514215020000.avro")
 
@@ -177,7 +173,7 @@ def test_fink_v402_replayed_jd_is_repaired_from_pid(shared_data, caplog):
     path = next(p for p in _files(shared_data, "fink-v4.02") if "113b6672" in p.name)
     (record,) = _raw_records(path)
     assert {p["jd"] for p in record["prv_candidates"]} == {2460236.0626233793}
-    with caplog.at_level(logging.DEBUG, logger="astro_classifier.alerts.ztf"):
+    with caplog.at_level(logging.DEBUG, logger="astro_classifier.formats.ztf"):
         batch = read_ztf_avro([path])
     assert "pid time was used" in caplog.text
     assert len(np.unique(batch.time)) == len(batch.time) == 20

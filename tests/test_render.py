@@ -304,7 +304,7 @@ def test_difference_flux() -> None:
 
 # -- real data ------------------------------------------------------------------------------
 def test_real_manytde_processings(shared_data: Path) -> None:
-    from astro_classifier.data.readers import read_light_curves
+    from astro_classifier.formats.registry import read_light_curves
 
     batch = read_light_curves(shared_data / "lightcurves" / "manytde" / "data" / "sources")
     assert len(batch) > 50

@@ -10,16 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from astro_classifier.core.errors import InputError
-from astro_classifier.data.spectra import (
-    Spectra,
-    _Builder,
-    grid_centres,
-    model_input,
-    normalise,
-    read_osc_spectra,
-    read_slsne_spectra,
-    resample,
-)
+from astro_classifier.core.spectra import Spectra
+from astro_classifier.core.spectra import SpectrumBuilder as _Builder
+from astro_classifier.data.spectra import read_osc_spectra, read_slsne_spectra
+from astro_classifier.features.spectra import grid_centres, model_input, normalise, resample
 
 
 def _one(w, f, e=None, obj="a", time=np.nan) -> Spectra:

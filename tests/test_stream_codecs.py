@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from fastavro.schema import load_schema, to_parsing_canonical_form
 
-from astro_classifier.alerts.rubin import read_rubin_parquet, read_rubin_wire
 from astro_classifier.core.errors import InputError
-from astro_classifier.data.jsonalert import decode_json_alert
+from astro_classifier.formats.jsonalert import decode_json_alert
+from astro_classifier.formats.rubin import read_rubin_parquet, read_rubin_wire
 from astro_classifier.stream.codecs import SchemaRegistry, decode_message
 from astro_classifier.stream.replay import file_messages
 

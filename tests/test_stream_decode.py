@@ -11,15 +11,15 @@ import fastavro
 import numpy as np
 import pytest
 
-from astro_classifier.alerts import avro
-from astro_classifier.alerts.rubin import (
+from astro_classifier.core.errors import InputError
+from astro_classifier.formats import avro
+from astro_classifier.formats.rubin import (
     SchemaDirectory,
     decode_rubin_avro_bytes,
     decode_rubin_wire,
     rubin_records_to_batch,
 )
-from astro_classifier.alerts.ztf import decode_ztf_avro_bytes, ztf_records_to_batch
-from astro_classifier.core.errors import InputError
+from astro_classifier.formats.ztf import decode_ztf_avro_bytes, ztf_records_to_batch
 
 CODECS = ("null", "deflate", "bzip2", "xz", "snappy", "zstandard", "lz4")
 
@@ -143,7 +143,7 @@ def test_the_pool_gives_the_in_process_results_in_message_order(
     shared_data: Path, ztf_pool
 ) -> None:
     from astro_classifier.core.counts import merge_counts
-    from astro_classifier.data.readers import decode_message
+    from astro_classifier.formats.registry import decode_message
 
     files = sorted((shared_data / "alerts" / "ztf").glob("**/*.avro"))[::7]
     values = [path.read_bytes() for path in files]
@@ -177,7 +177,7 @@ def test_messages_decoded_together_give_each_message_its_own_results(
     (also when one message's points are refused by the conversion itself), the same
     dropped-point total."""
     from astro_classifier.core.counts import merge_counts
-    from astro_classifier.data.readers import decode_message, decode_messages
+    from astro_classifier.formats.registry import decode_message, decode_messages
 
     if kind == "ztf":
         files, fmt = sorted((shared_data / "alerts" / "ztf").glob("**/*.avro"))[::5], "ztf-avro"
@@ -210,7 +210,7 @@ def test_messages_decoded_together_give_each_message_its_own_results(
 def test_a_message_whose_points_the_conversion_refuses_is_named(shared_data: Path) -> None:
     """When the one-pass conversion refuses the records (a point without a valid band),
     the messages are converted one by one: only the faulty one becomes an InputError."""
-    from astro_classifier.data.readers import decode_messages
+    from astro_classifier.formats.registry import decode_messages
 
     files = sorted((shared_data / "alerts" / "ztf").glob("**/*.avro"))[:4]
     records = full_records(files[1].read_bytes())

@@ -90,7 +90,7 @@ def _check_split(result, records: list[dict], container: bytes, single: bytes) -
 def test_a_bad_record_is_dead_lettered_alone_and_the_good_ones_classified(
     ztf_model, shared_data: Path
 ) -> None:
-    from astro_classifier.data.readers import PartialDecode, decode_messages
+    from astro_classifier.formats.registry import PartialDecode, decode_messages
     from astro_classifier.stream.batch import BatchProcessor
 
     container, records, single = _mixed(shared_data, bad=(1,))
@@ -155,7 +155,7 @@ def test_a_corrupt_container_is_dead_lettered_whole(ztf_model, shared_data: Path
 
 
 def test_a_record_dead_letter_is_cut_and_marked_by_its_own_size(shared_data: Path) -> None:
-    from astro_classifier.data.readers import decode_messages
+    from astro_classifier.formats.registry import decode_messages
     from astro_classifier.stream.batch import H_TRUNCATED, record_dead_letters
 
     container, _records_, _single = _mixed(shared_data, bad=(1,))
@@ -170,7 +170,7 @@ def test_a_record_dead_letter_is_cut_and_marked_by_its_own_size(shared_data: Pat
 
 def test_with_stamps_a_container_is_split_too(shared_data: Path) -> None:
     """The path of models with an image tower (cutout_size): same split, stamps aligned."""
-    from astro_classifier.data.readers import PartialDecode, decode_messages
+    from astro_classifier.formats.registry import PartialDecode, decode_messages
 
     container, records, _single = _mixed(shared_data, bad=(1,))
     (result,) = decode_messages([(container, "alerts[0]@5")], "ztf-avro", None, cutout_size=63)

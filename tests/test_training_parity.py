@@ -15,13 +15,13 @@ import pytest
 
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.data.dataset import TrainingDataset, content_hash
-from astro_classifier.data.plasticc import read_plasticc
 from astro_classifier.features.preprocess import (
     ModelInputs,
     PreprocessingSpec,
     light_curves_to_inputs,
     truncate_for_model,
 )
+from astro_classifier.formats.plasticc import read_plasticc
 
 TRUNCATION_DAYS = [8.0, 32.0, np.inf]
 SPECS = {

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 from rich.console import Console  # noqa: E402
 
 from astro_classifier.data.dataset import TrainingDataset  # noqa: E402
-from astro_classifier.data.spectra import model_input, normalise, resample  # noqa: E402
 from astro_classifier.export.clip_export import PARITY_TOLERANCE, export_clip_run  # noqa: E402
+from astro_classifier.features.spectra import model_input, normalise, resample  # noqa: E402
 from astro_classifier.training.clip import CLIP, CLIP_TINY, ClipConfig  # noqa: E402
 from astro_classifier.training.config import TrainConfig  # noqa: E402
 from astro_classifier.training.train import train  # noqa: E402
@@ -117,7 +117,7 @@ def test_graph_normalisation_is_the_numpy_one() -> None:
         **{**CLIP_TINY, "modalities": ("photometry", "spectrum")}, feature_names=("mwebv",)
     )
     model = CLIP(cfg).eval()
-    from astro_classifier.data.spectra import _Builder
+    from astro_classifier.core.spectra import SpectrumBuilder as _Builder
 
     w = np.linspace(3000.0, 10000.0, 2000)
     b = _Builder()

@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from astro_classifier.cli.app import app
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.data.plasticc import read_plasticc
-from astro_classifier.data.readers import read_light_curves
 from astro_classifier.features.preprocess import light_curves_to_inputs, tabular_features
+from astro_classifier.formats.plasticc import read_plasticc
+from astro_classifier.formats.registry import read_light_curves
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
 

@@ -20,7 +20,6 @@ import fastavro
 import numpy as np
 import pytest
 
-from astro_classifier.alerts import avro, ztf
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import SOLAR_SYSTEM, LightCurveBatch, as_id_array
 from astro_classifier.core.units import (
@@ -29,6 +28,7 @@ from astro_classifier.core.units import (
     ztf_difference_mag_to_njy,
     ztf_forced_flux_to_njy,
 )
+from astro_classifier.formats import avro, ztf
 
 
 def _files(shared_data: Path) -> list[Path]:

@@ -13,7 +13,7 @@ from rich.table import Table
 from astro_classifier.cli.common import atomic_output, console, user_errors
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.progress import progress_bar
-from astro_classifier.data.readers import FORMATS
+from astro_classifier.formats.registry import FORMATS
 from astro_classifier.inference.classify import ClassifyResult, classify
 from astro_classifier.inference.model import LoadedModel
 
@@ -69,7 +69,7 @@ def classify_command(
             f"unknown format {format!r}; expected one of {', '.join(FORMATS)}",
             param_hint="--format",
         )
-    from astro_classifier.data.readers import read_light_curves
+    from astro_classifier.formats.registry import read_light_curves
 
     with user_errors():
         loaded = LoadedModel.load(
@@ -80,7 +80,7 @@ def classify_command(
         started = time.perf_counter()
         batch = read_light_curves(inputs, format=format, metadata=metadata, schema_dir=schema_dir)
         if loaded.needs_images:  # stamps are decoded only for a model with an image tower
-            from astro_classifier.data.cutouts import attach_cutouts
+            from astro_classifier.formats.registry import attach_cutouts
 
             attach_cutouts(batch, inputs, format, schema_dir, int(loaded.metadata.image_size or 63))
         read_seconds = time.perf_counter() - started

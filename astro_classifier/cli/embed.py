@@ -13,7 +13,7 @@ from rich.table import Table
 
 from astro_classifier.cli.common import atomic_output, console, user_errors
 from astro_classifier.core.errors import InputError
-from astro_classifier.data.readers import FORMATS
+from astro_classifier.formats.registry import FORMATS
 
 MODALITY_CHOICES = ("photometry", "metadata", "spectrum", "image", "fused")
 
@@ -48,7 +48,7 @@ def embed_command(
         )
     if format is not None and format not in FORMATS:
         raise typer.BadParameter(f"unknown format {format!r}", param_hint="--format")
-    from astro_classifier.data.readers import read_light_curves
+    from astro_classifier.formats.registry import read_light_curves
     from astro_classifier.inference.embeddings import embed_objects
     from astro_classifier.inference.model import LoadedModel
 
@@ -56,12 +56,12 @@ def embed_command(
         loaded = LoadedModel.load(model, provider=provider)  # type: ignore[arg-type]
         batch = read_light_curves(inputs, format=format, metadata=metadata)
         if loaded.needs_images:  # stamps are decoded only for a model with an image tower
-            from astro_classifier.data.cutouts import attach_cutouts
+            from astro_classifier.formats.registry import attach_cutouts
 
             attach_cutouts(batch, inputs, format, None, int(loaded.metadata.image_size or 63))
         spectra = None
         if loaded.metadata.modalities and "spectrum" in loaded.metadata.modalities:
-            from astro_classifier.data.spectra import read_spectra_of
+            from astro_classifier.formats.registry import read_spectra_of
 
             spectra = read_spectra_of(inputs, format)  # osc / slsne inputs hold spectra
         started = time.perf_counter()

@@ -54,9 +54,9 @@ def evaluate_command(
     Also the calibration error (ECE, 15 bins, top label) with a reliability diagram, the
     broad-class accuracy (transient/stochastic/periodic), the abstain rate and the accuracy
     on the objects the model does not abstain on."""
-    from astro_classifier.data.readers import REGISTRY, detect_format, read_light_curves
     from astro_classifier.data.splits import stratified_folds
     from astro_classifier.evaluation import evaluate
+    from astro_classifier.formats.registry import REGISTRY, detect_format, read_light_curves
     from astro_classifier.inference.model import LoadedModel
     from astro_classifier.plots import (
         plot_confusion_matrix,

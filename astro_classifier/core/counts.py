@@ -13,3 +13,9 @@ def merge_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
         for reason, n in one.items():
             total[reason] = total.get(reason, 0) + int(n)
     return total
+
+
+def count(counts: dict[str, int], reason: str, n: int = 1) -> None:
+    """Add ``n`` to ``counts[reason]`` (nothing is added for zero)."""
+    if int(n):
+        counts[reason] = counts.get(reason, 0) + int(n)

@@ -39,13 +39,14 @@ import h5py
 import numpy as np
 
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.spectra import Spectra, peak_times
+from astro_classifier.core.spectra import Spectra
 from astro_classifier.features.preprocess import (
     PreprocessingSpec,
     keep_model_bands,
     tabular_features,
     truncate_for_model,
 )
+from astro_classifier.features.spectra import peak_times
 
 _ARRAYS = ("offsets", "time", "band", "flux", "flux_err", "detected")
 _SPECTRA_ARRAYS = ("offsets", "wavelength", "flux", "flux_err", "time", "redshift")
@@ -82,7 +83,7 @@ class TrainingDataset:
 
     def attach_cutouts(self, cutouts) -> None:
         """Keep the stamps of each object's alert (a CutoutBatch, aligned by alert id)."""
-        from astro_classifier.data.cutouts import align_cutouts
+        from astro_classifier.core.cutouts import align_cutouts
 
         aligned = align_cutouts(self.batch, cutouts)
         self.images, self.image_ok = aligned.images, aligned.ok

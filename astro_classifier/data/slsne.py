@@ -58,7 +58,8 @@ SLSNE_EXTINCTION_R: dict[str, float] = {
 SLSNE_LABEL = "SLSN-I"
 
 
-def _table_path(path: str | Path) -> Path | None:
+def slsne_table_path(path: str | Path) -> Path | None:
+    """The slsne package's ``sne_data.txt``: ``path`` itself, or found under the folder."""
     path = Path(path)
     if path.is_file():
         return path if path.name == SLSNE_TABLE else None
@@ -79,7 +80,7 @@ def _read_whitespace_table(path: Path) -> tuple[list[str], list[list[str]]]:
 
 def looks_like_slsne(path: str | Path) -> bool:
     """True for the ``slsne`` package data: ``sne_data.txt`` with its header and ``supernovae/``."""
-    table = _table_path(path)
+    table = slsne_table_path(path)
     if table is None or not (table.parent / "supernovae").is_dir():
         return False
     try:
@@ -92,7 +93,7 @@ def looks_like_slsne(path: str | Path) -> bool:
 
 def read_slsne(path: str | Path) -> LightCurveBatch:
     """Read the SLSN-I catalogue; see the module docstring."""
-    table = _table_path(path)
+    table = slsne_table_path(path)
     if table is None or not looks_like_slsne(table):
         raise InputError(path, f"expected the slsne package data ({SLSNE_TABLE} and supernovae/)")
     header, rows = _read_whitespace_table(table)

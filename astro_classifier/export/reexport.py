@@ -120,8 +120,8 @@ def parity_inputs(
     """Up to ``limit`` light curves of ``paths`` (any supported format; ``metadata``: their
     object table), preprocessed for the model in ``src`` and padded to its serving buckets:
     the re-export's parity check data."""
-    from astro_classifier.data.readers import read_light_curves
     from astro_classifier.features.preprocess import keep_model_bands, tabular_features
+    from astro_classifier.formats.registry import read_light_curves
     from astro_classifier.inference.classify import bucketed_inputs
 
     meta = read_metadata(src)

@@ -141,7 +141,7 @@ def bucketed_inputs(
 
 def _model_cutouts(batch: LightCurveBatch, size: int, model: LoadedModel):
     """The batch's stamps (rows marked missing where it carries none) at the model's size."""
-    from astro_classifier.data.cutouts import CutoutBatch
+    from astro_classifier.core.cutouts import CutoutBatch
 
     cutouts = batch.cutouts if batch.cutouts is not None else CutoutBatch.missing(len(batch), size)
     if cutouts.images.shape[-1] != size:

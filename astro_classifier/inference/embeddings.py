@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 
 from astro_classifier.core.errors import InputError, ModelError
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.spectra import Spectra, spectra_for
+from astro_classifier.core.spectra import Spectra
 from astro_classifier.features.preprocess import keep_model_bands, tabular_features
+from astro_classifier.features.spectra import spectra_for
 from astro_classifier.inference.classify import bucketed_inputs
 from astro_classifier.inference.model import LoadedModel
 
@@ -85,7 +86,7 @@ def embed_objects(
         spectra = None
     cutouts = None
     if model.needs_images:  # the stamps the batch carries (the caller decoded them)
-        from astro_classifier.data.cutouts import CutoutBatch
+        from astro_classifier.core.cutouts import CutoutBatch
 
         size = int(meta.image_size or 63)
         cutouts = (

@@ -52,7 +52,7 @@ import pyarrow as pa
 from astro_classifier.core.counts import merge_counts
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.readers import PartialDecode
+from astro_classifier.formats.registry import PartialDecode
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
 from astro_classifier.stream.codecs import (

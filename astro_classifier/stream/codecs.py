@@ -30,13 +30,13 @@ from typing import Any
 import fastavro
 import pyarrow as pa
 
-from astro_classifier.alerts.rubin import SchemaDirectory
 from astro_classifier.core.errors import InputError, TransientError
 from astro_classifier.core.taxonomy import BROAD_CLASSES
-from astro_classifier.data.readers import (  # noqa: F401  (the one dispatcher)
+from astro_classifier.formats.registry import (  # noqa: F401  (the one dispatcher)
     decode_message,
     decode_messages,
 )
+from astro_classifier.formats.rubin import SchemaDirectory
 
 CLASSIFICATION_SCHEMA_NAME = "classification.avsc"
 

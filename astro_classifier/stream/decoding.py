@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from astro_classifier.core.errors import InputError, TransientError
 
 if TYPE_CHECKING:
-    from astro_classifier.data.readers import Decoded
+    from astro_classifier.formats.registry import Decoded
 
 log = logging.getLogger("astro_classifier.stream")
 
@@ -71,7 +71,7 @@ def _initialise(input_format: str, schemas: Any, cutout_size: int | None = None)
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from astro_classifier.data.readers import decode_messages
+    from astro_classifier.formats.registry import decode_messages
 
     _STATE.update(
         decode=decode_messages, input_format=input_format, schemas=schemas, cutout_size=cutout_size

@@ -61,8 +61,8 @@ def file_messages(path: Path, metadata: Path | None = None) -> list[tuple[str | 
     """The messages one file turns into (module docstring)."""
     if not path.is_file():
         raise InputError(path, "file not found")
-    from astro_classifier.data.readers import file_messages as message_values
-    from astro_classifier.data.readers import read_light_curves
+    from astro_classifier.formats.registry import file_messages as message_values
+    from astro_classifier.formats.registry import read_light_curves
 
     messages = message_values(path) if metadata is None else None
     if messages is not None:

@@ -16,7 +16,7 @@ Inputs beyond light curve and metadata travel as :data:`ExtraInputs`: per modali
 model's input array of every dataset object and whether the object has it.
 
 Spectra: a model with the ``spectrum`` modality gets the spectra of every source whose format
-has them (:data:`SPECTRA_READERS`: ``osc``, ``slsne``), one per object, attached to the
+has them (:data:`~astro_classifier.formats.registry.SPECTRA_FORMATS`: ``osc``, ``slsne``), one per object, attached to the
 run's dataset.h5 (:meth:`TrainingDataset.attach_spectra`) and resampled and normalised onto the
 model's grid by :func:`astro_classifier.data.spectra.model_input`. Objects with one have
 ``spectrum`` present (modality dropout applies) in pretraining and fine-tuning; the others,
@@ -45,13 +45,11 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
+from astro_classifier.core.spectra import Spectra
 from astro_classifier.data.dataset import TrainingDataset
-from astro_classifier.data.spectra import (
-    SPECTRA_READERS,
-    Spectra,
-    model_input,
-)
 from astro_classifier.features.preprocess import light_curves_to_inputs
+from astro_classifier.features.spectra import model_input
+from astro_classifier.formats.registry import SPECTRA_FORMATS, read_spectra_of
 from astro_classifier.metrics import classification_report
 from astro_classifier.plots import plot_confusion_matrix, plot_learning_curves
 from astro_classifier.training.clip import CLIP, default_presence
@@ -81,13 +79,14 @@ def read_config_spectra(cfg: TrainConfig) -> Spectra:
     """Spectra of the config's sources whose format has them (none for the others)."""
     sources = [(cfg.data.format, cfg.data.light_curves)]
     sources += [(s.format, s.path) for s in cfg.data.extra_sources]
-    parts = [SPECTRA_READERS[fmt](path) for fmt, path in sources if fmt in SPECTRA_READERS]
+    parts = [read_spectra_of([path], fmt) for fmt, path in sources if fmt in SPECTRA_FORMATS]
     return Spectra.concat(parts)
 
 
 def read_config_cutouts(cfg: TrainConfig):
     """Stamps of every alert of the config's sources (sources without any contribute none)."""
-    from astro_classifier.data.cutouts import CutoutBatch, read_cutouts_of
+    from astro_classifier.core.cutouts import CutoutBatch
+    from astro_classifier.formats.registry import read_cutouts_of
 
     sources = [(cfg.data.format, cfg.data.light_curves)]
     sources += [(s.format, s.path) for s in cfg.data.extra_sources]

@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from astro_classifier.data.readers import FORMATS
 from astro_classifier.features.preprocess import PreprocessingSpec
+from astro_classifier.formats.registry import FORMATS
 
 SHARED_DATA_DEFAULT = "../shared/data"
 

@@ -19,9 +19,9 @@ from rich.console import Console
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.taxonomy import broad_class_of
-from astro_classifier.data.readers import read_light_curves
 from astro_classifier.data.render import PROCESSINGS, render_random
 from astro_classifier.data.splits import real_sky_split, stratified_folds, stratified_split
+from astro_classifier.formats.registry import read_light_curves
 from astro_classifier.training.augment import AugmentSpec, augment
 from astro_classifier.training.config import RenderSection, SourceSection, TrainConfig
 
@@ -134,7 +134,8 @@ def label_alerts(
     """Alerts labelled by what they provide themselves (``data.alert_label``; see
     :data:`astro_classifier.data.cutouts.ALERT_LABELS`); alerts whose label is unknown are
     counted, reported and left out."""
-    from astro_classifier.data.cutouts import ALERT_LABELS, align_cutouts, read_cutouts_of
+    from astro_classifier.core.cutouts import ALERT_LABELS, align_cutouts
+    from astro_classifier.formats.registry import read_cutouts_of
 
     if batch.alert_id is None:
         raise InputError(

@@ -13,11 +13,16 @@ Fluxes in nJy, times in MJD, bands among ``u g r i z y``; ``detected`` defaults 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch, band_indices
+from astro_classifier.formats.base import InputFormat, ReadOptions
+
+JSON_ALERT_KEYS = ("object_id", "points")  # what tells a JSON alert (first line of a file)
 
 
 def decode_json_alert(data: bytes, source: str) -> LightCurveBatch:
@@ -54,3 +59,33 @@ def decode_json_alert(data: bytes, source: str) -> LightCurveBatch:
         metadata=metadata,
         alert_id=None if alert_id is None else [str(alert_id)],
     )
+
+
+def _read(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
+    batches = []
+    for path in paths:
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError as exc:
+            raise InputError(path, f"cannot read file ({exc})") from exc
+        batches += [
+            decode_json_alert(line, f"{path}:{number}")
+            for number, line in enumerate(lines, start=1)
+            if line.strip()
+        ]
+    if not batches:
+        raise InputError(paths[0], "no JSON alert in the file")
+    return LightCurveBatch.concat(batches)
+
+
+def _decode(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
+    return decode_json_alert(value, source)
+
+
+JSON = InputFormat(
+    "json",
+    'astroclf JSON alerts, one per line {"object_id", "points": [...]}',
+    lambda probe: set(JSON_ALERT_KEYS) <= probe.json_keys,
+    _read,
+    _decode,
+)

@@ -52,12 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastavro.schema import load_schema
 
-from astro_classifier.alerts.avro import (
-    WIRE_HEADER,
-    WIRE_MAGIC_BYTE,
-    decode_avro_container,
-    projected_reader_schema,
-)
+from astro_classifier.core.cutouts import STAMP_SIZE, STAMPS, CutoutBatch
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import (
     SOLAR_SYSTEM,
@@ -66,6 +61,14 @@ from astro_classifier.core.lightcurve import (
     band_indices,
 )
 from astro_classifier.core.units import rubin_flux_to_njy
+from astro_classifier.formats.avro import (
+    WIRE_HEADER,
+    WIRE_MAGIC_BYTE,
+    decode_avro_container,
+    projected_reader_schema,
+)
+from astro_classifier.formats.base import InputFormat, ReadOptions
+from astro_classifier.formats.stamps import parquet_stamp_records, stamps_to_batch
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +127,7 @@ AVRO_FIELDS = (
     ("prvDiaForcedSources", SOURCE_FIELDS),
     ("diaObject", OBJECT_FIELDS),
 )
+PARQUET_TABLE_COLUMNS = ("diaSource",)  # what tells Rubin alert rows (Fink Parquet)
 DROP_NULL = "null or NaN time, band, flux or flux error"
 _SCHEMA_FILE = re.compile(r"lsst\.v(\d+)_(\d+)\.alert\.avsc")
 
@@ -471,3 +475,137 @@ def read_rubin_parquet(
     except (OSError, pa.ArrowException) as exc:
         raise InputError(source, f"cannot read Parquet ({exc}); expected a Parquet file") from exc
     return rubin_records_to_batch(records, source)
+
+
+# -- image stamps -----------------------------------------------------------------------
+# Projection of the stamps: the ids, the labels and the cutouts; nothing of the light curves.
+STAMP_SOURCE_FIELDS = ("diaSourceId", "diaObjectId", "ssObjectId")
+STAMP_FIELDS = (
+    "diaSourceId",
+    ("diaSource", STAMP_SOURCE_FIELDS),
+    ("diaObject", ("diaObjectId",)),
+    *STAMPS,
+)
+
+
+def rubin_cutouts(
+    records: Iterable[Mapping[str, Any]], source: str, size: int = STAMP_SIZE
+) -> CutoutBatch:
+    """Decoded Rubin alert records (any schema version, holding the cutouts) -> batch; ids
+    by the same rule as the light curves'."""
+    rows = []
+    for record in records:
+        if not isinstance(record, Mapping) or not isinstance(record.get("diaSource"), Mapping):
+            raise InputError(source, "a record has no diaSource; expected Rubin alert records")
+        ss_id = record["diaSource"].get("ssObjectId")
+        labels = {"ss_object": 1.0 if ss_id else 0.0}  # Rubin writes 0 or null: none
+        rows.append((_object_id(record, source), _alert_id(record), labels, record))
+    return stamps_to_batch(rows, "rubin", source, size)
+
+
+def _avro_stamps(value: bytes, _schemas: Any, source: str, size: int) -> CutoutBatch:
+    expected = "expected an Avro object container file of Rubin/LSST alerts"
+    records = decode_avro_container(value, source, expected, STAMP_FIELDS)[1]
+    return rubin_cutouts(records, source, size)
+
+
+def _parquet_stamps(value: bytes, _schemas: Any, source: str, size: int) -> CutoutBatch:
+    records = parquet_stamp_records(value, source, STAMP_FIELDS, "rubin-parquet")
+    return rubin_cutouts(records, source, size)
+
+
+def _wire_stamps(value: bytes, schemas: Any, source: str, size: int) -> CutoutBatch:
+    if schemas is None:
+        raise InputError(source, "rubin-wire needs the Rubin schema folder (schema_dir)")
+    if len(value) <= WIRE_HEADER.size or value[0] != 0:
+        raise InputError(source, f"not a wire-format message; {WIRE_EXPECTED}")
+    schema_id = WIRE_HEADER.unpack_from(value)[1]
+    schema = schemas.get(schema_id, source)
+    try:
+        body = io.BytesIO(value)
+        body.seek(WIRE_HEADER.size)
+        record = fastavro.schemaless_reader(
+            body, schema, projected_reader_schema(schema, STAMP_FIELDS)
+        )
+    except Exception as exc:  # fastavro raises many kinds on corrupt input
+        raise InputError(source, f"cannot decode the Avro body ({exc}); {WIRE_EXPECTED}") from exc
+    return rubin_cutouts([record], source, size)
+
+
+def nearest_schema_dir(path: Path, root: Path) -> Path | None:
+    """The nearest ``schema`` folder (Rubin alert schemas) at or above ``path``'s folder,
+    without leaving ``root``."""
+    for folder in (path.parent, *path.parent.parents):
+        candidate = folder / "schema"
+        if candidate.is_dir() and any(candidate.glob("*/*/lsst.v*_*.alert.avsc")):
+            return candidate
+        if folder == root:
+            return None
+    return None
+
+
+# -- the formats ------------------------------------------------------------------------
+def _read_avro(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
+    return read_rubin_avro(paths)
+
+
+def _avro_records(value: bytes, _schemas: Any, source: str) -> list[Any]:
+    return decode_rubin_avro_bytes(value, source)
+
+
+def _decode_avro(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
+    return rubin_records_to_batch(_avro_records(value, schemas, source), source)
+
+
+def _read_parquet(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
+    return LightCurveBatch.concat([read_rubin_parquet(path) for path in paths])
+
+
+def _decode_parquet(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
+    return read_rubin_parquet(pa.BufferReader(value), source=source)
+
+
+def _read_wire(paths: list[Path], options: ReadOptions) -> LightCurveBatch:
+    if options.schema_dir is None:
+        raise InputError(
+            paths[0],
+            "Rubin wire-format input needs schema_dir, the folder of Rubin alert schemas "
+            "(lsst/alert_packet schema/<major>/<minor>/) to decode the message bodies",
+        )
+    return read_rubin_wire(paths, options.schema_dir)
+
+
+def _decode_wire(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
+    if schemas is None:
+        raise ValueError("rubin-wire needs a schema directory or a schema registry")
+    return rubin_records_to_batch([decode_rubin_wire(value, schemas, source)], source)
+
+
+RUBIN_AVRO = InputFormat(
+    "rubin-avro",
+    "Rubin alert Avro containers (alert_packet v3-v11, ELAsTiCC)",
+    lambda probe: probe.is_avro_container and is_rubin_avro_schema(probe.avro_schema),
+    _read_avro,
+    _decode_avro,
+    decode_records=_avro_records,
+    records_to_batch=rubin_records_to_batch,
+    message_per_file=True,
+    stamps=_avro_stamps,
+)
+RUBIN_PARQUET = InputFormat(
+    "rubin-parquet",
+    "Rubin alerts as Parquet rows {diaSource, prvDiaSources, ...}",
+    lambda probe: probe.is_parquet and set(PARQUET_TABLE_COLUMNS) <= set(probe.columns),
+    _read_parquet,
+    _decode_parquet,
+    stamps=_parquet_stamps,
+)
+RUBIN_WIRE = InputFormat(
+    "rubin-wire",
+    "Rubin alerts in Confluent wire format (magic byte 0, schema id, Avro body)",
+    lambda probe: len(probe.head) >= WIRE_HEADER.size and probe.head[0] == WIRE_MAGIC_BYTE,
+    _read_wire,
+    _decode_wire,
+    message_per_file=True,
+    stamps=_wire_stamps,
+)

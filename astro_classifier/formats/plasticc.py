@@ -17,6 +17,7 @@ from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import BANDS, LightCurveBatch
 from astro_classifier.core.tables import read_table, require_columns, require_finite
 from astro_classifier.core.units import plasticc_fluxcal_to_njy
+from astro_classifier.formats.base import InputFormat, ReadOptions
 
 # PLAsTiCC target ids -> readable class labels (SOURCES.md).
 PLASTICC_CLASSES: dict[int, str] = {
@@ -153,3 +154,19 @@ def read_plasticc(
         )
     except ValueError as exc:
         raise InputError(light_curves, f"{exc} (object table: {metadata})") from exc
+
+
+def _read(paths: list[Path], options: ReadOptions) -> LightCurveBatch:
+    return LightCurveBatch.concat(
+        [read_plasticc(path, options.metadata, options.label_column) for path in paths]
+    )
+
+
+PLASTICC = InputFormat(
+    "plasticc",
+    "PLAsTiCC light curves, CSV or Parquet {object_id, mjd, passband, flux, flux_err}",
+    lambda probe: is_plasticc_light_curve_table(probe.columns),
+    _read,
+    object_table=True,
+    label_column="target",
+)

@@ -44,6 +44,7 @@ from astro_classifier.core.tables import (
     require_columns,
     require_finite,
 )
+from astro_classifier.formats.base import InputFormat, ReadOptions
 
 POINT_COLUMNS = ("object_id", "mjd", "band", "flux", "flux_err")
 DETECTED_COLUMN = "detected"
@@ -222,3 +223,19 @@ def _cast(column: pa.ChunkedArray, to: pa.DataType, path: str | Path, name: str)
         return pc.cast(column, to)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise InputError(path, f"column {name!r} ({column.type}) cannot be read as {to}") from exc
+
+
+def _read(paths: list[Path], options: ReadOptions) -> LightCurveBatch:
+    return LightCurveBatch.concat(
+        [read_long(path, options.metadata, options.label_column) for path in paths]
+    )
+
+
+LONG = InputFormat(
+    "long",
+    f"astroclf long format {{{', '.join(POINT_COLUMNS)}}}",
+    lambda probe: set(POINT_COLUMNS) <= set(probe.columns),
+    _read,
+    object_table=True,
+    label_column="label",
+)

@@ -49,7 +49,7 @@ by more than 1e-3 d the ``pid`` time is used and a warning says how many points 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from astro_classifier.alerts.avro import decode_avro_container
+from astro_classifier.core.cutouts import LABEL_FIELDS, STAMP_SIZE, STAMPS, CutoutBatch
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import BAND_INDEX, SOLAR_SYSTEM, LightCurveBatch, as_id_array
 from astro_classifier.core.units import (
@@ -66,6 +66,9 @@ from astro_classifier.core.units import (
     ztf_difference_mag_to_njy,
     ztf_forced_flux_to_njy,
 )
+from astro_classifier.formats.avro import decode_avro_container
+from astro_classifier.formats.base import InputFormat, ReadOptions
+from astro_classifier.formats.stamps import label_value, parquet_stamp_records, stamps_to_batch
 
 logger = logging.getLogger(__name__)
 
@@ -480,3 +483,83 @@ def _floats(values: list[Any], mask: np.ndarray) -> np.ndarray:
 
 def _float(value: Any) -> float:
     return np.nan if value is None else float(value)
+
+
+# -- image stamps -----------------------------------------------------------------------
+# Projection of the stamps: the ids, the labels and the cutouts; nothing of the light curves.
+STAMP_FIELDS = (
+    "objectId",
+    "candid",
+    ("candidate", ("candid", *LABEL_FIELDS)),
+    *STAMPS,
+)
+
+
+def ztf_cutouts(
+    records: Iterable[Mapping[str, Any]], source: str, size: int = STAMP_SIZE
+) -> CutoutBatch:
+    """Decoded ZTF alert records (Avro or Parquet rows, holding the cutouts) -> batch."""
+    rows = []
+    for record in records:
+        candidate = record.get("candidate")
+        if not isinstance(record, Mapping) or not isinstance(candidate, Mapping):
+            raise InputError(source, "a record has no candidate; expected ZTF alert records")
+        if record.get("objectId") is None:
+            raise InputError(source, "a record has no objectId; expected ZTF alert records")
+        candid = record.get("candid") or candidate.get("candid")
+        labels = {k: label_value(candidate.get(k)) for k in LABEL_FIELDS}
+        rows.append((str(record["objectId"]), str(candid), labels, record))
+    return stamps_to_batch(rows, "ztf", source, size)
+
+
+def _avro_stamps(value: bytes, _schemas: Any, source: str, size: int) -> CutoutBatch:
+    return ztf_cutouts(
+        decode_avro_container(value, source, EXPECTED, STAMP_FIELDS)[1], source, size
+    )
+
+
+def _parquet_stamps(value: bytes, _schemas: Any, source: str, size: int) -> CutoutBatch:
+    records = parquet_stamp_records(value, source, STAMP_FIELDS, "ztf-parquet")
+    return ztf_cutouts(records, source, size)
+
+
+# -- the formats ------------------------------------------------------------------------
+def _read_avro(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
+    return read_ztf_avro(paths)
+
+
+def _avro_records(value: bytes, _schemas: Any, source: str) -> list[Any]:
+    return decode_ztf_avro_bytes(value, source)
+
+
+def _decode_avro(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
+    return ztf_records_to_batch(_avro_records(value, schemas, source), source)
+
+
+def _read_parquet(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
+    return read_ztf_parquet(paths)
+
+
+def _decode_parquet(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
+    return ztf_records_to_batch(decode_ztf_parquet_bytes(value, source), source)
+
+
+ZTF_AVRO = InputFormat(
+    "ztf-avro",
+    "ZTF alert Avro containers (ZTF's or a broker's re-publication)",
+    lambda probe: probe.is_avro_container and is_ztf_alert_schema(probe.avro_schema),
+    _read_avro,
+    _decode_avro,
+    decode_records=_avro_records,
+    records_to_batch=ztf_records_to_batch,
+    message_per_file=True,
+    stamps=_avro_stamps,
+)
+ZTF_PARQUET = InputFormat(
+    "ztf-parquet",
+    "ZTF alerts as Parquet rows {objectId, candidate, prv_candidates}",
+    lambda probe: probe.is_parquet and is_ztf_parquet_schema(probe.parquet_schema),
+    _read_parquet,
+    _decode_parquet,
+    stamps=_parquet_stamps,
+)

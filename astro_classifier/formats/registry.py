@@ -35,32 +35,25 @@ way in every door, and floating-point warnings never reach the output.
 from __future__ import annotations
 
 import io
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import fastavro
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from astro_classifier.alerts.avro import AVRO_CONTAINER_MAGIC, WIRE_HEADER, WIRE_MAGIC_BYTE
+from astro_classifier.core.counts import merge_counts
+from astro_classifier.core.cutouts import STAMP_SIZE, CutoutBatch, align_cutouts
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.quality import clean_points
-from astro_classifier.core.tables import CSV_SUFFIXES
-from astro_classifier.data.longformat import POINT_COLUMNS
-from astro_classifier.data.plasticc import is_plasticc_light_curve_table
+from astro_classifier.core.spectra import Spectra
+from astro_classifier.formats import jsonalert, labelled, longformat, plasticc, rubin, ztf
+from astro_classifier.formats.base import FileProbe, InputFormat, ReadOptions
+from astro_classifier.formats.rubin import SchemaDirectory, nearest_schema_dir
 
-PARQUET_MAGIC = b"PAR1"
-RUBIN_TABLE_COLUMNS = ("diaSource",)  # Rubin alert rows (Fink Parquet)
-EROS1_TABLE_COLUMNS = ("star_id_b", "star_id_r", "magnitude_b", "magnitude_r")
-EROS1_ARRAYS_SUFFIX = "_varlength_features.csv.gz"
-JSON_ALERT_KEYS = ("object_id", "points")
 # Avro namespaces of alert streams astroclf does not read, for a refusal that names them.
 FOREIGN_SURVEYS = {
     "atlas": "ATLAS (filters o and c: no astroclf model has those bands)",
@@ -69,399 +62,35 @@ FOREIGN_SURVEYS = {
 }
 
 
-@dataclass(frozen=True)
-class ReadOptions:
-    """What some formats need beside the files."""
-
-    metadata: Path | None = None  # object table (plasticc, long)
-    schema_dir: Path | None = None  # Rubin schema folder (rubin-wire)
-    label_column: str | None = None  # object-table column holding labels (plasticc, long)
-
-
-@dataclass(frozen=True)
-class InputFormat:
-    """One input format: how to recognise, read and decode it."""
-
-    name: str
-    description: str  # a phrase for --help and errors
-    recognise: Callable[[FileProbe], bool]
-    read: Callable[[list[Path], ReadOptions], LightCurveBatch]
-    decode: Callable[[bytes, Any, str], LightCurveBatch] | None = None  # (value, schemas, source)
-    # ``decode`` in two stages, for formats that have them (alert records, then light curves):
-    # records of many messages convert to light curves in one pass (see decode_messages)
-    decode_records: Callable[[bytes, Any, str], list[Any]] | None = None
-    records_to_batch: Callable[[list[Any], str], LightCurveBatch] | None = None
-    absolute_time: bool = True  # times are MJD (EROS-1: days from an arbitrary zero)
-    object_table: bool = False  # takes an object table (``--metadata``)
-    message_per_file: bool = False  # replay sends a file's bytes as one message
-    label_column: str | None = None  # where labels come from by default (object table column)
-
-
-class FileProbe:
-    """What detection may look at in one file, each part read at most once and only if asked."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.is_dir = path.is_dir()  # catalogue formats are folders of files
-        if self.is_dir:
-            self.head = b""
-            return
-        try:
-            with path.open("rb") as stream:
-                self.head = stream.read(64)
-        except OSError as exc:
-            raise InputError(path, f"cannot read file ({exc})") from exc
-        if not self.head:
-            raise InputError(path, "file is empty")
-
-    @property
-    def is_avro_container(self) -> bool:
-        return self.head.startswith(AVRO_CONTAINER_MAGIC)
-
-    @property
-    def is_parquet(self) -> bool:
-        return self.head.startswith(PARQUET_MAGIC)
-
-    @cached_property
-    def avro_schema(self) -> Any:
-        """The writer schema of an Avro container (None for other files)."""
-        if not self.is_avro_container:
-            return None
-        try:
-            with self.path.open("rb") as stream:
-                return fastavro.reader(stream).writer_schema
-        except Exception as exc:  # fastavro raises many types on a corrupt header
-            raise InputError(self.path, f"cannot read the Avro container header ({exc})") from exc
-
-    @cached_property
-    def parquet_schema(self) -> pa.Schema | None:
-        if not self.is_parquet:
-            return None
-        try:
-            return pq.read_schema(self.path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(self.path, f"cannot read the Parquet schema: {exc}") from exc
-
-    @cached_property
-    def columns(self) -> list[str]:
-        """Column names of a Parquet or CSV table ([] for other files)."""
-        if self.parquet_schema is not None:
-            return [name.strip() for name in self.parquet_schema.names]
-        if self.path.name.lower().endswith(CSV_SUFFIXES):
-            try:
-                return [name.strip() for name in pacsv.open_csv(self.path).schema.names]
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise InputError(self.path, f"cannot read the CSV header: {exc}") from exc
-        return []
-
-    @cached_property
-    def json_keys(self) -> set[str]:
-        """Keys of the first JSON object of a JSON (lines) file; empty for other files."""
-        if self.head.lstrip()[:1] != b"{":
-            return set()
-        try:
-            with self.path.open("rb") as stream:
-                doc = json.loads(stream.readline())
-        except (ValueError, OSError):
-            return set()
-        return set(doc) if isinstance(doc, dict) else set()
-
-
-# -- the formats ----------------------------------------------------------------------------
-def _read_each(reader: Callable[[Path], LightCurveBatch]) -> Callable[..., LightCurveBatch]:
-    return lambda paths, _options: LightCurveBatch.concat([reader(path) for path in paths])
-
-
-def _read_plasticc(paths: list[Path], options: ReadOptions) -> LightCurveBatch:
-    from astro_classifier.data.plasticc import read_plasticc
-
-    return LightCurveBatch.concat(
-        [read_plasticc(path, options.metadata, options.label_column) for path in paths]
-    )
-
-
-def _read_long(paths: list[Path], options: ReadOptions) -> LightCurveBatch:
-    from astro_classifier.data.longformat import read_long
-
-    return LightCurveBatch.concat(
-        [read_long(path, options.metadata, options.label_column) for path in paths]
-    )
-
-
-def _read_eros1(path: Path) -> LightCurveBatch:
-    from astro_classifier.data.eros1 import read_eros1
-
-    return read_eros1(path, _eros1_arrays(path))
-
-
-def _is_ztf_avro(probe: FileProbe) -> bool:
-    from astro_classifier.alerts.ztf import is_ztf_alert_schema
-
-    return probe.is_avro_container and is_ztf_alert_schema(probe.avro_schema)
-
-
-def _is_rubin_avro(probe: FileProbe) -> bool:
-    from astro_classifier.alerts.rubin import is_rubin_avro_schema
-
-    return probe.is_avro_container and is_rubin_avro_schema(probe.avro_schema)
-
-
-def _is_ztf_parquet(probe: FileProbe) -> bool:
-    from astro_classifier.alerts.ztf import is_ztf_parquet_schema
-
-    return probe.is_parquet and is_ztf_parquet_schema(probe.parquet_schema)
-
-
-def _read_ztf_avro(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
-    from astro_classifier.alerts.ztf import read_ztf_avro
-
-    return read_ztf_avro(paths)
-
-
-def _decode_ztf_avro(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
-    return _ztf_records_to_batch(_ztf_avro_records(value, schemas, source), source)
-
-
-def _ztf_avro_records(value: bytes, _schemas: Any, source: str) -> list[Any]:
-    from astro_classifier.alerts.ztf import decode_ztf_avro_bytes
-
-    return decode_ztf_avro_bytes(value, source)
-
-
-def _ztf_records_to_batch(records: list[Any], source: str) -> LightCurveBatch:
-    from astro_classifier.alerts.ztf import ztf_records_to_batch
-
-    return ztf_records_to_batch(records, source)
-
-
-def _read_ztf_parquet(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
-    from astro_classifier.alerts.ztf import read_ztf_parquet
-
-    return read_ztf_parquet(paths)
-
-
-def _decode_ztf_parquet(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
-    from astro_classifier.alerts.ztf import decode_ztf_parquet_bytes, ztf_records_to_batch
-
-    return ztf_records_to_batch(decode_ztf_parquet_bytes(value, source), source)
-
-
-def _read_rubin_avro(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
-    from astro_classifier.alerts.rubin import read_rubin_avro
-
-    return read_rubin_avro(paths)
-
-
-def _decode_rubin_avro(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
-    return _rubin_records_to_batch(_rubin_avro_records(value, schemas, source), source)
-
-
-def _rubin_avro_records(value: bytes, _schemas: Any, source: str) -> list[Any]:
-    from astro_classifier.alerts.rubin import decode_rubin_avro_bytes
-
-    return decode_rubin_avro_bytes(value, source)
-
-
-def _rubin_records_to_batch(records: list[Any], source: str) -> LightCurveBatch:
-    from astro_classifier.alerts.rubin import rubin_records_to_batch
-
-    return rubin_records_to_batch(records, source)
-
-
-def _read_rubin_parquet(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
-    from astro_classifier.alerts.rubin import read_rubin_parquet
-
-    return LightCurveBatch.concat([read_rubin_parquet(path) for path in paths])
-
-
-def _decode_rubin_parquet(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
-    from astro_classifier.alerts.rubin import read_rubin_parquet
-
-    return read_rubin_parquet(pa.BufferReader(value), source=source)
-
-
-def _read_rubin_wire(paths: list[Path], options: ReadOptions) -> LightCurveBatch:
-    from astro_classifier.alerts.rubin import read_rubin_wire
-
-    if options.schema_dir is None:
-        raise InputError(
-            paths[0],
-            "Rubin wire-format input needs schema_dir, the folder of Rubin alert schemas "
-            "(lsst/alert_packet schema/<major>/<minor>/) to decode the message bodies",
-        )
-    return read_rubin_wire(paths, options.schema_dir)
-
-
-def _decode_rubin_wire(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
-    from astro_classifier.alerts.rubin import decode_rubin_wire, rubin_records_to_batch
-
-    if schemas is None:
-        raise ValueError("rubin-wire needs a schema directory or a schema registry")
-    return rubin_records_to_batch([decode_rubin_wire(value, schemas, source)], source)
-
-
-def _read_json(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
-    from astro_classifier.data.jsonalert import decode_json_alert
-
-    batches = []
-    for path in paths:
-        try:
-            lines = path.read_bytes().splitlines()
-        except OSError as exc:
-            raise InputError(path, f"cannot read file ({exc})") from exc
-        batches += [
-            decode_json_alert(line, f"{path}:{number}")
-            for number, line in enumerate(lines, start=1)
-            if line.strip()
-        ]
-    if not batches:
-        raise InputError(paths[0], "no JSON alert in the file")
-    return LightCurveBatch.concat(batches)
-
-
-def _decode_json(value: bytes, _schemas: Any, source: str) -> LightCurveBatch:
-    from astro_classifier.data.jsonalert import decode_json_alert
-
-    return decode_json_alert(value, source)
-
-
-def _is_rubin_parquet(probe: FileProbe) -> bool:
-    return probe.is_parquet and set(RUBIN_TABLE_COLUMNS) <= set(probe.columns)
-
-
-def _catalogue(module: str, name: str) -> tuple[Callable, Callable]:
-    """(recognise, read) of a labelled real-sky catalogue reader ``data/<module>.py``, which
-    takes a folder (or one of its files) and defines ``looks_like_<name>``/``read_<name>``."""
-
-    def load(prefix: str) -> Callable:
-        import importlib
-
-        return getattr(importlib.import_module(f"astro_classifier.data.{module}"), prefix + name)
-
-    def read(paths: list[Path], _options: ReadOptions) -> LightCurveBatch:
-        return LightCurveBatch.concat([load("read_")(path) for path in paths])
-
-    return (lambda probe: load("looks_like_")(probe.path)), read
-
-
+# -- the formats, in detection order (the first that recognises a file wins) -------------
 REGISTRY: dict[str, InputFormat] = {
     fmt.name: fmt
     for fmt in (
-        InputFormat(
-            "plasticc",
-            "PLAsTiCC light curves, CSV or Parquet {object_id, mjd, passband, flux, flux_err}",
-            lambda probe: is_plasticc_light_curve_table(probe.columns),
-            _read_plasticc,
-            object_table=True,
-            label_column="target",
-        ),
-        InputFormat(
-            "long",
-            f"astroclf long format {{{', '.join(POINT_COLUMNS)}}}",
-            lambda probe: set(POINT_COLUMNS) <= set(probe.columns),
-            _read_long,
-            object_table=True,
-            label_column="label",
-        ),
-        InputFormat(
-            "eros1",
-            "EROS-1 train.csv with its arrays file beside it",
-            lambda probe: set(EROS1_TABLE_COLUMNS) <= set(probe.columns),
-            _read_each(_read_eros1),
-            absolute_time=False,
-            label_column="type",
-        ),
-        InputFormat(
-            "ztf-avro",
-            "ZTF alert Avro containers (ZTF's or a broker's re-publication)",
-            _is_ztf_avro,
-            _read_ztf_avro,
-            _decode_ztf_avro,
-            decode_records=_ztf_avro_records,
-            records_to_batch=_ztf_records_to_batch,
-            message_per_file=True,
-        ),
-        InputFormat(
-            "ztf-parquet",
-            "ZTF alerts as Parquet rows {objectId, candidate, prv_candidates}",
-            _is_ztf_parquet,
-            _read_ztf_parquet,
-            _decode_ztf_parquet,
-        ),
-        InputFormat(
-            "rubin-avro",
-            "Rubin alert Avro containers (alert_packet v3-v11, ELAsTiCC)",
-            _is_rubin_avro,
-            _read_rubin_avro,
-            _decode_rubin_avro,
-            decode_records=_rubin_avro_records,
-            records_to_batch=_rubin_records_to_batch,
-            message_per_file=True,
-        ),
-        InputFormat(
-            "rubin-parquet",
-            "Rubin alerts as Parquet rows {diaSource, prvDiaSources, ...}",
-            _is_rubin_parquet,
-            _read_rubin_parquet,
-            _decode_rubin_parquet,
-        ),
-        InputFormat(
-            "rubin-wire",
-            "Rubin alerts in Confluent wire format (magic byte 0, schema id, Avro body)",
-            lambda probe: len(probe.head) >= WIRE_HEADER.size and probe.head[0] == WIRE_MAGIC_BYTE,
-            _read_rubin_wire,
-            _decode_rubin_wire,
-            message_per_file=True,
-        ),
-        InputFormat(
-            "ztf-bts",
-            "ZTF Bright Transient Survey light curves: a folder with bts.csv and light-curves/",
-            *_catalogue("ztf_bts", "ztf_bts"),
-        ),
-        InputFormat(
-            "manytde",
-            "manyTDE source JSONs (a file or a folder of them)",
-            *_catalogue("manytde", "manytde"),
-        ),
-        InputFormat(
-            "slsne",
-            "SLSN-I catalogue of the slsne package (sne_data.txt with supernovae/)",
-            *_catalogue("slsne", "slsne"),
-        ),
-        InputFormat(
-            "osc",
-            "Open Supernova Catalog objects.parquet + photometry.parquet (a folder)",
-            *_catalogue("osc", "osc"),
-        ),
-        InputFormat(
-            "alerce-examples",
-            "ALeRCE example detections, non-detections and labels (a folder)",
-            *_catalogue("alerce_examples", "alerce_examples"),
-        ),
-        InputFormat(
-            "ztf-bts-antares",
-            "ZTF BTS transients as ANTARES alert light curves: labels.csv + "
-            "antares_lightcurves.tar.gz (a folder)",
-            *_catalogue("antares_bts", "antares_bts"),
-        ),
-        InputFormat(
-            "tdss-quasars",
-            "TDSS/SDSS quasar light curves: gband.tar.gz + rband.tar.gz (a folder)",
-            *_catalogue("tdss", "tdss_quasars"),
-        ),
-        InputFormat(
-            "json",
-            'astroclf JSON alerts, one per line {"object_id", "points": [...]}',
-            lambda probe: set(JSON_ALERT_KEYS) <= probe.json_keys,
-            _read_json,
-            _decode_json,
-        ),
+        plasticc.PLASTICC,
+        longformat.LONG,
+        labelled.EROS1,
+        ztf.ZTF_AVRO,
+        ztf.ZTF_PARQUET,
+        rubin.RUBIN_AVRO,
+        rubin.RUBIN_PARQUET,
+        rubin.RUBIN_WIRE,
+        labelled.ZTF_BTS,
+        labelled.MANYTDE,
+        labelled.SLSNE,
+        labelled.OSC,
+        labelled.ALERCE_EXAMPLES,
+        labelled.ANTARES_BTS,
+        labelled.TDSS_QUASARS,
+        jsonalert.JSON,
     )
 }
 FORMATS: tuple[str, ...] = tuple(REGISTRY)
 # Formats whose light curves can take an object table (``metadata``).
 OBJECT_TABLE_FORMATS = tuple(name for name, fmt in REGISTRY.items() if fmt.object_table)
 MESSAGE_FORMATS = tuple(name for name, fmt in REGISTRY.items() if fmt.decode is not None)
+# Formats whose alerts carry image stamps, and formats with spectra beside the light curves.
+CUTOUT_FORMATS = tuple(name for name, fmt in REGISTRY.items() if fmt.stamps is not None)
+SPECTRA_FORMATS = tuple(name for name, fmt in REGISTRY.items() if fmt.spectra is not None)
 
 
 def get_format(name: str, source: str = "format") -> InputFormat:
@@ -810,15 +439,8 @@ def single_record_containers(value: bytes, indices: Any) -> dict[int, bytes]:
 
 def message_cutouts(
     batch: LightCurveBatch, value: bytes, input_format: str, schemas: Any, source: str, size: int
-):
+) -> CutoutBatch:
     """The stamps of a message's alerts, one row per object of ``batch``."""
-    from astro_classifier.data.cutouts import (
-        CUTOUT_FORMATS,
-        CutoutBatch,
-        align_cutouts,
-        decode_cutouts,
-    )
-
     if input_format not in CUTOUT_FORMATS:
         missing = CutoutBatch.missing(len(batch), size)
         missing.failure[:] = f"format {input_format} carries no cutouts"
@@ -852,12 +474,116 @@ def file_messages(path: Path, format: str | None = None) -> list[tuple[str | Non
     return None
 
 
-def _eros1_arrays(table_path: Path) -> Path:
-    """``train.csv`` -> ``train_varlength_features.csv.gz`` beside it (must exist)."""
-    stem = table_path.name
-    for suffix in CSV_SUFFIXES:
-        stem = stem.removesuffix(suffix)
-    arrays = table_path.with_name(stem + EROS1_ARRAYS_SUFFIX)
-    if not arrays.is_file():
-        raise InputError(table_path, f"EROS-1 arrays file {arrays} not found beside it")
-    return arrays
+# -- image stamps and spectra ---------------------------------------------------------------------
+def decode_cutouts(
+    data: bytes, format: str, source: str, schemas: Any = None, size: int = STAMP_SIZE
+) -> CutoutBatch:
+    """The cutouts of one file's or Kafka message's bytes in ``format`` (one of
+    :data:`CUTOUT_FORMATS`; ``schemas`` is the Rubin schema source of ``rubin-wire``)."""
+    fmt = REGISTRY.get(format)
+    if fmt is None or fmt.stamps is None:
+        raise InputError(
+            source, f"format {format!r} carries no cutouts; expected one of {CUTOUT_FORMATS}"
+        )
+    return fmt.stamps(data, schemas, source, size)
+
+
+def read_cutouts(
+    folder: str | Path, size: int = STAMP_SIZE, schema_dir: str | Path | None = None
+) -> CutoutBatch:
+    """Every alert with cutouts under ``folder`` (recursively, files in sorted path order).
+
+    Each file's format is detected from its content. Files that are
+    not alerts of a format carrying cutouts (schemas, JSON samples, light-curve tables) are
+    counted in ``skipped_files`` by reason, and so are files that fail to decode as a whole;
+    alerts whose stamps fail keep their row with ``ok = False`` (see the module docstring).
+    Rubin wire-format files are decoded with ``schema_dir``, else with the nearest
+    ``schema`` folder at or above them inside ``folder``.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(root, "not a directory; expected a folder of alert files")
+    batches: list[CutoutBatch] = []
+    skipped: dict[str, int] = {}
+    schema_cache: dict[Path, SchemaDirectory] = {}
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        try:
+            fmt = detect_format(path)
+        except InputError:
+            skip("not an alert file")
+            continue
+        if fmt not in CUTOUT_FORMATS:
+            skip(f"format {fmt} carries no cutouts")
+            continue
+        schemas = None
+        if fmt == "rubin-wire":
+            where = Path(schema_dir) if schema_dir is not None else nearest_schema_dir(path, root)
+            if where is None:
+                skip("rubin-wire file without a schema folder")
+                continue
+            schemas = schema_cache.setdefault(where, SchemaDirectory(where))
+        try:
+            batches.append(decode_cutouts(path.read_bytes(), fmt, str(path), schemas, size))
+        except InputError:
+            skip("alert file that cannot be decoded")
+    batch = CutoutBatch.concat(batches) if batches else CutoutBatch.empty(size)
+    batch.skipped_files = skipped
+    return batch
+
+
+# -- cutouts of light-curve batches ---------------------------------------------------------
+def read_cutouts_of(
+    paths: Sequence[str | Path],
+    format: str | None = None,
+    schema_dir: str | Path | None = None,
+    size: int = STAMP_SIZE,
+) -> CutoutBatch:
+    """The cutouts of alert files and folders (the inputs of `astroclf classify`): each file
+    decoded with ``format`` (detected when None); files of formats without cutouts
+    contribute nothing (their objects get missing rows when aligned)."""
+    batches: list[CutoutBatch] = []
+    skipped: dict[str, int] = {}
+    schemas = SchemaDirectory(schema_dir) if schema_dir is not None else None
+    for path in map(Path, paths):
+        if path.is_dir():
+            part = read_cutouts(path, size, schema_dir)
+            batches.append(part)
+            continue
+        fmt = format or detect_format(path)
+        if fmt not in CUTOUT_FORMATS:
+            skipped[f"format {fmt} carries no cutouts"] = (
+                skipped.get(f"format {fmt} carries no cutouts", 0) + 1
+            )
+            continue
+        batches.append(decode_cutouts(path.read_bytes(), fmt, str(path), schemas, size))
+    out = CutoutBatch.concat(batches) if batches else CutoutBatch.empty(size)
+    out.skipped_files = merge_counts([out.skipped_files, skipped])
+    return out
+
+
+def attach_cutouts(
+    batch: Any,
+    paths: Sequence[str | Path],
+    format: str | None = None,
+    schema_dir: str | Path | None = None,
+    size: int = STAMP_SIZE,
+) -> None:
+    """Set ``batch.cutouts``: the stamps of the files ``batch`` was read from, one row per
+    object (what `astroclf classify` and `astroclf embed` do for a model with an image tower)."""
+    batch.cutouts = align_cutouts(batch, read_cutouts_of(paths, format, schema_dir, size))
+
+
+def read_spectra_of(paths: Sequence[str | Path], format: str | None = None) -> Spectra:
+    """The spectra beside light-curve inputs (the inputs of `astroclf embed`): those of the
+    :data:`SPECTRA_FORMATS` (an ``osc`` folder's ``spectra.parquet``, an ``slsne`` folder's
+    spectrum files). Inputs of other formats hold none."""
+    parts = []
+    for path in map(Path, paths):
+        fmt = REGISTRY[format or detect_format(path)]
+        if fmt.spectra is not None:
+            parts.append(fmt.spectra(path))
+    return Spectra.concat(parts) if parts else Spectra.empty()

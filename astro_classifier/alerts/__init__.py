@@ -1,1 +1,0 @@
-"""Survey alert packets (ZTF Avro, Rubin Avro and Confluent wire format) -> LightCurveBatch."""
