@@ -89,13 +89,13 @@ def main() -> None:
     import torch
     from rich.console import Console
 
-    from astro_classifier.data.dataset import TrainingDataset
     from astro_classifier.training.clip_train import (
         embed_dataset,
         extra_inputs,
         read_config_cutouts,
         train_clip,
     )
+    from astro_classifier.training.dataset import TrainingDataset
     from astro_classifier.training.registry import load_model_dir
     from astro_classifier.training.sources import grouped_splits, read_training_objects
     from astro_classifier.training.train import seed_everything

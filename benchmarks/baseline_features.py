@@ -43,11 +43,11 @@ from rich.progress import Progress
 from rich.table import Table
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 
+from astro_classifier.catalogs.splits import stratified_folds
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.splits import stratified_folds
+from astro_classifier.evaluation.metrics import ClassificationMetrics, classification_report
 from astro_classifier.features.preprocess import PreprocessingSpec, tabular_features
 from astro_classifier.formats.plasticc import PLASTICC_CLASSES, read_plasticc
-from astro_classifier.metrics import ClassificationMetrics, classification_report
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = PROJECT_ROOT / "benchmarks" / "results" / "baseline_features.json"
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     console.print(results_table(result))
     if args.plots:
-        from astro_classifier.plots import plot_confusion_matrix
+        from astro_classifier.evaluation.plots import plot_confusion_matrix
 
         for name, res in result["models"].items():
             png = args.out.with_name(f"{args.out.stem}_{name}_fold0_confusion.png")

@@ -143,8 +143,8 @@ def _gbm(dataset: Path, cfg, seed: int) -> float:
 
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from astro_classifier.data.dataset import TrainingDataset
-    from astro_classifier.metrics import classification_report
+    from astro_classifier.evaluation.metrics import classification_report
+    from astro_classifier.training.dataset import TrainingDataset
     from astro_classifier.training.sources import grouped_splits
     from astro_classifier.training.train import label_seed, label_subset
     from benchmarks.baseline_features import HGB_PARAMS
@@ -324,8 +324,8 @@ def embedding_map(pretrain_dir: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
     import torch
 
-    from astro_classifier.data.dataset import TrainingDataset
     from astro_classifier.training.clip_train import embed_dataset, extra_inputs
+    from astro_classifier.training.dataset import TrainingDataset
     from astro_classifier.training.registry import load_model_dir
 
     _, model = load_model_dir(pretrain_dir)

@@ -35,7 +35,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.render import render
+from astro_classifier.features.render import render
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
 from astro_classifier.training.config import TrainConfig
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sources:
         sources = {k: v for k, v in sources.items() if k in args.sources}
     if args.test_split:
-        from astro_classifier.data.splits import real_sky_split
+        from astro_classifier.catalogs.splits import real_sky_split
 
         sources = {
             k: v.select(np.flatnonzero(real_sky_split(v.object_id))) for k, v in sources.items()

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from astro_classifier.catalogs.eros1 import read_eros1
+from astro_classifier.catalogs.splits import real_sky_split
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.eros1 import read_eros1
-from astro_classifier.data.splits import real_sky_split
 from astro_classifier.features.lc_features import compute_light_curve_features
 from benchmarks.baseline_features import machine_info, shared_data_dir
 

@@ -69,22 +69,22 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from astro_classifier.catalogs.alerce_examples import read_alerce_examples
+from astro_classifier.catalogs.antares_bts import read_antares_bts
+from astro_classifier.catalogs.eros1 import read_eros1
+from astro_classifier.catalogs.manytde import read_manytde
+from astro_classifier.catalogs.osc import read_osc
+from astro_classifier.catalogs.slsne import read_slsne
+from astro_classifier.catalogs.splits import real_sky_split
+from astro_classifier.catalogs.tdss import read_tdss_quasars
+from astro_classifier.catalogs.ztf_bts import read_ztf_bts
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.taxonomy import BROAD_CLASSES, broad_class_of
-from astro_classifier.data.alerce_examples import read_alerce_examples
-from astro_classifier.data.antares_bts import read_antares_bts
-from astro_classifier.data.eros1 import read_eros1
-from astro_classifier.data.manytde import read_manytde
-from astro_classifier.data.osc import read_osc
-from astro_classifier.data.render import difference_flux
-from astro_classifier.data.slsne import read_slsne
-from astro_classifier.data.splits import real_sky_split
-from astro_classifier.data.tdss import read_tdss_quasars
-from astro_classifier.data.ztf_bts import read_ztf_bts
+from astro_classifier.evaluation.metrics import expected_calibration_error
 from astro_classifier.features.preprocess import keep_model_bands, tabular_features
+from astro_classifier.features.render import difference_flux
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
-from astro_classifier.metrics import expected_calibration_error
 from astro_classifier.training.augment import AugmentSpec, augment
 from astro_classifier.training.config import TrainConfig
 from astro_classifier.training.sources import grouped_splits, read_training_objects

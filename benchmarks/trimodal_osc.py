@@ -38,16 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
+from astro_classifier.catalogs.osc import read_osc
+from astro_classifier.catalogs.slsne import read_slsne
+from astro_classifier.catalogs.spectra import read_osc_spectra, read_slsne_spectra
+from astro_classifier.catalogs.splits import stratified_folds, stratified_split
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.quality import clean_points
 from astro_classifier.core.spectra import Spectra
-from astro_classifier.data.dataset import TrainingDataset
-from astro_classifier.data.osc import read_osc
-from astro_classifier.data.slsne import read_slsne
-from astro_classifier.data.spectra import read_osc_spectra, read_slsne_spectra
-from astro_classifier.data.splits import stratified_folds, stratified_split
 from astro_classifier.features.spectra import model_input
 from astro_classifier.training.config import TrainConfig
+from astro_classifier.training.dataset import TrainingDataset
 
 ROOT = Path(__file__).resolve().parent.parent
 

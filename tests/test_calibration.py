@@ -10,15 +10,15 @@ import pytest
 from typer.testing import CliRunner
 
 from astro_classifier.cli.app import app
-from astro_classifier.evaluation import evaluate
-from astro_classifier.export.calibration import fit_temperature, nll_at, softmax
-from astro_classifier.formats.plasticc import read_plasticc
-from astro_classifier.inference.model import LoadedModel
-from astro_classifier.metrics import (
+from astro_classifier.evaluation.evaluate import evaluate
+from astro_classifier.evaluation.metrics import (
     expected_calibration_error,
     negative_log_likelihood,
     reliability_curve,
 )
+from astro_classifier.export.calibration import fit_temperature, nll_at, softmax
+from astro_classifier.formats.plasticc import read_plasticc
+from astro_classifier.inference.model import LoadedModel
 from tests.conftest import PROJECT_ROOT
 
 EXAMPLE = PROJECT_ROOT / "examples" / "plasticc"

@@ -24,7 +24,6 @@ from typer.testing import CliRunner  # noqa: E402
 from astro_classifier.cli.app import app  # noqa: E402
 from astro_classifier.core.errors import ModelError  # noqa: E402
 from astro_classifier.core.lightcurve import LightCurveBatch  # noqa: E402
-from astro_classifier.data.dataset import TrainingDataset  # noqa: E402
 from astro_classifier.export.clip_export import PARITY_TOLERANCE, ClipGraph  # noqa: E402
 from astro_classifier.export.onnx_export import export_run, load_checkpoint  # noqa: E402
 from astro_classifier.features.preprocess import light_curves_to_inputs  # noqa: E402
@@ -39,6 +38,7 @@ from astro_classifier.training.clip import (  # noqa: E402
     galactic_latitude,
 )
 from astro_classifier.training.config import TrainConfig  # noqa: E402
+from astro_classifier.training.dataset import TrainingDataset  # noqa: E402
 from astro_classifier.training.registry import (  # noqa: E402
     MODEL_YAML,
     WEIGHTS,

@@ -10,12 +10,12 @@ import pytest
 from pydantic import ValidationError
 
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.render import PROCESSINGS
 from astro_classifier.features.preprocess import (
     PreprocessingSpec,
     keep_model_bands,
     tabular_features,
 )
+from astro_classifier.features.render import PROCESSINGS
 from astro_classifier.training.config import RenderSection, TrainConfig
 from astro_classifier.training.sources import add_rendered_copies, grouped_splits
 

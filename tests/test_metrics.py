@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from astro_classifier.metrics import (
+from astro_classifier.evaluation.metrics import (
     ClassificationMetrics,
     class_balanced_log_loss,
     classification_report,

@@ -15,7 +15,7 @@ INFERENCE_MODULES = (
     "astro_classifier.formats.ztf",
     "astro_classifier.formats.rubin",
     "astro_classifier.formats.registry",
-    "astro_classifier.evaluation",
+    "astro_classifier.evaluation.evaluate",
 )
 
 # Classify the committed PLAsTiCC sample with the shipped atat-lsst model.

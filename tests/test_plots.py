@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from astro_classifier.formats.plasticc import PLASTICC_CLASSES
-from astro_classifier.plots import (
+from astro_classifier.evaluation.plots import (
     plot_confusion_matrix,
     plot_learning_curves,
     plot_metrics_vs_truncation,
 )
+from astro_classifier.formats.plasticc import PLASTICC_CLASSES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from astro_classifier.catalogs.eros1 import read_eros1
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.data.eros1 import read_eros1
 
 STATIC_HEADER = (
     "Unnamed: 0,patch_id,star_id_b,star_id_r,magnitude_b,magnitude_r,asc_d,asc_m,asc_s,"
@@ -69,7 +69,7 @@ def test_metadata_positions_in_the_lmc(eros1):
 
 
 def test_capped_points_are_dropped_and_counted(shared_data, caplog):
-    with caplog.at_level(logging.INFO, logger="astro_classifier.data.eros1"):
+    with caplog.at_level(logging.INFO, logger="astro_classifier.catalogs.eros1"):
         batch = read_eros1(*_eros1_paths(shared_data))
     assert "dropped 46 EROS-1 points" in caplog.text
     assert "b: 18, r: 28" in caplog.text

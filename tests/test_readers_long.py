@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from astro_classifier.catalogs.eros1 import read_eros1
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.eros1 import read_eros1
 from astro_classifier.formats.longformat import read_long, write_long
 from astro_classifier.formats.ztf import read_ztf_avro
 

@@ -17,24 +17,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.core.taxonomy import broad_class_of, canonical_label
-from astro_classifier.core.units import ab_mag_to_njy
-from astro_classifier.data.alerce_examples import looks_like_alerce_examples
-from astro_classifier.data.antares_bts import (
+from astro_classifier.catalogs.alerce_examples import looks_like_alerce_examples
+from astro_classifier.catalogs.antares_bts import (
     bts_type_label,
     looks_like_antares_bts,
     read_antares_bts,
 )
-from astro_classifier.data.manytde import looks_like_manytde
-from astro_classifier.data.osc import looks_like_osc
-from astro_classifier.data.slsne import looks_like_slsne
-from astro_classifier.data.tdss import (
+from astro_classifier.catalogs.manytde import looks_like_manytde
+from astro_classifier.catalogs.osc import looks_like_osc
+from astro_classifier.catalogs.slsne import looks_like_slsne
+from astro_classifier.catalogs.tdss import (
     looks_like_tdss_quasars,
     read_tdss_quasars,
     sdss_name_to_degrees,
 )
-from astro_classifier.data.ztf_bts import looks_like_ztf_bts
+from astro_classifier.catalogs.ztf_bts import looks_like_ztf_bts
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.taxonomy import broad_class_of, canonical_label
+from astro_classifier.core.units import ab_mag_to_njy
 from astro_classifier.formats.registry import detect_format, read_light_curves
 
 LN10_OVER_2_5 = math.log(10) / 2.5

@@ -13,15 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from astro_classifier.catalogs.alerce_examples import (
+    looks_like_alerce_examples,
+    read_alerce_examples,
+)
+from astro_classifier.catalogs.manytde import looks_like_manytde, read_manytde
+from astro_classifier.catalogs.osc import looks_like_osc, read_osc
+from astro_classifier.catalogs.realsky import sexagesimal_to_degrees, sn_type_label
+from astro_classifier.catalogs.slsne import looks_like_slsne, read_slsne
+from astro_classifier.catalogs.splits import real_sky_split
+from astro_classifier.catalogs.ztf_bts import looks_like_ztf_bts, read_ztf_bts
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.core.units import jy_to_njy, limiting_mag_to_njy_err, vega_mag_to_njy
-from astro_classifier.data.alerce_examples import looks_like_alerce_examples, read_alerce_examples
-from astro_classifier.data.manytde import looks_like_manytde, read_manytde
-from astro_classifier.data.osc import looks_like_osc, read_osc
-from astro_classifier.data.realsky import sexagesimal_to_degrees, sn_type_label
-from astro_classifier.data.slsne import looks_like_slsne, read_slsne
-from astro_classifier.data.splits import real_sky_split
-from astro_classifier.data.ztf_bts import looks_like_ztf_bts, read_ztf_bts
 
 LN10_OVER_2_5 = math.log(10) / 2.5
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.data.render import (
+from astro_classifier.features.render import (
     ALERT_HISTORY_DAYS,
     PROCESSINGS,
     RUBIN_HISTORY_DAYS,

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from astro_classifier.catalogs.spectra import read_osc_spectra, read_slsne_spectra
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.spectra import Spectra
 from astro_classifier.core.spectra import SpectrumBuilder as _Builder
-from astro_classifier.data.spectra import read_osc_spectra, read_slsne_spectra
 from astro_classifier.features.spectra import grid_centres, model_input, normalise, resample
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astro_classifier.data.splits import stratified_folds, stratified_split
+from astro_classifier.catalogs.splits import stratified_folds, stratified_split
 
 
 def _labels(seed: int = 0) -> np.ndarray:

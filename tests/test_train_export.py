@@ -18,7 +18,10 @@ from rich.console import Console  # noqa: E402
 
 from astro_classifier.core.lightcurve import LightCurveBatch  # noqa: E402
 from astro_classifier.core.taxonomy import BROAD_CLASSES, broad_mapping  # noqa: E402
-from astro_classifier.data.dataset import TrainingDataset  # noqa: E402
+from astro_classifier.evaluation.metrics import (  # noqa: E402
+    expected_calibration_error,
+    negative_log_likelihood,
+)
 from astro_classifier.export import onnx_export  # noqa: E402
 from astro_classifier.export.calibration import softmax  # noqa: E402
 from astro_classifier.export.onnx_export import (  # noqa: E402
@@ -40,11 +43,8 @@ from astro_classifier.inference.model import (  # noqa: E402
     energy_score,
     read_metadata,
 )
-from astro_classifier.metrics import (  # noqa: E402
-    expected_calibration_error,
-    negative_log_likelihood,
-)
 from astro_classifier.training.config import TrainConfig  # noqa: E402
+from astro_classifier.training.dataset import TrainingDataset  # noqa: E402
 from astro_classifier.training.train import train  # noqa: E402
 
 pytestmark = pytest.mark.slow

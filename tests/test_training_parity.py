@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.data.dataset import TrainingDataset, content_hash
 from astro_classifier.features.preprocess import (
     ModelInputs,
     PreprocessingSpec,
@@ -22,6 +21,7 @@ from astro_classifier.features.preprocess import (
     truncate_for_model,
 )
 from astro_classifier.formats.plasticc import read_plasticc
+from astro_classifier.training.dataset import TrainingDataset, content_hash
 
 TRUNCATION_DAYS = [8.0, 32.0, np.inf]
 SPECS = {

@@ -13,11 +13,11 @@ torch = pytest.importorskip("torch")
 
 from rich.console import Console  # noqa: E402
 
-from astro_classifier.data.dataset import TrainingDataset  # noqa: E402
 from astro_classifier.export.clip_export import PARITY_TOLERANCE, export_clip_run  # noqa: E402
 from astro_classifier.features.spectra import model_input, normalise, resample  # noqa: E402
 from astro_classifier.training.clip import CLIP, CLIP_TINY, ClipConfig  # noqa: E402
 from astro_classifier.training.config import TrainConfig  # noqa: E402
+from astro_classifier.training.dataset import TrainingDataset  # noqa: E402
 from astro_classifier.training.train import train  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "clip_osc_trimodal.yaml"

@@ -54,15 +54,15 @@ def evaluate_command(
     Also the calibration error (ECE, 15 bins, top label) with a reliability diagram, the
     broad-class accuracy (transient/stochastic/periodic), the abstain rate and the accuracy
     on the objects the model does not abstain on."""
-    from astro_classifier.data.splits import stratified_folds
-    from astro_classifier.evaluation import evaluate
-    from astro_classifier.formats.registry import REGISTRY, detect_format, read_light_curves
-    from astro_classifier.inference.model import LoadedModel
-    from astro_classifier.plots import (
+    from astro_classifier.catalogs.splits import stratified_folds
+    from astro_classifier.evaluation.evaluate import evaluate
+    from astro_classifier.evaluation.plots import (
         plot_confusion_matrix,
         plot_metrics_vs_truncation,
         plot_reliability_diagram,
     )
+    from astro_classifier.formats.registry import REGISTRY, detect_format, read_light_curves
+    from astro_classifier.inference.model import LoadedModel
 
     days = parse_days(truncate_days)
     with user_errors():

@@ -33,7 +33,6 @@ import torch
 from astro_classifier import __version__
 from astro_classifier.core.errors import ModelError
 from astro_classifier.core.taxonomy import broad_mapping_or_none
-from astro_classifier.data.dataset import TrainingDataset
 from astro_classifier.export.onnx_export import (
     CALIBRATION_BATCH,
     ParityError,
@@ -52,6 +51,7 @@ from astro_classifier.inference.model import (
     default_length_buckets,
 )
 from astro_classifier.training.clip import CLIP
+from astro_classifier.training.dataset import TrainingDataset
 
 PARITY_TOLERANCE = 1e-5
 OUTPUTS = ["probabilities", "logits", "embedding"]

@@ -34,7 +34,7 @@ import yaml
 
 from astro_classifier import __version__
 from astro_classifier.core.taxonomy import broad_mapping
-from astro_classifier.data.dataset import TrainingDataset
+from astro_classifier.evaluation.metrics import expected_calibration_error, negative_log_likelihood
 from astro_classifier.export.calibration import fit_temperature, ood_threshold, softmax
 from astro_classifier.features.preprocess import (
     ModelInputs,
@@ -52,8 +52,8 @@ from astro_classifier.inference.model import (
     default_length_buckets,
     energy_score,
 )
-from astro_classifier.metrics import expected_calibration_error, negative_log_likelihood
 from astro_classifier.training.atat import ATATConfig, fused_attention_export
+from astro_classifier.training.dataset import TrainingDataset
 from astro_classifier.training.registry import (
     MODEL_YAML,
     WEIGHTS,

@@ -15,8 +15,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from astro_classifier.core.lightcurve import BAND_INDEX, BANDS, LightCurveBatch
-from astro_classifier.data.render import nightly_bin
 from astro_classifier.features.lc_features import compute_light_curve_features, feature_names
+from astro_classifier.features.render import nightly_bin
 
 # Object metadata a model may use as tabular inputs (canonical names, see data/plasticc.py).
 # hostgal_specz is deliberately absent: it is unknown for most real objects. ra and decl

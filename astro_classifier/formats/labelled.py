@@ -12,18 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from astro_classifier.catalogs.alerce_examples import (
+    looks_like_alerce_examples,
+    read_alerce_examples,
+)
+from astro_classifier.catalogs.antares_bts import looks_like_antares_bts, read_antares_bts
+from astro_classifier.catalogs.eros1 import read_eros1
+from astro_classifier.catalogs.manytde import looks_like_manytde, read_manytde
+from astro_classifier.catalogs.osc import looks_like_osc, read_osc
+from astro_classifier.catalogs.slsne import looks_like_slsne, read_slsne
+from astro_classifier.catalogs.spectra import read_osc_spectra, read_slsne_spectra
+from astro_classifier.catalogs.tdss import looks_like_tdss_quasars, read_tdss_quasars
+from astro_classifier.catalogs.ztf_bts import looks_like_ztf_bts, read_ztf_bts
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.tables import CSV_SUFFIXES
-from astro_classifier.data.alerce_examples import looks_like_alerce_examples, read_alerce_examples
-from astro_classifier.data.antares_bts import looks_like_antares_bts, read_antares_bts
-from astro_classifier.data.eros1 import read_eros1
-from astro_classifier.data.manytde import looks_like_manytde, read_manytde
-from astro_classifier.data.osc import looks_like_osc, read_osc
-from astro_classifier.data.slsne import looks_like_slsne, read_slsne
-from astro_classifier.data.spectra import read_osc_spectra, read_slsne_spectra
-from astro_classifier.data.tdss import looks_like_tdss_quasars, read_tdss_quasars
-from astro_classifier.data.ztf_bts import looks_like_ztf_bts, read_ztf_bts
 from astro_classifier.formats.base import FileProbe, InputFormat, ReadOptions
 
 EROS1_TABLE_COLUMNS = ("star_id_b", "star_id_r", "magnitude_b", "magnitude_r")

@@ -44,7 +44,7 @@ import numpy as np
 
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.units import AB_ZERO_POINT_NJY
-from astro_classifier.data.render import ALERT_HISTORY_DAYS, DETECTION_SIGMA
+from astro_classifier.features.render import ALERT_HISTORY_DAYS, DETECTION_SIGMA
 
 H0_KM_S_MPC = 70.0
 OMEGA_M = 0.3

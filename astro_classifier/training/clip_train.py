@@ -46,14 +46,14 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from astro_classifier.core.spectra import Spectra
-from astro_classifier.data.dataset import TrainingDataset
+from astro_classifier.evaluation.metrics import classification_report
+from astro_classifier.evaluation.plots import plot_confusion_matrix, plot_learning_curves
 from astro_classifier.features.preprocess import light_curves_to_inputs
 from astro_classifier.features.spectra import model_input
 from astro_classifier.formats.registry import SPECTRA_FORMATS, read_spectra_of
-from astro_classifier.metrics import classification_report
-from astro_classifier.plots import plot_confusion_matrix, plot_learning_curves
 from astro_classifier.training.clip import CLIP, default_presence
 from astro_classifier.training.config import TrainConfig
+from astro_classifier.training.dataset import TrainingDataset
 from astro_classifier.training.registry import (
     create_model,
     get_entry,

@@ -71,7 +71,7 @@ class AugmentSection(_Strict):
 
 def known_processings(names: list[str]) -> list[str]:
     """``names`` if every one is a processing of data/render.py (and there is one)."""
-    from astro_classifier.data.render import PROCESSINGS
+    from astro_classifier.features.render import PROCESSINGS
 
     unknown = [n for n in names if n not in PROCESSINGS]
     if unknown or not names:

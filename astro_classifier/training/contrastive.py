@@ -30,8 +30,8 @@ from torch import nn
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.progress import progress_bar
 from astro_classifier.core.taxonomy import broad_class_of
-from astro_classifier.data.render import render_random
 from astro_classifier.features.preprocess import PreprocessingSpec, light_curves_to_inputs
+from astro_classifier.features.render import render_random
 
 
 def representation(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

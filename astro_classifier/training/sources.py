@@ -16,11 +16,11 @@ from collections import Counter
 import numpy as np
 from rich.console import Console
 
+from astro_classifier.catalogs.splits import real_sky_split, stratified_folds, stratified_split
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.taxonomy import broad_class_of
-from astro_classifier.data.render import PROCESSINGS, render_random
-from astro_classifier.data.splits import real_sky_split, stratified_folds, stratified_split
+from astro_classifier.features.render import PROCESSINGS, render_random
 from astro_classifier.formats.registry import read_light_curves
 from astro_classifier.training.augment import AugmentSpec, augment
 from astro_classifier.training.config import RenderSection, SourceSection, TrainConfig

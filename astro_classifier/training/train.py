@@ -30,12 +30,12 @@ from rich.console import Console
 from rich.progress import TextColumn
 
 from astro_classifier.core.progress import progress_bar
-from astro_classifier.data.dataset import TrainingDataset
+from astro_classifier.evaluation.metrics import classification_report
+from astro_classifier.evaluation.plots import plot_confusion_matrix, plot_learning_curves
 from astro_classifier.features.preprocess import ModelInputs, light_curves_to_inputs
-from astro_classifier.metrics import classification_report
-from astro_classifier.plots import plot_confusion_matrix, plot_learning_curves
 from astro_classifier.training.config import TrainConfig
 from astro_classifier.training.contrastive import pretrain_on_renderings, pretraining_rows
+from astro_classifier.training.dataset import TrainingDataset
 from astro_classifier.training.registry import (
     create_model,
     get_entry,

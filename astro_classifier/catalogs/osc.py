@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from astro_classifier.catalogs.realsky import sexagesimal_to_degrees, sn_type_label
+from astro_classifier.core.counts import count
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.core.units import (
@@ -52,7 +54,6 @@ from astro_classifier.core.units import (
     limiting_mag_to_njy_err,
     vega_mag_to_njy,
 )
-from astro_classifier.data.realsky import count, sexagesimal_to_degrees, sn_type_label
 
 OSC_OBJECTS = "objects.parquet"
 OSC_PHOTOMETRY = "photometry.parquet"

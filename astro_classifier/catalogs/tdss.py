@@ -35,10 +35,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from astro_classifier.catalogs.realsky import parse_floats, sexagesimal_to_degrees
+from astro_classifier.core.counts import count
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.core.units import ab_mag_to_njy
-from astro_classifier.data.realsky import count, parse_floats, sexagesimal_to_degrees
 
 TDSS_BANDS = ("g", "r")
 TDSS_TARBALL = "{band}band.tar.gz"  # members <band>band/<name>

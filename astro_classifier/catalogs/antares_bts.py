@@ -43,16 +43,16 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from astro_classifier.core.errors import InputError
-from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.core.units import ab_mag_to_njy
-from astro_classifier.data.realsky import (
+from astro_classifier.catalogs.realsky import (
     GENERIC_SN,
-    count,
     parse_floats,
     sexagesimal_to_degrees,
     sn_type_label,
 )
+from astro_classifier.core.counts import count
+from astro_classifier.core.errors import InputError
+from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.units import ab_mag_to_njy
 
 ANTARES_LABELS = "labels.csv"
 ANTARES_TARBALL = "antares_lightcurves.tar.gz"

@@ -3,7 +3,7 @@
 - :func:`sn_type_label`: a catalogue's supernova type string -> the project's canonical
   label (:func:`astro_classifier.taxonomy.canonical_label` first, then the subtypes below);
 - :func:`sexagesimal_to_degrees`: "hh:mm:ss.s" / "+dd:mm:ss" -> degrees;
-- :func:`count`: add to a ``dropped`` reason -> count dictionary (zero counts are not kept).
+- :func:`parse_floats`: a column of catalogue values -> float64 (NaN where not a number).
 """
 
 from __future__ import annotations
@@ -85,12 +85,6 @@ def sexagesimal_to_degrees(ra: str, dec: str) -> tuple[float, float]:
     sign = -1.0 if str(dec).strip().startswith("-") else 1.0
     dec_deg = sign * sum(abs(v) / 60**k for k, v in enumerate(d))
     return ra_deg, dec_deg
-
-
-def count(dropped: dict[str, int], reason: str, n: int | np.integer) -> None:
-    """Add ``n`` points to ``dropped[reason]`` (nothing is added for zero)."""
-    if int(n):
-        dropped[reason] = dropped.get(reason, 0) + int(n)
 
 
 def parse_floats(values: list) -> np.ndarray:

@@ -23,15 +23,15 @@ import numpy as np
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.taxonomy import broad_class_of
-from astro_classifier.features.preprocess import truncate_for_model
-from astro_classifier.inference.classify import classify
-from astro_classifier.inference.model import LoadedModel
-from astro_classifier.metrics import (
+from astro_classifier.evaluation.metrics import (
     ClassificationMetrics,
     ReliabilityCurve,
     classification_report,
     reliability_curve,
 )
+from astro_classifier.features.preprocess import truncate_for_model
+from astro_classifier.inference.classify import classify
+from astro_classifier.inference.model import LoadedModel
 
 ECE_BINS = 15
 

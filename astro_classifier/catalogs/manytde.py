@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from astro_classifier.core.counts import count
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.core.units import jy_to_njy
-from astro_classifier.data.realsky import count
 
 MANYTDE_HEADER = ["mjd", "filter", "flux_Jy", "e_flux_Jy"]
 # manyTDE filter name -> canonical band, for the rows kept (ZTF forced photometry g and r).

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from astro_classifier.core.counts import count
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.core.tables import read_table, require_columns
@@ -43,7 +44,6 @@ from astro_classifier.core.units import (
     mjd_from_jd,
     ztf_difference_mag_to_njy,
 )
-from astro_classifier.data.realsky import count
 
 ALERCE_DETECTIONS = "30_sne_detections_corr.csv"
 ALERCE_NON_DETECTIONS = "30_sne_non_detections.csv"

@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from astro_classifier.catalogs.slsne import looks_like_slsne, slsne_table_path
 from astro_classifier.core.counts import count
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.spectra import Spectra, SpectrumBuilder
-from astro_classifier.data.slsne import looks_like_slsne, slsne_table_path
 
 OSC_SPECTRA = "spectra.parquet"
 OSC_SPECTRA_COLUMNS = (

@@ -33,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from astro_classifier.catalogs.realsky import sexagesimal_to_degrees, sn_type_label
+from astro_classifier.core.counts import count
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.core.units import ab_mag_to_njy
-from astro_classifier.data.realsky import count, sexagesimal_to_degrees, sn_type_label
 
 BTS_TABLE = "bts.csv"
 BTS_LIGHT_CURVES = "light-curves"

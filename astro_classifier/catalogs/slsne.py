@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from astro_classifier.core.counts import count
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
 from astro_classifier.core.units import (
@@ -42,7 +43,6 @@ from astro_classifier.core.units import (
     limiting_mag_to_njy_err,
     vega_mag_to_njy,
 )
-from astro_classifier.data.realsky import count
 
 SLSNE_TABLE = "sne_data.txt"
 SLSNE_TABLE_COLUMNS = ("Name", "RA_deg", "DEC_deg", "Redshift", "EBV", "Explosion", "Peak")

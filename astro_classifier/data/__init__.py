@@ -1,1 +1,0 @@
-"""The canonical light-curve batch, unit conversions, file readers and training datasets."""
