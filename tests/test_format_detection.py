@@ -132,6 +132,6 @@ def test_stream_settings_accept_every_message_format_of_the_registry():
     from typing import get_args
 
     from astro_classifier.formats.registry import MESSAGE_FORMATS
-    from astro_classifier.stream.config import InputFormat
+    from astro_classifier.stream.config import MessageFormat as InputFormat
 
     assert set(get_args(InputFormat)) == set(MESSAGE_FORMATS)

@@ -13,7 +13,7 @@ from rich.table import Table
 from astro_classifier.cli.common import atomic_output, console, user_errors
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.progress import progress_bar
-from astro_classifier.formats.registry import FORMATS
+from astro_classifier.formats.registry import FORMATS, attach_cutouts, read_light_curves
 from astro_classifier.inference.classify import ClassifyResult, classify
 from astro_classifier.inference.model import LoadedModel
 
@@ -69,7 +69,6 @@ def classify_command(
             f"unknown format {format!r}; expected one of {', '.join(FORMATS)}",
             param_hint="--format",
         )
-    from astro_classifier.formats.registry import read_light_curves
 
     with user_errors():
         loaded = LoadedModel.load(
@@ -80,8 +79,6 @@ def classify_command(
         started = time.perf_counter()
         batch = read_light_curves(inputs, format=format, metadata=metadata, schema_dir=schema_dir)
         if loaded.needs_images:  # stamps are decoded only for a model with an image tower
-            from astro_classifier.formats.registry import attach_cutouts
-
             attach_cutouts(batch, inputs, format, schema_dir, int(loaded.metadata.image_size or 63))
         read_seconds = time.perf_counter() - started
         with progress_bar("classifying", console) as bar:

@@ -13,7 +13,20 @@ from rich.table import Table
 
 from astro_classifier.cli.common import atomic_output, console, user_errors
 from astro_classifier.core.errors import InputError
-from astro_classifier.formats.registry import FORMATS
+from astro_classifier.formats.registry import (
+    FORMATS,
+    attach_cutouts,
+    read_light_curves,
+    read_spectra_of,
+)
+from astro_classifier.inference.embeddings import (
+    HNSWIndex,
+    embed_objects,
+    embedding_models,
+    read_embeddings,
+    search,
+)
+from astro_classifier.inference.model import LoadedModel
 
 MODALITY_CHOICES = ("photometry", "metadata", "spectrum", "image", "fused")
 
@@ -48,21 +61,13 @@ def embed_command(
         )
     if format is not None and format not in FORMATS:
         raise typer.BadParameter(f"unknown format {format!r}", param_hint="--format")
-    from astro_classifier.formats.registry import read_light_curves
-    from astro_classifier.inference.embeddings import embed_objects
-    from astro_classifier.inference.model import LoadedModel
-
     with user_errors():
         loaded = LoadedModel.load(model, provider=provider)  # type: ignore[arg-type]
         batch = read_light_curves(inputs, format=format, metadata=metadata)
         if loaded.needs_images:  # stamps are decoded only for a model with an image tower
-            from astro_classifier.formats.registry import attach_cutouts
-
             attach_cutouts(batch, inputs, format, None, int(loaded.metadata.image_size or 63))
         spectra = None
         if loaded.metadata.modalities and "spectrum" in loaded.metadata.modalities:
-            from astro_classifier.formats.registry import read_spectra_of
-
             spectra = read_spectra_of(inputs, format)  # osc / slsne inputs hold spectra
         started = time.perf_counter()
         table, skipped = embed_objects(
@@ -121,13 +126,6 @@ def similar_command(
     """Nearest objects of each query by cosine similarity; a query never returns itself
     (except across modalities, where its own spectrum, say, is the hoped-for answer).
     Exact by default (every vector is compared); --approximate for large indexes."""
-    from astro_classifier.inference.embeddings import (
-        HNSWIndex,
-        embedding_models,
-        read_embeddings,
-        search,
-    )
-
     with user_errors():
         ids, vectors = read_embeddings(index, modality)
         path = Path(query)

@@ -9,8 +9,17 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from astro_classifier.catalogs.splits import stratified_folds
 from astro_classifier.cli.common import console, parse_days, user_errors
 from astro_classifier.core.errors import InputError
+from astro_classifier.evaluation.evaluate import evaluate
+from astro_classifier.evaluation.plots import (
+    plot_confusion_matrix,
+    plot_metrics_vs_truncation,
+    plot_reliability_diagram,
+)
+from astro_classifier.formats.registry import REGISTRY, detect_format, read_light_curves
+from astro_classifier.inference.model import LoadedModel
 
 
 def evaluate_command(
@@ -54,16 +63,6 @@ def evaluate_command(
     Also the calibration error (ECE, 15 bins, top label) with a reliability diagram, the
     broad-class accuracy (transient/stochastic/periodic), the abstain rate and the accuracy
     on the objects the model does not abstain on."""
-    from astro_classifier.catalogs.splits import stratified_folds
-    from astro_classifier.evaluation.evaluate import evaluate
-    from astro_classifier.evaluation.plots import (
-        plot_confusion_matrix,
-        plot_metrics_vs_truncation,
-        plot_reliability_diagram,
-    )
-    from astro_classifier.formats.registry import REGISTRY, detect_format, read_light_curves
-    from astro_classifier.inference.model import LoadedModel
-
     days = parse_days(truncate_days)
     with user_errors():
         loaded = LoadedModel.load(model, provider=provider)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from astro_classifier.cli.common import console, print_error, user_errors
+from astro_classifier.stream.replay import replay
 
 
 def _require_kafka() -> None:
@@ -42,11 +43,10 @@ def replay_command(
     """Produce real alert files to a Kafka topic: Avro containers and wire-format messages
     as they are (one message per file), light-curve files as one JSON message per object."""
     _require_kafka()
-    from astro_classifier.stream.replay import replay
-
     conf = {"bootstrap.servers": bootstrap_servers}
     with user_errors(RuntimeError):
         if config is not None:
+            # the `stream` extra (pydantic-settings): imported only by the commands that use it
             from astro_classifier.stream.config import StreamSettings
 
             conf = StreamSettings.load(config, bootstrap_servers=bootstrap_servers).librdkafka()
@@ -113,6 +113,8 @@ def stream_command(
     max_consecutive_failures batches. Unknown ASTROCLF_* variables are refused.
     """
     _require_kafka()
+    # the `stream` extra (confluent_kafka, pydantic-settings, prometheus-client): imported only
+    # when the worker runs, so that `astroclf` works without it
     import yaml
     from pydantic import ValidationError
     from pydantic_settings import SettingsError

@@ -36,6 +36,7 @@ def train_command(
     """Train a model from a YAML config; the run directory keeps the config, the best
     checkpoint, metrics.json, a confusion-matrix PNG and a learning-curve PNG."""
     _require_torch()
+    # training and export import torch (the `train` extra): only these commands pay for it
     from pydantic import ValidationError
 
     from astro_classifier.training.config import TrainConfig
@@ -85,11 +86,11 @@ def export_command(
     Given an .onnx file instead, re-export its weights in the current graph form: written
     only if the new graph matches torch and the previous graph on the --parity-data curves."""
     _require_torch()
+    # export imports torch (the `train` extra): only this command pays for it
     from astro_classifier.export.onnx_export import ParityError, export_run
+    from astro_classifier.export.reexport import parity_inputs, reexport_onnx
 
     if source.is_file():
-        from astro_classifier.export.reexport import parity_inputs, reexport_onnx
-
         if not parity_data:
             raise typer.BadParameter(
                 "re-exporting an .onnx file needs --parity-data (light-curve files)",

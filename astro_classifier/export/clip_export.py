@@ -51,6 +51,7 @@ from astro_classifier.inference.model import (
     default_length_buckets,
 )
 from astro_classifier.training.clip import CLIP
+from astro_classifier.training.clip_train import spectrum_inputs
 from astro_classifier.training.dataset import TrainingDataset
 
 PARITY_TOLERANCE = 1e-5
@@ -183,7 +184,6 @@ def _real_spectra(
     """Per parity call, the model-grid spectra of its validation objects (NaN rows: none)."""
     if "spectrum" not in model.modalities:
         return None
-    from astro_classifier.training.clip_train import spectrum_inputs
 
     ds = TrainingDataset.load(run_dir / "dataset.h5")
     spectra = spectrum_inputs(model, ds)

@@ -54,6 +54,7 @@ from astro_classifier.inference.model import (
 )
 from astro_classifier.training.atat import ATATConfig, fused_attention_export
 from astro_classifier.training.dataset import TrainingDataset
+from astro_classifier.training.opset import OPSET
 from astro_classifier.training.registry import (
     MODEL_YAML,
     WEIGHTS,
@@ -62,7 +63,6 @@ from astro_classifier.training.registry import (
     load_model_dir,
 )
 
-OPSET = 17
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2
 FP16_MIN_TOP_AGREEMENT = 0.99

@@ -36,7 +36,9 @@ from astro_classifier.export.onnx_export import (
     to_float16,
     trace_to_onnx,
 )
-from astro_classifier.features.preprocess import ModelInputs
+from astro_classifier.features.preprocess import ModelInputs, keep_model_bands, tabular_features
+from astro_classifier.formats.registry import read_light_curves
+from astro_classifier.inference.classify import bucketed_inputs
 from astro_classifier.inference.model import LoadedModel, read_metadata
 from astro_classifier.training.registry import create_model
 from astro_classifier.training.warm_start import load_onnx_weights
@@ -120,10 +122,6 @@ def parity_inputs(
     """Up to ``limit`` light curves of ``paths`` (any supported format; ``metadata``: their
     object table), preprocessed for the model in ``src`` and padded to its serving buckets:
     the re-export's parity check data."""
-    from astro_classifier.features.preprocess import keep_model_bands, tabular_features
-    from astro_classifier.formats.registry import read_light_curves
-    from astro_classifier.inference.classify import bucketed_inputs
-
     meta = read_metadata(src)
     spec = meta.preprocessing
     batch = read_light_curves(paths, metadata=metadata)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from astro_classifier.core.cutouts import CutoutBatch
 from astro_classifier.core.errors import ModelError
 from astro_classifier.core.lightcurve import SOLAR_SYSTEM, LightCurveBatch
 from astro_classifier.core.taxonomy import BROAD_CLASSES
@@ -141,8 +142,6 @@ def bucketed_inputs(
 
 def _model_cutouts(batch: LightCurveBatch, size: int, model: LoadedModel):
     """The batch's stamps (rows marked missing where it carries none) at the model's size."""
-    from astro_classifier.core.cutouts import CutoutBatch
-
     cutouts = batch.cutouts if batch.cutouts is not None else CutoutBatch.missing(len(batch), size)
     if cutouts.images.shape[-1] != size:
         raise ModelError(

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from astro_classifier.core.cutouts import CutoutBatch
 from astro_classifier.core.errors import InputError, ModelError
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.spectra import Spectra
@@ -86,8 +87,6 @@ def embed_objects(
         spectra = None
     cutouts = None
     if model.needs_images:  # the stamps the batch carries (the caller decoded them)
-        from astro_classifier.core.cutouts import CutoutBatch
-
         size = int(meta.image_size or 63)
         cutouts = (
             batch.cutouts if batch.cutouts is not None else CutoutBatch.missing(len(batch), size)

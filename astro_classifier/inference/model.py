@@ -48,6 +48,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from astro_classifier.core.errors import ModelError
+from astro_classifier.core.taxonomy import broad_mapping
 from astro_classifier.features.preprocess import ModelInputs, PreprocessingSpec
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -127,7 +128,6 @@ class ModelMetadata(BaseModel):
         """label -> transient/stochastic/periodic: the stored mapping, else the project's."""
         if self.broad_classes is not None:
             return dict(self.broad_classes)
-        from astro_classifier.core.taxonomy import broad_mapping
 
         return broad_mapping(self.labels)
 

@@ -36,10 +36,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-# The message formats of the format registry (data/readers.py).
-InputFormat = Literal[
-    "ztf-avro", "ztf-parquet", "rubin-avro", "rubin-parquet", "rubin-wire", "json"
-]
+from astro_classifier.formats.registry import MESSAGE_FORMATS
+
+# The formats a Kafka message may be in: those of the format registry that decode messages.
+MessageFormat = Literal[MESSAGE_FORMATS]  # type: ignore[valid-type]
 ENV_PREFIX = "ASTROCLF_"
 REDACTED = "**********"
 # librdkafka properties whose values are secrets: in the plain ``kafka`` map they are redacted
@@ -82,7 +82,7 @@ class StreamSettings(BaseSettings):
     dead_letter_topic: str
     session_timeout_ms: int = Field(45000, ge=1000)
     # -- messages -------------------------------------------------------------------------
-    input_format: InputFormat = "ztf-avro"
+    input_format: MessageFormat = "ztf-avro"
     schema_dir: Path | None = Field(
         None, description="Rubin schema folder (<major>/<minor>/*.avsc) for rubin-wire"
     )

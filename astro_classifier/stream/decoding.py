@@ -33,18 +33,16 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from astro_classifier.core.errors import InputError, TransientError
-
-if TYPE_CHECKING:
-    from astro_classifier.formats.registry import Decoded
+from astro_classifier.formats.registry import Decoded, decode_messages
 
 log = logging.getLogger("astro_classifier.stream")
 
 TASKS_PER_WORKER = 2  # chunks per process and batch: balance against per-task overhead
 
-# One result per message (readers.Decoded): a batch, a PartialDecode, or an InputError.
+# One result per message (formats.registry.Decoded): a batch, a PartialDecode, or an InputError.
 # Across the process boundary: ("ok", batch or PartialDecode), or (kind, *details) for a failure.
 
 
@@ -71,8 +69,6 @@ def _initialise(input_format: str, schemas: Any, cutout_size: int | None = None)
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from astro_classifier.formats.registry import decode_messages
-
     _STATE.update(
         decode=decode_messages, input_format=input_format, schemas=schemas, cutout_size=cutout_size
     )

@@ -24,6 +24,8 @@ import numpy as np
 
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import BANDS, LightCurveBatch
+from astro_classifier.formats.registry import file_messages as message_values
+from astro_classifier.formats.registry import read_light_curves
 
 
 def batch_to_json_messages(batch: LightCurveBatch) -> Iterator[tuple[str, bytes]]:
@@ -61,9 +63,6 @@ def file_messages(path: Path, metadata: Path | None = None) -> list[tuple[str | 
     """The messages one file turns into (module docstring)."""
     if not path.is_file():
         raise InputError(path, "file not found")
-    from astro_classifier.formats.registry import file_messages as message_values
-    from astro_classifier.formats.registry import read_light_curves
-
     messages = message_values(path) if metadata is None else None
     if messages is not None:
         return messages

@@ -48,6 +48,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from astro_classifier import __version__
 from astro_classifier.core.errors import InputError, ModelError, TransientError
 from astro_classifier.inference.model import LoadedModel
 from astro_classifier.stream.batch import (
@@ -174,7 +175,6 @@ class StreamWorker:
     def run(self) -> int:
         settings = self.settings
         configure_logging(settings.log_level)
-        from astro_classifier import __version__
 
         log_event(
             logging.INFO,

@@ -45,13 +45,21 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
+from astro_classifier.core.cutouts import CutoutBatch
 from astro_classifier.core.spectra import Spectra
 from astro_classifier.evaluation.metrics import classification_report
 from astro_classifier.evaluation.plots import plot_confusion_matrix, plot_learning_curves
 from astro_classifier.features.preprocess import light_curves_to_inputs
 from astro_classifier.features.spectra import model_input
-from astro_classifier.formats.registry import SPECTRA_FORMATS, read_spectra_of
+from astro_classifier.formats.registry import SPECTRA_FORMATS, read_cutouts_of, read_spectra_of
 from astro_classifier.training.clip import CLIP, default_presence
+from astro_classifier.training.common import (
+    label_seed,
+    label_subset,
+    length_bucketed_batches,
+    predict,
+    to_tensors,
+)
 from astro_classifier.training.config import TrainConfig
 from astro_classifier.training.dataset import TrainingDataset
 from astro_classifier.training.registry import (
@@ -59,13 +67,6 @@ from astro_classifier.training.registry import (
     get_entry,
     load_model_dir,
     save_model_dir,
-)
-from astro_classifier.training.train import (
-    label_seed,
-    label_subset,
-    length_bucketed_batches,
-    predict,
-    to_tensors,
 )
 
 # (N, 2, G) float32 spectra on the model's grid (NaN: none) and (N,) bool presence
@@ -85,9 +86,6 @@ def read_config_spectra(cfg: TrainConfig) -> Spectra:
 
 def read_config_cutouts(cfg: TrainConfig):
     """Stamps of every alert of the config's sources (sources without any contribute none)."""
-    from astro_classifier.core.cutouts import CutoutBatch
-    from astro_classifier.formats.registry import read_cutouts_of
-
     sources = [(cfg.data.format, cfg.data.light_curves)]
     sources += [(s.format, s.path) for s in cfg.data.extra_sources]
     return CutoutBatch.concat([read_cutouts_of([path], fmt) for fmt, path in sources])

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from astro_classifier.features.preprocess import PreprocessingSpec
+from astro_classifier.features.render import PROCESSINGS
 from astro_classifier.formats.registry import FORMATS
 
 SHARED_DATA_DEFAULT = "../shared/data"
@@ -71,8 +72,6 @@ class AugmentSection(_Strict):
 
 def known_processings(names: list[str]) -> list[str]:
     """``names`` if every one is a processing of data/render.py (and there is one)."""
-    from astro_classifier.features.render import PROCESSINGS
-
     unknown = [n for n in names if n not in PROCESSINGS]
     if unknown or not names:
         raise ValueError(f"unknown processing(s) {unknown}; known: {list(PROCESSINGS)}")
@@ -259,7 +258,7 @@ class TrainConfig(_Strict):
     def check_model(self) -> None:
         """Refuse an unknown model name or argument, or a model/objective mismatch
         (ValueError). Needs torch (the registry builds models); skipped without it."""
-        try:
+        try:  # the registry builds models with torch (the `train` extra); a config does not
             from astro_classifier.training.registry import check_model_args, get_entry
         except ImportError:  # no torch: nothing can be trained anyway
             return

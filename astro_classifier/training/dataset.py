@@ -38,6 +38,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from astro_classifier.core.cutouts import align_cutouts
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.spectra import Spectra
 from astro_classifier.features.preprocess import (
@@ -83,8 +84,6 @@ class TrainingDataset:
 
     def attach_cutouts(self, cutouts) -> None:
         """Keep the stamps of each object's alert (a CutoutBatch, aligned by alert id)."""
-        from astro_classifier.core.cutouts import align_cutouts
-
         aligned = align_cutouts(self.batch, cutouts)
         self.images, self.image_ok = aligned.images, aligned.ok
         self.image_failure = np.asarray(aligned.failure, dtype=str)

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from astro_classifier.training.opset import OPSET
+
 
 @dataclass(frozen=True)
 class ImageEncoderConfig:
@@ -359,8 +361,6 @@ def export_image_encoder(encoder: ImageEncoder, path: str | Path) -> Path:
     import warnings
 
     import onnx
-
-    from astro_classifier.export.onnx_export import OPSET
 
     cfg = encoder.config
     path = Path(path)

@@ -34,6 +34,7 @@ import yaml
 from torch import nn
 
 from astro_classifier.training.atat import ATAT, ATATConfig
+from astro_classifier.training.clip import CLIP, CLIP_TINY, ClipConfig, fit_clip
 
 MODEL_YAML = "model.yaml"
 WEIGHTS = "weights.pt"
@@ -177,8 +178,6 @@ register(
 
 
 def _register_clip() -> None:
-    from astro_classifier.training.clip import CLIP, CLIP_TINY, ClipConfig, fit_clip
-
     common = dict(
         config_cls=ClipConfig,
         builder=CLIP,

@@ -17,11 +17,12 @@ import numpy as np
 from rich.console import Console
 
 from astro_classifier.catalogs.splits import real_sky_split, stratified_folds, stratified_split
+from astro_classifier.core.cutouts import ALERT_LABELS, align_cutouts
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.taxonomy import broad_class_of
 from astro_classifier.features.render import PROCESSINGS, render_random
-from astro_classifier.formats.registry import read_light_curves
+from astro_classifier.formats.registry import read_cutouts_of, read_light_curves
 from astro_classifier.training.augment import AugmentSpec, augment
 from astro_classifier.training.config import RenderSection, SourceSection, TrainConfig
 
@@ -134,9 +135,6 @@ def label_alerts(
     """Alerts labelled by what they provide themselves (``data.alert_label``; see
     :data:`astro_classifier.data.cutouts.ALERT_LABELS`); alerts whose label is unknown are
     counted, reported and left out."""
-    from astro_classifier.core.cutouts import ALERT_LABELS, align_cutouts
-    from astro_classifier.formats.registry import read_cutouts_of
-
     if batch.alert_id is None:
         raise InputError(
             src.path, f"data.alert_label {kind!r} needs alerts; these are light curves"

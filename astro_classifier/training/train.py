@@ -32,7 +32,16 @@ from rich.progress import TextColumn
 from astro_classifier.core.progress import progress_bar
 from astro_classifier.evaluation.metrics import classification_report
 from astro_classifier.evaluation.plots import plot_confusion_matrix, plot_learning_curves
-from astro_classifier.features.preprocess import ModelInputs, light_curves_to_inputs
+from astro_classifier.features.preprocess import light_curves_to_inputs
+from astro_classifier.inference.model import read_metadata
+from astro_classifier.training.clip_train import train_clip
+from astro_classifier.training.common import (
+    label_seed,
+    label_subset,
+    length_bucketed_batches,
+    predict,
+    to_tensors,
+)
 from astro_classifier.training.config import TrainConfig
 from astro_classifier.training.contrastive import pretrain_on_renderings, pretraining_rows
 from astro_classifier.training.dataset import TrainingDataset
@@ -43,6 +52,7 @@ from astro_classifier.training.registry import (
     save_model_dir,
 )
 from astro_classifier.training.sources import grouped_splits, read_training_objects
+from astro_classifier.training.warm_start import atat_state_from_onnx, load_onnx_weights
 
 log = logging.getLogger(__name__)
 
@@ -79,29 +89,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def to_tensors(inputs: ModelInputs, device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v).to(device) for k, v in inputs.as_dict().items()}
-
-
-def length_bucketed_batches(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Shuffled batches of similar-length objects (positions into ``lengths``).
-
-    Objects are shuffled, cut into pools of 50 batches, sorted by length inside a pool and
-    batched, and the batches shuffled: padding stays small while every epoch differs.
-    """
-    order = rng.permutation(len(lengths))
-    pool = 50 * batch_size
-    batches = []
-    for start in range(0, len(order), pool):
-        chunk = order[start : start + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return [b for b in batches if len(b) > 1]  # a batch of one breaks nothing but wastes a step
-
-
 def load_or_build_dataset(cfg: TrainConfig, run_dir: Path, console: Console) -> TrainingDataset:
     path = run_dir / "dataset.h5"
     if path.exists():
@@ -131,46 +118,6 @@ def load_or_build_dataset(cfg: TrainConfig, run_dir: Path, console: Console) -> 
     return ds
 
 
-@torch.no_grad()
-def predict(
-    model: torch.nn.Module,
-    ds: TrainingDataset,
-    index: np.ndarray,
-    device: torch.device,
-    batch_size: int = 256,
-) -> np.ndarray:
-    """Probabilities (len(index), C) for whole light curves (last truncation level = inf)."""
-    model.eval()
-    full = np.full(len(index), len(ds.truncation_days) - 1)
-    order = np.argsort(ds.batch.lengths[index], kind="stable")
-    out = np.empty((len(index), model.cfg.n_classes), np.float32)
-    for start in range(0, len(order), batch_size):
-        pos = order[start : start + batch_size]
-        sub, feats = ds.truncated(index[pos], full[pos])
-        inputs = light_curves_to_inputs(sub, ds.spec, tabular=feats)
-        out[pos] = model(**to_tensors(inputs, device)).float().cpu().numpy()
-    return out
-
-
-def label_seed(cfg: TrainConfig) -> int:
-    """Seed of the label subset: varies with training.seed (few-label experiments repeat
-    over seeds) while data.seed fixes the folds, hence the hold-out."""
-    return cfg.data.seed + 7919 * cfg.training.seed
-
-
-def label_subset(y: np.ndarray, train_idx: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A stratified ``fraction`` of ``train_idx`` (sorted), at least one object per class."""
-    if fraction >= 1.0:
-        return train_idx
-    rng = np.random.default_rng(seed + 1_000_003)
-    keep = []
-    for c in np.unique(y[train_idx]):
-        members = train_idx[y[train_idx] == c]
-        n = max(1, int(np.floor(fraction * len(members) + 0.5)))
-        keep.append(rng.choice(members, size=n, replace=False))
-    return np.sort(np.concatenate(keep)).astype(np.int64)
-
-
 def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
     """Train a model as ``cfg`` says; write the run directory; return metrics.json's content."""
     console = console or Console()
@@ -193,8 +140,6 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
         f"train {len(train_idx)}, validation {len(val_idx)}, hold-out {len(holdout)}; device {device}"
     )
     if entry.family == "clip":
-        from astro_classifier.training.clip_train import train_clip
-
         return train_clip(
             cfg, run_dir, console, ds, labels, y, (train_idx, val_idx, holdout), device
         )
@@ -206,9 +151,6 @@ def train(cfg: TrainConfig, run_dir: Path, console: Console | None = None) -> di
 
     if cfg.model.init_from is not None and cfg.model.init_from.endswith(".onnx"):
         # warm start from an exported model: its architecture, weights and quantile tables
-        from astro_classifier.inference.model import read_metadata
-        from astro_classifier.training.warm_start import atat_state_from_onnx, load_onnx_weights
-
         architecture, _ = atat_state_from_onnx(cfg.model.init_from)
         source_labels = read_metadata(cfg.model.init_from).labels
         if source_labels != labels:
