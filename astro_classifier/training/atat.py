@@ -3,7 +3,9 @@
 Two transformers, one over the light curve and one over tabular features, each with a CLS
 token; a head on each CLS and a mixed head on both. The model takes the arrays of
 :class:`astro_classifier.features.preprocess.ModelInputs` and returns class probabilities of
-the mixed head; `forward_logits` returns all three heads' logits for the training loss.
+the mixed head; `forward_logits` returns all three heads' logits for the training loss, and
+`forward_embedding` the vector the mixed head reads with its logits (export: the
+``embedding`` output and the out-of-distribution score fitted on it).
 
 Everything here exports to plain ONNX ops (Gather, MatMul, Softmax, Where, IsNaN): the
 quantile tables of the feature tokenizer are buffers, so the exported graph normalises raw
@@ -480,6 +482,26 @@ class ATAT(nn.Module):
         else:
             out["mix"] = out["lc"]
         return out
+
+    def forward_embedding(
+        self,
+        flux: torch.Tensor,
+        flux_err: torch.Tensor,
+        time: torch.Tensor,
+        band: torch.Tensor,
+        mask: torch.Tensor,
+        tabular: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding, logits) of the mixed head: the vector the head reads, the light-curve
+        and tabular CLS outputs side by side (B, 2 d_model), or the light-curve CLS output
+        (B, d_model) for a model without tabular inputs; and the head's logits, the same
+        numbers as ``forward_logits(...)['mix']``."""
+        lc = self.lc_encoder(self.lc_tokens(flux, flux_err, time, band), mask)
+        if not self.has_tabular:
+            return lc, self.lc_head(lc)
+        tab = self.tab_encoder(self.tab_tokens(tabular), None)
+        embedding = torch.cat([lc, tab], dim=-1)
+        return embedding, self.mix_head(embedding)
 
     def forward(
         self,
