@@ -197,10 +197,15 @@ def test_exported_metadata(exported, run, config) -> None:
     shapes = {i.name: i.shape for i in session.get_inputs()}
     assert shapes["tabular"] == ["batch", len(meta.feature_names)]
     assert shapes["flux"] == ["batch", "length"]
-    assert [o.name for o in session.get_outputs()] == ["probabilities", "logits"]
-    for output in session.get_outputs():
-        assert output.shape == ["batch", len(meta.labels)]
-    assert [o.name for o in meta.outputs] == ["probabilities", "logits"]
+    names = ["probabilities", "logits", "embedding", "ood"]
+    assert [o.name for o in session.get_outputs()] == names
+    width = 2 * meta.architecture_config["d_model"]  # light-curve and tabular CLS outputs
+    shapes = [["batch", len(meta.labels)], ["batch", len(meta.labels)], ["batch", width], ["batch"]]
+    assert [o.shape for o in session.get_outputs()] == shapes
+    assert [o.name for o in meta.outputs] == names
+    assert [o.shape for o in meta.outputs] == [
+        ["batch", "classes"], ["batch", "classes"], ["batch", "embedding"], ["batch"]
+    ]  # fmt: skip
 
 
 def test_dynamic_batch_and_length_axes(exported, run) -> None:
@@ -219,7 +224,9 @@ def test_dynamic_batch_and_length_axes(exported, run) -> None:
         )
         got = loaded.predict(inputs)
         with torch.no_grad():
-            proba, logits = model(**{k: torch.from_numpy(v) for k, v in inputs.as_dict().items()})
+            proba, logits, _ = model(
+                **{k: torch.from_numpy(v) for k, v in inputs.as_dict().items()}
+            )
         np.testing.assert_allclose(got.probabilities, proba.numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(got.logits, logits.numpy(), atol=1e-3, rtol=0)
         natural_got = loaded.predict(natural)
@@ -231,7 +238,7 @@ def test_dynamic_batch_and_length_axes(exported, run) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:the float32 number:UserWarning")  # fp16 range clipping
-def test_fp16_export(run, tmp_path: Path) -> None:
+def test_fp16_export(run, exported, tmp_path: Path) -> None:
     out = tmp_path / "atat-tiny-fp16.onnx"
     report = export_run(run[0], out, fp16=True)
     assert out.is_file()
@@ -240,8 +247,11 @@ def test_fp16_export(run, tmp_path: Path) -> None:
     assert report.max_abs_diff <= onnx_export.FP16_TOLERANCE
     assert 0 <= report.max_logit_diff <= onnx_export.FP16_LOGIT_TOLERANCE
     assert meta.calibration is not None and meta.ood is not None
+    assert meta.ood == read_metadata(exported[0]).ood  # the same Gaussians and threshold
+    assert report.max_embedding_diff <= onnx_export.FP16_EMBEDDING_TOLERANCE
+    assert report.max_ood_diff <= onnx_export.FP16_OOD_TOLERANCE
     loaded = LoadedModel.load(out, provider="cpu")
-    assert loaded.has_logits
+    assert loaded.has_logits and loaded.ood_in_graph
 
 
 def test_parity_failure_raises_and_writes_nothing(
@@ -267,17 +277,21 @@ def validation_outputs(exported, run) -> dict:
     calls, y = validation_calls(run[0], ckpt, loaded.metadata.preprocessing, batch_size=64)
     proba = np.empty((len(y), len(loaded.metadata.labels)), np.float32)
     logits = np.empty_like(proba)
+    ood = np.empty(len(y), np.float32)
     for index, x in calls:
         got = loaded.predict(x)
-        proba[index], logits[index] = got.probabilities, got.logits
-    return {"loaded": loaded, "y": y, "proba": proba, "logits": logits}
+        proba[index], logits[index], ood[index] = got.probabilities, got.logits, got.ood
+    return {"loaded": loaded, "y": y, "proba": proba, "logits": logits, "ood": ood}
 
 
-def test_export_parity_covers_both_outputs(exported) -> None:
+def test_export_parity_covers_every_output(exported) -> None:
     _, report = exported
     assert 0 <= report.max_logit_diff <= onnx_export.FP32_LOGIT_TOLERANCE
+    assert 0 <= report.max_embedding_diff <= onnx_export.FP32_EMBEDDING_TOLERANCE
+    assert 0 <= report.max_ood_diff <= onnx_export.FP32_OOD_TOLERANCE
     assert report.calibration is not None and report.ood is not None
     assert "calibration: temperature" in str(report)
+    assert "|Δembedding|" in str(report) and "|Δood|" in str(report)
 
 
 def test_exported_calibration_and_ood_metadata(exported, run) -> None:
@@ -291,8 +305,10 @@ def test_exported_calibration_and_ood_metadata(exported, run) -> None:
     assert c.nll_after <= c.nll_before
     assert 0 <= c.ece_after <= 1 and 0 <= c.ece_before <= 1
     o = meta.ood
-    assert o is not None and o.score == "energy" and o.quantile == 0.95 and o.min_points == 3
+    assert o is not None and o.score == "mahalanobis_energy"
+    assert o.quantile == 0.95 and o.min_points == 3
     assert np.isfinite(o.threshold)
+    assert o.fitted_on.startswith("training split of run run: ")
 
 
 def test_calibrated_probabilities_lower_validation_nll(exported, validation_outputs) -> None:
@@ -312,10 +328,111 @@ def test_calibrated_probabilities_lower_validation_nll(exported, validation_outp
 
 def test_ood_threshold_is_the_validation_quantile(exported, validation_outputs) -> None:
     meta = read_metadata(exported[0])
-    scores = energy_score(validation_outputs["logits"])
+    scores = validation_outputs["ood"].astype(np.float64)
     share_above = float((scores > meta.ood.threshold).mean())
     assert share_above <= 0.05 + 1.0 / len(scores)
     np.testing.assert_allclose(meta.ood.threshold, np.quantile(scores, 0.95), atol=1e-3)
+
+
+def test_graph_ood_is_the_gaussian_score_of_the_embedding(exported, run) -> None:
+    """The ``ood`` output is mahalanobis_energy of the graph's own embedding and logits, with
+    Gaussians fitted on the run's training split (refitted here from torch embeddings)."""
+    from astro_classifier.export.gaussian_ood import (
+        fit_gaussians,
+        gaussian_score,
+        with_standardisation,
+    )
+    from astro_classifier.export.onnx_export import (
+        split_outputs,
+        training_calls,
+        training_index,
+    )
+
+    model, ckpt = load_checkpoint(run[0])
+    spec = read_metadata(exported[0]).preprocessing
+    rows = training_index(TrainingDataset.load(run[0] / "dataset.h5"), ckpt)
+    held_out = np.concatenate([ckpt["split"]["validation"], ckpt["split"]["holdout"]])
+    assert len(rows) == run[1]["n_train"] and not np.isin(rows, held_out).any()
+    train_calls, train_y = training_calls(run[0], ckpt, spec)
+    assert len(train_y) == len(rows)
+    embeddings, _ = split_outputs(model, train_calls, len(train_y))
+    val_calls, y = validation_calls(run[0], ckpt, spec, batch_size=64)
+    val_embeddings, val_logits = split_outputs(model, val_calls, len(y))
+    tables = with_standardisation(
+        fit_gaussians(embeddings, train_y, len(ckpt["labels"])), val_embeddings, val_logits
+    )
+    session = LoadedModel.load(exported[0], provider="cpu").session
+    for _, x in val_calls[:3]:
+        embedding, logits, ood = session.run(["embedding", "logits", "ood"], x.as_dict())
+        expected = gaussian_score(tables, embedding, "mahalanobis_energy", logits=logits)
+        np.testing.assert_allclose(ood, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_flux_times_1000_scores_above_the_threshold(exported, run) -> None:
+    """Validation objects with every flux and error x1000 (brighter than anything trained
+    on) abstain on the OOD score far more often than the validation objects themselves (5 %
+    by construction). (Pure noise is no shift here: most PLAsTiCC points are noise-level.)"""
+    loaded = LoadedModel.load(exported[0], provider="cpu")
+    ds = TrainingDataset.load(run[0] / "dataset.h5")
+    _, ckpt = load_checkpoint(run[0])
+    batch = ds.batch.select(np.asarray(ckpt["split"]["validation"]))
+    threshold = loaded.metadata.ood.threshold
+
+    def share_above(b: LightCurveBatch) -> float:
+        ood = classify(b, loaded, n_jobs=1).table.column("ood_score").to_numpy()
+        return float((ood > threshold).mean())
+
+    shifted = batch.select(np.arange(len(batch)))
+    shifted.flux, shifted.flux_err = batch.flux * 1000.0, batch.flux_err * 1000.0
+    normal = share_above(batch)
+    assert normal <= 0.1
+    assert share_above(shifted) >= max(0.5, 3 * normal)
+
+
+def test_file_without_embedding_serves_the_energy_score(exported, tmp_path, run) -> None:
+    """A file as exported before the Gaussians (outputs probabilities and logits, energy rule)
+    loads and serves ``ood_score`` = energy; a file whose metadata asks for the graph score
+    but lacks the ``ood`` output is refused."""
+    from astro_classifier.core.errors import ModelError
+    from astro_classifier.inference.model import OODSpec
+
+    def strip(keep: list[str], ood: OODSpec, path: Path) -> Path:
+        proto = onnx.load(str(exported[0]))
+        outputs = [o for o in proto.graph.output if o.name in keep]
+        del proto.graph.output[:]
+        proto.graph.output.extend(outputs)
+        for prop in proto.metadata_props:
+            if prop.key == "astroclf.ood":
+                prop.value = json.dumps(ood.model_dump(mode="json"))
+        onnx.save(proto, str(path))
+        return path
+
+    energy = OODSpec(score="energy", threshold=-1.0, quantile=0.95)
+    old = LoadedModel.load(
+        strip(["probabilities", "logits"], energy, tmp_path / "old.onnx"), provider="cpu"
+    )
+    assert old.ood_spec().score == "energy" and not old.ood_in_graph
+    assert [o.name for o in old.session.get_outputs()] == ["probabilities", "logits"]
+    new = LoadedModel.load(exported[0], provider="cpu")
+    _, ckpt = load_checkpoint(run[0])
+    calls, _ = validation_calls(run[0], ckpt, old.metadata.preprocessing, limit=40)
+    for _, x in calls:
+        got, expected = old.predict(x), new.predict(x)
+        assert got.ood is None and expected.ood is not None
+        np.testing.assert_array_equal(got.probabilities, expected.probabilities)
+        np.testing.assert_allclose(old.ood_scores(got), energy_score(got.logits), rtol=1e-12)
+    ds = TrainingDataset.load(run[0] / "dataset.h5")
+    batch = ds.batch.select(np.arange(20))
+    table = classify(batch, old, n_jobs=1).table
+    ood = table.column("ood_score").to_numpy()
+    abstain = table.column("abstain").to_numpy(zero_copy_only=False)
+    np.testing.assert_array_equal(abstain, (ood > -1.0) | (batch.lengths < 3))
+    graph_rule = read_metadata(exported[0]).ood
+    with pytest.raises(ModelError, match="no 'ood' output"):
+        LoadedModel.load(
+            strip(["probabilities", "logits", "embedding"], graph_rule, tmp_path / "bad.onnx"),
+            provider="cpu",
+        )
 
 
 def test_tiny_model_classifies_with_scores_and_abstains(exported, run) -> None:
@@ -383,11 +500,12 @@ def test_reexport_from_the_onnx_file_keeps_outputs_and_metadata(
     old, new = read_metadata(exported[0]), read_metadata(out)
     assert new.labels == old.labels and new.calibration == old.calibration and new.ood == old.ood
     assert new.preprocessing == old.preprocessing and new.name == old.name
+    assert [o.name for o in new.outputs] == ["probabilities", "logits", "embedding", "ood"]
     a, b = LoadedModel.load(exported[0]), LoadedModel.load(out)
     for x in parity_inputs:
-        np.testing.assert_allclose(
-            b.predict(x).probabilities, a.predict(x).probabilities, atol=1e-5, rtol=0
-        )
+        got, expected = b.predict(x), a.predict(x)
+        np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got.ood, expected.ood, atol=1e-4, rtol=1e-5)
 
 
 def test_reexport_refuses_without_data_and_from_a_float16_file(exported, tmp_path) -> None:

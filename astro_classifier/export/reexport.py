@@ -3,13 +3,19 @@
 An exported model is the only artefact that ships; its run directory may be gone. When the
 export form improves (a fused kernel, less work in the graph) the shipped files should get
 the improvement without retraining: :func:`reexport_onnx` reads the weights back from the
-graph (:mod:`astro_classifier.training.warm_start`), traces them again with the current
-export code, copies the model's metadata (labels, preprocessing tables, calibration, OOD
-threshold, metrics: nothing about the model changes) and writes the new file only if
+graph (:mod:`astro_classifier.training.warm_start`), and the tables of its OOD score where the
+graph computes one (initialisers ``ood.<name>``, :func:`gaussian_ood_from_onnx`), traces them
+again with the current export code, copies the model's metadata (labels, preprocessing
+tables, calibration, OOD rule and threshold, metrics: nothing about the model changes; the
+list of outputs is the new graph's) and writes the new file only if
 
 - the new graph matches torch on the given light curves (the export parity check), and
 - the new graph matches the old graph (ONNX Runtime, both) within the fp32 tolerance, with
-  the same top class for every object.
+  the same top class for every object (and, where the old graph has one, the same ``ood``
+  within the OOD tolerance).
+
+A file without OOD tables (exported before them) gets the ``embedding`` output and keeps its
+energy score: fitting the Gaussians needs the run's training data (`astroclf export RUN_DIR`).
 """
 
 from __future__ import annotations
@@ -20,32 +26,63 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from astro_classifier import __version__
 from astro_classifier.core.errors import ModelError
 from astro_classifier.export.onnx_export import (
     FP16_MIN_TOP_AGREEMENT,
+    FP16_OOD_TOLERANCE,
     FP16_TOLERANCE,
+    FP32_OOD_TOLERANCE,
     FP32_TOLERANCE,
-    OUTPUT_NAMES,
+    GAUSSIAN_BUFFERS,
     CalibratedModel,
+    GaussianOOD,
     ParityError,
     ParityReport,
     atat_graph_axes,
     check_parity,
+    output_specs,
     to_float16,
     trace_to_onnx,
 )
 from astro_classifier.features.preprocess import ModelInputs, keep_model_bands, tabular_features
 from astro_classifier.formats.registry import read_light_curves
 from astro_classifier.inference.classify import bucketed_inputs
-from astro_classifier.inference.model import LoadedModel, read_metadata
+from astro_classifier.inference.model import (
+    GRAPH_OOD_SCORES,
+    LoadedModel,
+    ModelMetadata,
+    read_metadata,
+)
 from astro_classifier.training.registry import create_model
 from astro_classifier.training.warm_start import load_onnx_weights
 
 # Heads the serving graph does not compute: their weights are not in the file, and the
 # re-exported graph does not use them either.
 UNUSED_HEADS = ("lc_head.", "tab_head.")
+
+
+def gaussian_ood_from_onnx(src: Path, meta: ModelMetadata) -> GaussianOOD | None:
+    """The OOD score module of an exported graph (its ``ood.<name>`` initialisers), or None
+    when the model's OOD score is not computed in the graph."""
+    if meta.ood is None or meta.ood.score not in GRAPH_OOD_SCORES:
+        return None
+    proto = onnx.load(str(src))
+    prefix = "ood."
+    buffers = {
+        init.name.removeprefix(prefix): numpy_helper.to_array(init)
+        for init in proto.graph.initializer
+        if init.name.startswith(prefix)
+    }
+    missing = [n for n in GAUSSIAN_BUFFERS[meta.ood.score] if n not in buffers]
+    if missing:
+        raise ModelError(
+            f"{src}: the metadata asks for the {meta.ood.score} OOD score, but the graph lacks "
+            f"its tables {[prefix + n for n in missing]}"
+        )
+    return GaussianOOD(meta.ood.score, buffers)
 
 
 def reexport_onnx(
@@ -67,18 +104,23 @@ def reexport_onnx(
     if fresh:
         raise ParityError(f"{src}: weights not found in the graph: {fresh}; {out} not written")
     temperature = meta.calibration.temperature if meta.calibration else 1.0
-    calibrated = CalibratedModel(model, temperature).eval()
+    calibrated = CalibratedModel(model, temperature, gaussian_ood_from_onnx(src, meta)).eval()
 
-    names, dynamic = atat_graph_axes()
+    output_names = calibrated.output_names
+    names, dynamic = atat_graph_axes(output_names)
     example = inputs[0].take(np.arange(min(2, len(inputs[0]))))
     # float16: the decomposed attention, which the float16 converter knows
     proto = trace_to_onnx(
-        calibrated, example.as_dict(), names, OUTPUT_NAMES, dynamic, fused_attention=not fp16
+        calibrated, example.as_dict(), names, output_names, dynamic, fused_attention=not fp16
     )
     if fp16:
         proto = to_float16(proto)
     kept = meta.model_copy(
-        update={"precision": "fp16" if fp16 else "fp32", "package_version": __version__}
+        update={
+            "precision": "fp16" if fp16 else "fp32",
+            "package_version": __version__,
+            "outputs": output_specs(output_names),
+        }
     )
     for key, value in kept.to_props().items():
         entry = proto.metadata_props.add()
@@ -95,15 +137,21 @@ def reexport_onnx(
         if not report.ok or report.top_class_agreement < min_top:
             raise ParityError(f"ONNX Runtime and torch disagree: {report}; {out} not written")
         old, new = LoadedModel.load(src, provider="cpu"), LoadedModel.load(tmp_path, provider="cpu")
-        worst, agree, n = 0.0, 0, 0
+        worst, worst_ood, agree, n = 0.0, 0.0, 0, 0
         for x in inputs:
-            a, b = old.predict(x).probabilities, new.predict(x).probabilities
-            worst = max(worst, float(np.abs(a - b).max()))
-            agree, n = agree + int((a.argmax(1) == b.argmax(1)).sum()), n + len(x)
-        if worst > tolerance or agree < min_top * n:
+            a, b = old.predict(x), new.predict(x)
+            worst = max(worst, float(np.abs(a.probabilities - b.probabilities).max()))
+            if a.ood is not None and b.ood is not None:
+                scale = max(1.0, float(np.abs(a.ood).max()))
+                worst_ood = max(worst_ood, float(np.abs(a.ood - b.ood).max()) / scale)
+            top_a, top_b = a.probabilities.argmax(1), b.probabilities.argmax(1)
+            agree, n = agree + int((top_a == top_b).sum()), n + len(x)
+        ood_tolerance = FP16_OOD_TOLERANCE if fp16 else FP32_OOD_TOLERANCE
+        if worst > tolerance or worst_ood > ood_tolerance or agree < min_top * n:
             raise ParityError(
                 f"{src} and its re-export disagree: max |dp| {worst:.1e} "
-                f"(limit {tolerance:.0e}), same top class for {agree} of {n}; {out} not written"
+                f"(limit {tolerance:.0e}), max relative |Δood| {worst_ood:.1e} (limit "
+                f"{ood_tolerance:.0e}), same top class for {agree} of {n}; {out} not written"
             )
         report.previous_graph_max_diff = worst
         report.objects_from = "light curves"

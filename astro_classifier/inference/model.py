@@ -6,18 +6,33 @@ are addressed by name (``atat-lsst``); any other argument is a path.
 
 Graph outputs: ``probabilities`` = softmax(logits / T), calibrated by the temperature T fitted
 at export (``calibration``), and ``logits``, the raw (uncalibrated) logits of the same head.
-Files written before calibration existed have only ``probabilities``; they still load, and
-:meth:`LoadedModel.ood_spec` then falls back to a score computed from the probabilities.
+ATAT files exported with the out-of-distribution Gaussians also have ``embedding`` (B, D)
+float32, the vector the output head reads (:meth:`ATAT.forward_embedding
+<astro_classifier.training.atat.ATAT.forward_embedding>`), and ``ood`` (B,) float32, the OOD
+score computed inside the graph. Files written before calibration existed have only
+``probabilities``; they still load, and :meth:`LoadedModel.ood_spec` then falls back to a
+score computed from the probabilities. Files without ``ood`` serve the energy score.
 
 Out-of-distribution score (``ood``; higher = less like the training data):
 
+- ``mahalanobis_energy`` (files with an ``ood`` output; what `astroclf export` writes for ATAT):
+  the graph output ``ood`` = ``(D(e) - a) / b + (E(z) - c) / d``, with ``e`` the embedding,
+  ``D(e) = min_k (e - mu_k)^T S^-1 (e - mu_k)`` the squared Mahalanobis distance to the nearest
+  class Gaussian (class means ``mu_k`` and one shared, Ledoit-Wolf-shrunk covariance S fitted
+  on the training split's embeddings; Lee et al. 2018), ``E(z)`` the energy below, and
+  ``a, b, c, d`` the mean and standard deviation of each on the validation objects (see
+  :mod:`astro_classifier.export.gaussian_ood`). ``mahalanobis`` (``D(e)`` alone) and
+  ``relative_mahalanobis`` (``D(e)`` minus the distance to one Gaussian of all training
+  embeddings; Ren et al. 2021) are read from the same output.
 - ``energy`` (models with a ``logits`` output): ``ood_score = -logsumexp(z)
   = -log(sum_k exp(z_k))``, with ``z`` the raw logits (before the temperature), i.e. the
-  free energy of Liu et al. 2020 at temperature 1. Its threshold is a quantile (0.95) of the
-  scores of the run's validation objects, stored in the model.
+  free energy of Liu et al. 2020 at temperature 1.
 - ``neg_log_max_prob`` (fallback, older files without logits): ``ood_score = -log(max_k p_k)``,
   threshold :data:`FALLBACK_OOD_THRESHOLD` = log 2 (abstain when the top probability is
   below 0.5) unless the metadata holds one.
+
+The threshold of the first two is a quantile (0.95) of the scores of the run's validation
+objects (whole light curves), stored in the model (``ood``).
 
 Multimodal (CLIP) models: the graph inputs are the :class:`ModelInputs` arrays, in their
 order, followed by the inputs of :func:`extra_input_names`: ``spectrum`` (B, 2, G) float32
@@ -66,6 +81,16 @@ class InputSpec(BaseModel):
 BroadClass = Literal["transient", "stochastic", "periodic"]
 OOD_ENERGY = "energy"
 OOD_NEG_LOG_MAX_PROB = "neg_log_max_prob"
+OOD_MAHALANOBIS = "mahalanobis"
+OOD_RELATIVE_MAHALANOBIS = "relative_mahalanobis"
+OOD_MAHALANOBIS_ENERGY = "mahalanobis_energy"
+OODScore = Literal[
+    "energy", "neg_log_max_prob", "mahalanobis", "relative_mahalanobis", "mahalanobis_energy"
+]
+# Scores the graph computes itself, read from its ``ood`` output
+GRAPH_OOD_SCORES = (OOD_MAHALANOBIS, OOD_RELATIVE_MAHALANOBIS, OOD_MAHALANOBIS_ENERGY)
+OOD_OUTPUT = "ood"
+EMBEDDING_OUTPUT = "embedding"
 FALLBACK_OOD_THRESHOLD = float(np.log(2.0))  # -log(0.5): top probability below 0.5
 DEFAULT_MIN_POINTS = 3
 
@@ -85,10 +110,11 @@ class CalibrationSpec(BaseModel):
 class OODSpec(BaseModel):
     """How serving decides to abstain (see the module docstring for the scores)."""
 
-    score: Literal["energy", "neg_log_max_prob"] = OOD_ENERGY
+    score: OODScore = OOD_ENERGY
     threshold: float  # abstain when ood_score > threshold
     quantile: float | None = None  # quantile of the validation scores the threshold is
     min_points: int = DEFAULT_MIN_POINTS  # abstain below this many points in the model's bands
+    fitted_on: str | None = None  # graph scores: which objects the Gaussians were fitted on
 
 
 class ModelMetadata(BaseModel):
@@ -229,10 +255,12 @@ def neg_log_max_prob(proba: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Prediction:
-    """What one session call returns: calibrated probabilities and (newer files) raw logits."""
+    """What one session call returns: calibrated probabilities, (newer files) raw logits and
+    (files whose OOD score is computed in the graph) that score."""
 
     probabilities: np.ndarray  # (B, C) float32
     logits: np.ndarray | None = None  # (B, C) float32; None for a file without that output
+    ood: np.ndarray | None = None  # (B,) float32, the graph's ``ood`` output when served
 
 
 def default_length_buckets(max_length: int) -> list[int]:
@@ -463,6 +491,15 @@ class LoadedModel:
                 f"{path}: the metadata asks for the energy OOD score, but the graph has no "
                 f"'logits' output (outputs: {outputs})"
             )
+        if (
+            metadata.ood is not None
+            and metadata.ood.score in GRAPH_OOD_SCORES
+            and OOD_OUTPUT not in outputs
+        ):
+            raise ModelError(
+                f"{path}: the metadata asks for the {metadata.ood.score} OOD score, but the "
+                f"graph has no {OOD_OUTPUT!r} output (outputs: {outputs})"
+            )
         on_cuda = _on_cuda(session)
         bound = None
         if io_binding or (io_binding is None and on_cuda):
@@ -493,8 +530,20 @@ class LoadedModel:
             min_points=DEFAULT_MIN_POINTS,
         )
 
+    @property
+    def ood_in_graph(self) -> bool:
+        """Whether the model's OOD score is the graph's ``ood`` output."""
+        return self.ood_spec().score in GRAPH_OOD_SCORES
+
     def ood_scores(self, prediction: Prediction) -> np.ndarray:
         """Per-object OOD score (float64) by the model's rule (see the module docstring)."""
+        if self.ood_in_graph:
+            if prediction.ood is None:
+                raise ModelError(
+                    f"{self.path}: the {self.ood_spec().score} OOD score needs "
+                    f"the {OOD_OUTPUT!r} output"
+                )
+            return np.asarray(prediction.ood, np.float64)
         if self.ood_spec().score == OOD_ENERGY:
             if prediction.logits is None:
                 raise ModelError(f"{self.path}: energy OOD score needs the 'logits' output")
@@ -523,18 +572,24 @@ class LoadedModel:
         spectrum: np.ndarray | None = None,
         image: np.ndarray | None = None,
     ) -> Prediction:
-        """Probabilities (B, n_classes) float32 for one padded call, and the raw logits when
-        the graph has them. ``presence``/``spectrum``: multimodal models only (see above)."""
+        """Probabilities (B, n_classes) float32 for one padded call, the raw logits when the
+        graph has them, and the graph's OOD score when the model's rule reads it.
+        ``presence``/``spectrum``: multimodal models only (see above)."""
         if self.metadata.modalities and not self.metadata.labels:
             raise ModelError(
                 f"{self.path}: {self.metadata.name} is an embedding-only model (a CLIP "
                 "pretraining without classifier head): use `astroclf embed`, or fine-tune it"
             )
         names = ["probabilities", "logits"] if self.has_logits else ["probabilities"]
-        out = self.run(names, self.feeds(inputs, presence, spectrum, image))
+        if self.ood_in_graph:
+            names.append(OOD_OUTPUT)
+        out = dict(
+            zip(names, self.run(names, self.feeds(inputs, presence, spectrum, image)), strict=True)
+        )
         return Prediction(
-            probabilities=np.asarray(out[0], dtype=np.float32),
-            logits=np.asarray(out[1], dtype=np.float32) if len(out) > 1 else None,
+            probabilities=np.asarray(out["probabilities"], dtype=np.float32),
+            logits=np.asarray(out["logits"], dtype=np.float32) if "logits" in out else None,
+            ood=np.asarray(out[OOD_OUTPUT], dtype=np.float32) if OOD_OUTPUT in out else None,
         )
 
     def embed(

@@ -75,9 +75,12 @@ def atat_state_from_onnx(path: str | Path) -> tuple[dict[str, Any], dict[str, to
             None,
         )
     # Exported graphs wrap the network in the calibration module (CalibratedModel): its
-    # parameters sit under "model.", next to the temperature, which is not a weight.
+    # parameters sit under "model.", next to the temperature and the OOD score's tables
+    # ("ood."), which are not weights of the network.
     state = {
-        key.removeprefix("model."): value for key, value in state.items() if key != "temperature"
+        key.removeprefix("model."): value
+        for key, value in state.items()
+        if key != "temperature" and not key.startswith("ood.")
     }
     # The band ids are a constant of the architecture (0 .. n_bands - 1), which graphs whose
     # light-curve tokens gather the points of each band do not hold.
