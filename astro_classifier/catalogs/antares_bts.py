@@ -11,7 +11,7 @@ Layout (a folder, or one of its files):
   index), ``ant_mjd`` (MJD), ``ant_passband`` (``g``, ``R`` for ZTF r), ``ant_mag``,
   ``ant_magerr``. The tarball is read in one pass, in memory (nothing is extracted to disk).
 
-Conventions, as the BTS SN Ia reader's (:mod:`astro_classifier.data.ztf_bts`):
+Conventions, as the BTS SN Ia reader's (:mod:`astro_classifier.catalogs.ztf_bts`):
 
 - **Flux**: ``ant_mag``/``ant_magerr`` are ZTF PSF magnitudes (AB) of detections only (no
   upper limits) -> nJy with :func:`ab_mag_to_njy`; every point has ``detected=True``.

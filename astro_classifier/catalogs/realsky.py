@@ -1,7 +1,7 @@
 """Helpers shared by the readers of labelled real-sky sets (BTS, manyTDE, SLSNe, OSC, ALeRCE).
 
 - :func:`sn_type_label`: a catalogue's supernova type string -> the project's canonical
-  label (:func:`astro_classifier.taxonomy.canonical_label` first, then the subtypes below);
+  label (:func:`astro_classifier.core.taxonomy.canonical_label` first, then the subtypes below);
 - :func:`sexagesimal_to_degrees`: "hh:mm:ss.s" / "+dd:mm:ss" -> degrees;
 - :func:`parse_floats`: a column of catalogue values -> float64 (NaN where not a number).
 """

@@ -131,6 +131,6 @@ def broad_mapping(labels: list[str]) -> dict[str, str]:
     if unknown:
         raise ValueError(
             f"no broad class (one of {list(BROAD_CLASSES)}) known for label(s) {unknown}; "
-            "add them to astro_classifier/taxonomy.py"
+            "add them to astro_classifier/core/taxonomy.py"
         )
     return {label: broad_class_of(label) for label in labels}  # type: ignore[misc]

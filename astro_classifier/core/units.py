@@ -17,7 +17,7 @@ def ab_mag_to_njy(mag: np.ndarray, mag_err: np.ndarray) -> tuple[np.ndarray, np.
     """AB magnitude and its error -> flux and flux error in nJy (first-order error propagation).
 
     The error keeps the sign of ``mag_err``: a negative magnitude error is corrupt data, and
-    a negative flux error lets :mod:`astro_classifier.data.quality` drop and count it.
+    a negative flux error lets :mod:`astro_classifier.core.quality` drop and count it.
     """
     mag = np.asarray(mag, dtype=np.float64)
     with np.errstate(over="ignore"):

@@ -190,7 +190,7 @@ def plot_reliability_diagram(
     at the top of the bar; the
     diagonal is perfect calibration. The title carries the expected calibration error
     (sum of count-weighted |accuracy - confidence|). Empty bins (NaN) are left blank.
-    Arguments are the fields of :class:`astro_classifier.metrics.ReliabilityCurve`.
+    Arguments are the fields of :class:`astro_classifier.evaluation.metrics.ReliabilityCurve`.
     """
     edges = np.asarray(edges, float)
     confidence = np.asarray(confidence, float)

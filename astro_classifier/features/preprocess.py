@@ -18,7 +18,7 @@ from astro_classifier.core.lightcurve import BAND_INDEX, BANDS, LightCurveBatch
 from astro_classifier.features.lc_features import compute_light_curve_features, feature_names
 from astro_classifier.features.render import nightly_bin
 
-# Object metadata a model may use as tabular inputs (canonical names, see data/plasticc.py).
+# Object metadata a model may use as tabular inputs (canonical names, see formats/plasticc.py).
 # hostgal_specz is deliberately absent: it is unknown for most real objects. ra and decl
 # (degrees) are for models that derive the galactic latitude in their graph (training/clip.py).
 KNOWN_METADATA_FEATURES = (
@@ -53,7 +53,7 @@ class PreprocessingSpec(BaseModel):
     nightly_bin: bool = Field(
         False,
         description="reduce each light curve to one point per band and night before anything "
-        "else (data/render.py nightly_bin), so that dense histories (multi-year forced "
+        "else (features/render.py nightly_bin), so that dense histories (multi-year forced "
         "photometry, Rubin deep fields) look like the light curves the model was trained on",
     )
     masked_features: tuple[str, ...] = Field(

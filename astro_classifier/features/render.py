@@ -8,7 +8,7 @@ simulated, is therefore re-rendered at random into one of :data:`PROCESSINGS`
 (:func:`render_random`), and the same renderer measures how stable a prediction is when one
 object is shown in another processing (:func:`render`).
 
-Conventions (those of :class:`~astro_classifier.data.lightcurve.LightCurveBatch` and the
+Conventions (those of :class:`~astro_classifier.core.lightcurve.LightCurveBatch` and the
 readers):
 
 - A point is **significant** (:func:`significant`) when the survey flagged it detected or

@@ -101,7 +101,7 @@ PARQUET_COLUMNS = (
     "diaObject",
 )
 # What the reader uses of an alert: Avro bodies are decoded with these fields only
-# (alerts/avro.py; cutouts, ssObject and the other source fields are skipped). Sources and
+# (formats/avro.py; cutouts, ssObject and the other source fields are skipped). Sources and
 # forced sources share one projection (one named type serves diaSource and prvDiaSources).
 SOURCE_FIELDS = (
     "diaSourceId",

@@ -36,7 +36,7 @@ with ``fid`` and ``magpsf``), not by schema names.
 
 Points the reader cannot use are counted in ``LightCurveBatch.dropped``: history entries
 with neither a magnitude nor a limit, forced-photometry epochs without a measurement; the
-format registry then applies :func:`astro_classifier.data.quality.clean_points`.
+format registry then applies :func:`astro_classifier.core.quality.clean_points`.
 
 Times are checked against the exposure time that ZTF encodes in every point's ``pid``
 (night number since 2017-01-01 UT in the leading digits, then the UT fraction of the day in
@@ -108,7 +108,7 @@ POINT_FIELDS = (
     "magzpsci",
 )
 # What the reader uses of an alert: Avro containers are decoded with these fields only
-# (alerts/avro.py; the cutouts and the other candidate fields are skipped, not decoded).
+# (formats/avro.py; the cutouts and the other candidate fields are skipped, not decoded).
 CANDIDATE_FIELDS = (*POINT_FIELDS, "candid", "ra", "dec", "ssdistnr")
 AVRO_FIELDS = (
     "objectId",

@@ -66,7 +66,7 @@ def embed_objects(
     """(embedding table, number of objects skipped: no finite point in the model's bands,
     for ``metadata`` no finite metadata value, for ``spectrum`` / ``image`` no usable
     spectrum / stamps). ``spectra``: the spectra beside the light curves (a model with a
-    spectrum tower uses each object's, see :func:`astro_classifier.data.spectra.spectra_for`);
+    spectrum tower uses each object's, see :func:`astro_classifier.features.spectra.spectra_for`);
     images come with the batch (``batch.cutouts``)."""
     meta = model.metadata
     if not meta.modalities:

@@ -1,7 +1,7 @@
 """Kafka message bytes <-> light curves and classifications.
 
 Input: a message value is decoded by :func:`decode_message`, the format registry's
-(:mod:`astro_classifier.data.readers`: ``ztf-avro``, ``ztf-parquet``, ``rubin-avro``,
+(:mod:`astro_classifier.formats.registry`: ``ztf-avro``, ``ztf-parquet``, ``rubin-avro``,
 ``rubin-parquet``, ``rubin-wire``, ``json``); here live the schema lookups ``rubin-wire``
 needs (a local schema folder or a Confluent Schema Registry). A registry that cannot be
 reached, or that answers 404 while it looks unhealthy (wiped, a wrong URL), is a transient

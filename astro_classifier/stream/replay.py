@@ -7,9 +7,9 @@ What each file becomes:
 - Parquet alert rows (``ztf-parquet``, ``rubin-parquet``): one single-row Parquet file per row;
 - a file of astroclf JSON alerts: one message per line;
 - any other light-curve file astroclf reads (PLAsTiCC, long format, EROS-1): one message
-  per object in the ``json`` input format (:mod:`astro_classifier.data.jsonalert`).
+  per object in the ``json`` input format (:mod:`astro_classifier.formats.jsonalert`).
 
-What a file becomes is decided by the format registry (``data/readers.py``).
+What a file becomes is decided by the format registry (``formats/registry.py``).
 """
 
 from __future__ import annotations

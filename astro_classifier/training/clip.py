@@ -11,11 +11,11 @@ Modalities (``ClipConfig.modalities``, any subset holding ``photometry``):
 - ``spectrum``: a 1-D CNN over a fixed wavelength grid (``spectrum_grid``: first, last, number
   of bins, Å, observer frame), channels flux and flux error, each spectrum divided by its own
   RMS flux (NaN = no data, read as 0): the normalisation of
-  :func:`astro_classifier.data.spectra.normalise`, repeated in the graph (idempotent). Real
-  spectra come through :func:`astro_classifier.data.spectra.model_input` (the one resampling
+  :func:`astro_classifier.features.spectra.normalise`, repeated in the graph (idempotent). Real
+  spectra come through :func:`astro_classifier.features.spectra.model_input` (the one resampling
   and normalisation of training and serving).
 - ``image``: the alert's three cutouts (science, template, difference), centred and
-  normalised by :mod:`astro_classifier.data.cutouts` (the one decoding of training and
+  normalised by :mod:`astro_classifier.formats.stamps` (the one decoding of training and
   serving) into (B, 3, ``image_size``, ``image_size``), through the tiny ViT of
   :mod:`astro_classifier.training.image` (``image_patch`` pixel patches, ``image_layers``
   blocks, width ``d_model``).
@@ -77,7 +77,7 @@ class ClipConfig:
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0  # temperature >= 0.01
     modality_dropout: float = 0.2
-    image_size: int = 63  # data.cutouts.STAMP_SIZE
+    image_size: int = 63  # core.cutouts.STAMP_SIZE
     image_patch: int = 7
     image_layers: int = 2
 

@@ -18,7 +18,7 @@ model's input array of every dataset object and whether the object has it.
 Spectra: a model with the ``spectrum`` modality gets the spectra of every source whose format
 has them (:data:`~astro_classifier.formats.registry.SPECTRA_FORMATS`: ``osc``, ``slsne``), one per object, attached to the
 run's dataset.h5 (:meth:`TrainingDataset.attach_spectra`) and resampled and normalised onto the
-model's grid by :func:`astro_classifier.data.spectra.model_input`. Objects with one have
+model's grid by :func:`astro_classifier.features.spectra.model_input`. Objects with one have
 ``spectrum`` present (modality dropout applies) in pretraining and fine-tuning; the others,
 and every object of a model without the modality, train exactly as before. Validation (early
 stopping) and ``holdout`` are scored as alerts arrive, without spectra; ``holdout_with_spectra``

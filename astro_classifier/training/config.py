@@ -71,7 +71,7 @@ class AugmentSection(_Strict):
 
 
 def known_processings(names: list[str]) -> list[str]:
-    """``names`` if every one is a processing of data/render.py (and there is one)."""
+    """``names`` if every one is a processing of features/render.py (and there is one)."""
     unknown = [n for n in names if n not in PROCESSINGS]
     if unknown or not names:
         raise ValueError(f"unknown processing(s) {unknown}; known: {list(PROCESSINGS)}")
@@ -79,13 +79,13 @@ def known_processings(names: list[str]) -> list[str]:
 
 
 class RenderSection(_Strict):
-    """Copies of a source's objects re-rendered in other processings (data/render.py), each
+    """Copies of a source's objects re-rendered in other processings (features/render.py), each
     copy in one processing drawn at random, so that no class owns a processing."""
 
     copies: int = Field(2, ge=1, le=20)
     processings: list[str] = Field(
         ["alert", "forced", "detections", "sparse"],
-        description="processings drawn from (data/render.py PROCESSINGS)",
+        description="processings drawn from (features/render.py PROCESSINGS)",
     )
     baseline: bool = Field(
         False,
@@ -116,7 +116,7 @@ class SourceSection(_Strict):
     split: Literal["all", "real-sky-train"] = Field(
         "all",
         description="real-sky-train: only the objects outside the real-sky test split "
-        "(data/splits.py real_sky_split), so that benchmarks/real_sky.py reports unseen objects",
+        "(catalogs/splits.py real_sky_split), so that benchmarks/real_sky.py reports unseen objects",
     )
     augment: AugmentSection | None = None
     render: RenderSection | None = None
@@ -150,7 +150,7 @@ class DataSection(_Strict):
     alert_label: Literal["solar_system", "point_source", "real"] | None = Field(
         None,
         description="unlabelled alert sources: label each alert by what it provides itself "
-        '(data/cutouts.py ALERT_LABELS: ZTF ssdistnr < 5" -> SolarSystem, sgscore1 > 0.5 and '
+        '(core/cutouts.py ALERT_LABELS: ZTF ssdistnr < 5" -> SolarSystem, sgscore1 > 0.5 and '
         'distpsnr1 < 1" -> PointSource, drb > 0.5 -> Real, else the negative class)',
     )
     max_objects: int | None = Field(None, ge=10, description="stratified subsample, for quick runs")
@@ -197,7 +197,7 @@ class RenderPretrainSection(_Strict):
     epochs: int = Field(0, ge=0)
     processings: list[str] = Field(
         ["as-read", "alert", "forced", "detections", "sparse", "rubin"],
-        description="processings the two views of an object are drawn from (data/render.py)",
+        description="processings the two views of an object are drawn from (features/render.py)",
     )
     temperature: float = Field(0.2, gt=0)
     learning_rate: float = Field(1e-3, gt=0)

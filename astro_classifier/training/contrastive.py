@@ -2,7 +2,7 @@
 
 Before the supervised epochs, the ATAT encoders can be pretrained without labels (SimCLR,
 Chen et al. 2020): each object of a minibatch is rendered twice by
-:func:`astro_classifier.data.render.render_random`, each time in a processing drawn at random
+:func:`astro_classifier.features.render.render_random`, each time in a processing drawn at random
 (as read, alert, forced photometry, detections only, sparse, Rubin-like), both renderings go
 through the serving preprocessing (:func:`light_curves_to_inputs`: nightly binning, window,
 tabular features), and the NT-Xent loss pulls the two representations of an object together

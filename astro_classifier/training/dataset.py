@@ -20,10 +20,10 @@ that serving uses, and stored here. Layout::
 Spectra (multimodal models): :meth:`TrainingDataset.attach_spectra` keeps one canonical
 spectrum per object (:meth:`Spectra.one_per_object`, closest to the light curve's brightest
 point) and ``spectrum_row[i]`` is object ``i``'s row in ``spectra`` (-1: none). Resampling and
-normalisation onto a model's grid happen later, in :func:`astro_classifier.data.spectra.model_input`.
+normalisation onto a model's grid happen later, in :func:`astro_classifier.features.spectra.model_input`.
 
 Images (models with the ``image`` modality): :meth:`TrainingDataset.attach_cutouts` keeps
-each object's alert stamps, decoded and normalised by :mod:`astro_classifier.data.cutouts`
+each object's alert stamps, decoded and normalised by :mod:`astro_classifier.formats.stamps`
 (the decoding serving uses), ``image_ok[i]`` False where the object has none usable.
 """
 

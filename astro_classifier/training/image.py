@@ -1,6 +1,6 @@
 """Image cutout encoder (a tiny ViT) and its masked-image-modelling (SimMIM) pretraining.
 
-**Input** (the one form of :mod:`astro_classifier.data.cutouts`): ``images`` (B, C, H, W)
+**Input** (the one form of :mod:`astro_classifier.formats.stamps`): ``images`` (B, C, H, W)
 float32, C = 3 stamps (science, template, difference) of H = W = 63 pixels, each stamp
 ``asinh((x - median) / (1.4826 MAD))`` with invalid pixels (NaN, blanks, padding) at 0.
 

@@ -133,7 +133,7 @@ def label_alerts(
     batch: LightCurveBatch, src: SourceSection, kind: str, console: Console
 ) -> LightCurveBatch:
     """Alerts labelled by what they provide themselves (``data.alert_label``; see
-    :data:`astro_classifier.data.cutouts.ALERT_LABELS`); alerts whose label is unknown are
+    :data:`astro_classifier.core.cutouts.ALERT_LABELS`); alerts whose label is unknown are
     counted, reported and left out."""
     if batch.alert_id is None:
         raise InputError(
