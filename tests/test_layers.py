@@ -198,6 +198,13 @@ def test_every_package_has_a_layer():
     assert modules(), "no module found"
 
 
+def test_every_folder_of_modules_is_a_package():
+    """A folder without __init__.py would import here (a namespace package) and be left out
+    of the wheel (setuptools finds packages by their __init__.py)."""
+    folders = {p.parent for p in PACKAGE_DIR.rglob("*.py")}
+    assert sorted(str(f) for f in folders if not (f / "__init__.py").is_file()) == []
+
+
 def test_no_cycle_between_packages():
     edges = {
         (package_of(src), package_of(dst))

@@ -1,10 +1,13 @@
 """The format registry: every input format declared once, used by every door.
 
-Each :class:`InputFormat` says how a file of that format is recognised, how files are read
-into a :class:`LightCurveBatch`, and (for formats that travel on Kafka) how one message value
-is decoded. Format detection, :func:`read_light_curves` (``astroclf classify``, ``evaluate``,
-training), the worker's :func:`decode_message` and ``astroclf replay`` all go through
-:data:`REGISTRY`; there is no other dispatcher.
+Each format module of this package declares its formats once, as an :class:`InputFormat`:
+how a file of that format is recognised, how files are read into a :class:`LightCurveBatch`,
+(for formats that travel on Kafka) how one message value is decoded, and where the format
+has them, how its alerts' image stamps and the spectra beside its light curves are read.
+:data:`REGISTRY` lists them in detection order. Format detection, :func:`read_light_curves`
+(``astroclf classify``, ``evaluate``, training), the worker's :func:`decode_message`,
+``astroclf replay``, the stamps (:func:`decode_cutouts`, :func:`read_cutouts_of`) and the
+spectra (:func:`read_spectra_of`) all go through it; there is no other dispatcher.
 
 ===============  =====================================================  ==========================
 format           files                                                  one Kafka message value
