@@ -70,6 +70,7 @@ def _light_curves(n: int = 48, seed: int = 0) -> LightCurveBatch:
     )
 
 
+@pytest.mark.slow  # trains: two epochs of contrastive pretraining
 def test_pretraining_moves_the_encoders_and_reports_a_finite_loss() -> None:
     torch.manual_seed(0)
     spec = PreprocessingSpec(bands=("g", "r"), max_length=64, nightly_bin=True)
