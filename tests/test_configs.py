@@ -110,12 +110,14 @@ def test_overrides_reach_nested_fields_with_yaml_values(tmp_path: Path) -> None:
             "data.holdout_fold=null",
             "preprocessing.bands=[g, r]",
             "preprocessing.light_curve_features=false",
+            "preprocessing.masked_features=[]",  # no light-curve features left to mask
             "model.init_from=null",  # model.args and a warm start exclude each other
             "model.args.d_model=32",
             "export.description=a=b",  # only the first '=' separates key and value
         ],
     )
     assert cfg.training.epochs == 2
+    assert cfg.preprocessing.masked_features == ()
     assert cfg.data.max_objects == 300
     assert cfg.data.truncation_days == [4.0, math.inf]
     assert cfg.data.holdout_fold is None
