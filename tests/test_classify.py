@@ -21,7 +21,7 @@ EXAMPLE = PROJECT_ROOT / "examples" / "plasticc"
 
 
 def contract_columns(labels: list[str]) -> list[str]:
-    """DESIGN.md's classification contract, in order."""
+    """The output contract (README.md), in order."""
     return [
         "object_id", "alert_id", "model", "model_version", "class", "probability",
         *[f"prob_{label}" for label in labels],

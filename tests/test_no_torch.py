@@ -1,4 +1,4 @@
-"""The inference path never imports torch (DESIGN.md): the GPU image ships without it."""
+"""The inference path never imports torch: the GPU image ships without it."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`astroclf stream` against bad input and failing dependencies, on a real broker (tansu).
 
 Each test runs the worker as a subprocess (see tests/test_stream_worker.py) and checks the
-error policy of DESIGN.md "Stream semantics" in the topics themselves:
+error policy of astro_classifier/stream/worker.py's docstring in the topics themselves:
 
 - poison messages (broken containers, junk, empty, a header key that is not UTF-8 sent by a
   raw Produce request, forged ``astroclf.*`` headers, a value larger than the producer's
