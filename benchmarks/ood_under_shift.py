@@ -54,11 +54,9 @@ def probabilities(model: LoadedModel, batch: LightCurveBatch) -> tuple[np.ndarra
     labels = list(model.metadata.labels)
     result = classify(batch, model, n_jobs=2)
     proba = np.full((len(batch), len(labels)), np.nan)
-    proba[result.rows] = np.stack(
-        [result.table.column(f"prob_{c}").to_numpy() for c in labels], axis=1
-    )
+    proba[result.rows] = result.probabilities
     ood = np.full(len(batch), np.nan)
-    ood[result.rows] = result.table.column("ood_score").to_numpy()
+    ood[result.rows] = result.ood_score
     return proba, ood
 
 

@@ -389,18 +389,14 @@ def evaluate_set(
     t0 = time.perf_counter()
     result = classify(batch, model, n_jobs=2)
     seconds = time.perf_counter() - t0
-    proba = np.stack([result.table.column(f"prob_{c}").to_numpy() for c in labels], axis=1)
+    proba = result.probabilities
     truth = batch.label[result.rows]
     out: dict[str, Any] = {
         "n_classified": int(len(result.rows)),
         "skipped": dict(result.skipped),
         "points_outside_bands": int(result.points_outside_bands),
         "classify_seconds": seconds,
-        "model": score(
-            truth, proba, labels, result.table.column("abstain").to_numpy(zero_copy_only=False)
-        )
-        if len(result.rows)
-        else None,
+        "model": score(truth, proba, labels, result.abstain) if len(result.rows) else None,
         "abstained": dict(result.abstained),
     }
     if len(result.rows):

@@ -201,7 +201,7 @@ def model_predict(model: LoadedModel, batch: LightCurveBatch) -> np.ndarray:
     """The model's fine class for every object ('' where classify() skipped it)."""
     result = classify(batch, model, n_jobs=2)
     out = np.full(len(batch), "", object)
-    out[result.rows] = result.table.column("class").to_numpy(zero_copy_only=False)
+    out[result.rows] = result.classes
     return out
 
 
@@ -300,9 +300,7 @@ def source_probe(
     }
     if model is not None:
         result = classify(batch, model, n_jobs=2)
-        labels = list(model.metadata.labels)
-        proba = np.stack([result.table.column(f"prob_{c}").to_numpy() for c in labels], axis=1)
-        out["outputs_auc"] = _probe_auc(proba, y[result.rows])
+        out["outputs_auc"] = _probe_auc(result.probabilities, y[result.rows])
     return out
 
 

@@ -52,7 +52,7 @@ def _curve(object_id: str, n: int) -> LightCurveBatch:
 
 def test_known_asteroids_abstain(ztf_model: LoadedModel, fink_alerts: LightCurveBatch) -> None:
     result = classify(fink_alerts, ztf_model, n_jobs=1)
-    table = result.table
+    table = result.to_arrow()
     assert table.column_names == contract_columns(ztf_model.metadata.labels)
     assert table.num_rows == len(fink_alerts)
     solar = fink_alerts.metadata[SOLAR_SYSTEM][result.rows] == 1
@@ -67,8 +67,8 @@ def test_one_and_two_point_light_curves_abstain(ztf_model: LoadedModel) -> None:
     result = classify(batch, ztf_model, n_jobs=1)
     abstain = dict(
         zip(
-            result.table.column("object_id").to_pylist(),
-            result.table.column("abstain").to_pylist(),
+            result.object_id.tolist(),
+            result.abstain.tolist(),
             strict=True,
         )
     )
@@ -80,7 +80,7 @@ def test_one_and_two_point_light_curves_abstain(ztf_model: LoadedModel) -> None:
 def test_broad_probabilities_sum_fine_ones(
     ztf_model: LoadedModel, fink_alerts: LightCurveBatch
 ) -> None:
-    table = classify(fink_alerts, ztf_model, n_jobs=1).table
+    table = classify(fink_alerts, ztf_model, n_jobs=1).to_arrow()
     labels = ztf_model.metadata.labels
     fine = np.stack([table.column(f"prob_{c}").to_numpy() for c in labels], axis=1)
     broad = np.stack([table.column(f"prob_{k}").to_numpy() for k in BROAD_CLASSES], axis=1)
@@ -131,7 +131,7 @@ def test_model_without_new_metadata_uses_the_documented_fallback(
     assert spec.score == OOD_NEG_LOG_MAX_PROB
     assert spec.threshold == FALLBACK_OOD_THRESHOLD == pytest.approx(np.log(2))
     assert spec.min_points == 3
-    table = classify(fink_alerts, ztf_model, n_jobs=1).table
+    table = classify(fink_alerts, ztf_model, n_jobs=1).to_arrow()
     ood = table.column("ood_score").to_numpy()
     assert ood.dtype == np.float32
     np.testing.assert_allclose(ood, -np.log(table.column("probability").to_numpy()), atol=1e-6)

@@ -359,5 +359,5 @@ def test_object_ids_keep_every_character_through_classify(tmp_path):
     path.write_text("\n".join(json.dumps({"object_id": o, "points": points}) for o in ids) + "\n")
     batch = read_light_curves([path])
     assert batch.object_id.tolist() == ids
-    table = classify(batch, LoadedModel.load("atat-ztf", provider="cpu")).table
+    table = classify(batch, LoadedModel.load("atat-ztf", provider="cpu")).to_arrow()
     assert table.column("object_id").to_pylist() == ids

@@ -65,7 +65,7 @@ def _batch(*curves: dict) -> LightCurveBatch:
 def test_objects_that_cannot_be_classified_are_counted_and_named(ztf_model: LoadedModel) -> None:
     batch = _batch(_curve("ok", 6), _curve("nan", 6, flux=np.nan), _curve("u-only", 4, band=0))
     result = classify(batch, ztf_model)
-    assert result.table.column("object_id").to_pylist() == ["ok"]
+    assert result.to_arrow().column("object_id").to_pylist() == ["ok"]
     assert result.skipped == {SKIP_NON_FINITE: 1, SKIP_NO_POINTS: 1}
     skipped = {
         reason: batch.object_id[rows].tolist() for reason, rows in result.skipped_rows.items()
@@ -76,19 +76,19 @@ def test_objects_that_cannot_be_classified_are_counted_and_named(ztf_model: Load
 
 def test_empty_batch_gives_empty_table_with_contract_columns(ztf_model: LoadedModel) -> None:
     result = classify(_batch(_curve("u-only", 3, band=0)), ztf_model)
-    assert result.table.num_rows == 0
-    assert result.table.column_names == contract_columns(ztf_model.metadata.labels)
+    assert result.to_arrow().num_rows == 0
+    assert result.to_arrow().column_names == contract_columns(ztf_model.metadata.labels)
 
 
 def test_buckets_bound_padding_and_keep_input_order(example: LightCurveBatch) -> None:
     model = LoadedModel.load("atat-lsst", provider="cpu")
     result = classify(example, model, batch_size=7)
-    assert result.table.column("object_id").to_pylist() == example.object_id.tolist()
+    assert result.to_arrow().column("object_id").to_pylist() == example.object_id.tolist()
     assert result.padding_efficiency > 0.6
     # Same probabilities as one unbucketed call padded to the longest light curve.
     inputs = light_curves_to_inputs(example, model.metadata.preprocessing)
     expected = model.predict(inputs).probabilities
-    got = np.stack([result.table.column(f"prob_{c}").to_numpy() for c in model.metadata.labels], 1)
+    got = result.probabilities
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 

@@ -307,10 +307,8 @@ def test_classify_with_a_clip_model(exported, finetuned) -> None:
     _, ckpt = load_checkpoint(finetuned[0])
     batch = ds.batch.select(np.asarray(ckpt["split"]["holdout"]))
     result = classify(batch, loaded, n_jobs=1)
-    assert result.table.num_rows == len(batch)
-    proba = np.stack(
-        [result.table.column(f"prob_{c}").to_numpy() for c in loaded.metadata.labels], axis=1
-    )
+    assert len(result) == len(batch)
+    proba = result.probabilities
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
     # the same as the torch model with the presence classify uses
     model, _ = load_checkpoint(finetuned[0])

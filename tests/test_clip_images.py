@@ -180,11 +180,11 @@ def test_classify_feeds_the_stamps_and_they_change_the_answer(image_model, share
     batch.cutouts = align_cutouts(batch, read_cutouts_of(files, "ztf-avro"))
     with_stamps = classify(batch, model)
     assert sum(with_stamps.without_images.values()) == 0
-    p_with = with_stamps.table.column("prob_SolarSystem").to_numpy()
-    p_without = without.table.column("prob_SolarSystem").to_numpy()
+    p_with = with_stamps.to_arrow().column("prob_SolarSystem").to_numpy()
+    p_without = without.to_arrow().column("prob_SolarSystem").to_numpy()
     assert not np.allclose(p_with, p_without, atol=1e-4)
     # a model without broad kinds leaves the broad columns null
-    assert with_stamps.table.column("broad_class").null_count == len(batch)
+    assert with_stamps.to_arrow().column("broad_class").null_count == len(batch)
 
 
 @pytest.mark.slow
@@ -206,8 +206,8 @@ def test_an_alert_with_a_broken_stamp_is_classified_without_images(
     # row 2 scores as if it had no stamps at all; the others as with their stamps
     alone = batch.select([2])
     alone.cutouts = None
-    expected = classify(alone, model).table.column("prob_SolarSystem").to_numpy()
-    got = result.table.column("prob_SolarSystem").to_numpy()
+    expected = classify(alone, model).to_arrow().column("prob_SolarSystem").to_numpy()
+    got = result.to_arrow().column("prob_SolarSystem").to_numpy()
     assert got[2] == pytest.approx(expected[0], abs=1e-6)
 
 

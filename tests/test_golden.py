@@ -73,7 +73,7 @@ def test_shipped_model_reproduces_golden_probabilities(
     model = LoadedModel.load(model_name, provider="cpu")
     assert model.providers == ["CPUExecutionProvider"]
     result = classify(golden_batch, model)
-    table = result.table
+    table = result.to_arrow()
     assert not result.skipped
     assert table.column("object_id").to_pylist() == entry["object_ids"]
     assert table.column("alert_id").to_pylist() == entry["alert_ids"]

@@ -28,8 +28,8 @@ batch = read_light_curves(
     "examples/plasticc/lightcurves.csv", metadata="examples/plasticc/metadata.csv"
 )
 result = classify(batch, LoadedModel.load("atat-lsst", provider="cpu"))
-assert result.table.num_rows == len(batch) == 42, (result.table.num_rows, len(batch))
-print("classified", result.table.num_rows)
+assert len(result) == len(batch) == 42, (len(result), len(batch))
+print("classified", len(result))
 """
 
 

@@ -77,7 +77,7 @@ def test_float16_companion_agrees_with_float32_on_plasticc(shared_data: Path) ->
     columns = [f"prob_{label}" for label in full.metadata.labels]
 
     def probabilities(model: LoadedModel) -> np.ndarray:
-        table = classify(batch, model).table
+        table = classify(batch, model).to_arrow()
         return np.stack([table.column(c).to_numpy() for c in columns], axis=1)
 
     a, b = probabilities(full), probabilities(half)

@@ -107,8 +107,7 @@ def test_bad_json_alerts_are_input_errors(value: bytes, keyword: str) -> None:
 
 
 def test_classification_records_carry_the_broad_kind_and_abstention() -> None:
-    import pyarrow as pa
-
+    from astro_classifier.inference.predictions import Predictions
     from astro_classifier.stream.codecs import (
         MessageRef,
         classification_records,
@@ -116,27 +115,22 @@ def test_classification_records_carry_the_broad_kind_and_abstention() -> None:
         encode_classification,
     )
 
-    table = pa.table(
-        {
-            "object_id": ["ZTF1"],
-            "alert_id": ["7"],
-            "model": ["m"],
-            "model_version": ["1"],
-            "class": ["SNIa"],
-            "probability": pa.array([0.7], pa.float32()),
-            "prob_RRL": pa.array([0.3], pa.float32()),
-            "prob_SNIa": pa.array([0.7], pa.float32()),
-            "broad_class": ["transient"],
-            "prob_transient": pa.array([0.7], pa.float32()),
-            "prob_stochastic": pa.array([0.0], pa.float32()),
-            "prob_periodic": pa.array([0.3], pa.float32()),
-            "ood_score": pa.array([-3.5], pa.float32()),
-            "abstain": [True],
-        }
+    predictions = Predictions(
+        model="m",
+        model_version="1",
+        labels=("RRL", "SNIa"),
+        object_id=np.array(["ZTF1"], dtype=object),
+        alert_id=np.array(["7"], dtype=object),
+        probabilities=np.array([[0.3, 0.7]], np.float32),
+        broad_probabilities=np.array([[0.7, 0.0, 0.3]], np.float32),
+        ood_score=np.array([-3.5], np.float32),
+        abstain=np.array([True]),
+        rows=np.array([0]),
     )
     timings = {"classifiedTimestampMs": 1, "decodeMs": 1.0, "inferenceMs": 1.0, "batchSize": 1}
-    (record,) = classification_records(table, [MessageRef("t", 0, 5, 10)], timings)
+    (record,) = classification_records(predictions, [MessageRef("t", 0, 5, 10)], timings)
     assert [c["classId"] for c in record["classifications"]] == ["RRL", "SNIa"]
+    assert record["classId"] == "SNIa"
     for output_format in ("avro", "json"):
         back = decode_classification(encode_classification(record, output_format), output_format)
         assert back["broadClass"] == "transient" and back["abstain"] is True

@@ -379,7 +379,7 @@ def test_flux_times_1000_scores_above_the_threshold(exported, run) -> None:
     threshold = loaded.metadata.ood.threshold
 
     def share_above(b: LightCurveBatch) -> float:
-        ood = classify(b, loaded, n_jobs=1).table.column("ood_score").to_numpy()
+        ood = classify(b, loaded, n_jobs=1).to_arrow().column("ood_score").to_numpy()
         return float((ood > threshold).mean())
 
     shifted = batch.select(np.arange(len(batch)))
@@ -423,7 +423,7 @@ def test_file_without_embedding_serves_the_energy_score(exported, tmp_path, run)
         np.testing.assert_allclose(old.ood_scores(got), energy_score(got.logits), rtol=1e-12)
     ds = TrainingDataset.load(run[0] / "dataset.h5")
     batch = ds.batch.select(np.arange(20))
-    table = classify(batch, old, n_jobs=1).table
+    table = classify(batch, old, n_jobs=1).to_arrow()
     ood = table.column("ood_score").to_numpy()
     abstain = table.column("abstain").to_numpy(zero_copy_only=False)
     np.testing.assert_array_equal(abstain, (ood > -1.0) | (batch.lengths < 3))
@@ -445,7 +445,7 @@ def test_tiny_model_classifies_with_scores_and_abstains(exported, run) -> None:
     short = short.select_points(np.arange(short.lengths[0]) < 2)
     batch = LightCurveBatch.concat([batch, short])
     result = classify(batch, loaded, n_jobs=1)
-    table = result.table
+    table = result.to_arrow()
     assert table.num_rows == len(batch)
     ood = table.column("ood_score").to_numpy()
     assert ood.dtype == np.float32 and np.isfinite(ood).all()

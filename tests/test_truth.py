@@ -120,21 +120,15 @@ def example_result():
 
 def test_accuracy_on_the_committed_example(example_result):
     batch, result = example_result
-    assert result.table.num_rows == len(batch) == 42
-    predicted = np.asarray(result.table.column("class").to_pylist())
+    assert len(result) == len(batch) == 42
+    predicted = result.classes.astype(str)
     accuracy = float((predicted == batch.label[result.rows]).mean())
     assert accuracy >= 0.6, f"atat-lsst accuracy on the committed example fell to {accuracy:.3f}"
 
 
 def test_golden_objects_top_class_is_their_true_class(example_result):
     batch, result = example_result
-    predicted = dict(
-        zip(
-            result.table.column("object_id").to_pylist(),
-            result.table.column("class").to_pylist(),
-            strict=True,
-        )
-    )
+    predicted = dict(zip(result.object_id.tolist(), result.classes.tolist(), strict=True))
     truth = dict(zip(batch.object_id.tolist(), batch.label.tolist(), strict=True))
     golden = GOLDEN["atat-lsst"]["object_ids"]
     wrong = {o: (truth[o], predicted[o]) for o in golden if truth[o] != predicted[o]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ from astro_classifier.cli.common import atomic_output, console, user_errors
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.progress import progress_bar
 from astro_classifier.formats.registry import FORMATS, attach_cutouts, read_light_curves
-from astro_classifier.inference.classify import ClassifyResult, classify
+from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
+from astro_classifier.inference.predictions import Predictions
 
 DEFAULT_MODEL = "atat-lsst"
 
@@ -89,7 +91,7 @@ def classify_command(
                 batch_size=batch_size,
                 progress=lambda done: bar.update(task, completed=done),
             )
-        if result.table.num_rows == 0:
+        if len(result) == 0:
             print_summary(result, loaded, batch.object_id, read_seconds, output=None)
             raise InputError(
                 ", ".join(map(str, inputs)),
@@ -97,14 +99,14 @@ def classify_command(
                 f"{loaded.metadata.name} (reasons above); no output written",
             )
         with atomic_output(output) as tmp:
-            pq.write_table(result.table, tmp)
+            pq.write_table(result.to_arrow(), tmp)
     print_summary(
         result, loaded, object_ids=batch.object_id, read_seconds=read_seconds, output=output
     )
 
 
 def print_summary(
-    result: ClassifyResult,
+    result: Predictions,
     model: LoadedModel,
     object_ids: np.ndarray,
     read_seconds: float,
@@ -112,14 +114,14 @@ def print_summary(
 ) -> None:
     n_input = len(object_ids)
     meta = model.metadata
-    n = result.table.num_rows
-    counts = result.table.column("class").value_counts().to_pylist() if n else []
+    n = len(result)
+    counts = Counter(result.classes.tolist())  # classes in order of first appearance
     table = Table(title=f"{n} of {n_input} objects classified by {meta.name} {meta.version}")
     table.add_column("class")
     table.add_column("objects", justify="right")
     table.add_column("share", justify="right")
-    for row in sorted(counts, key=lambda r: -r["counts"]):
-        table.add_row(row["values"], str(row["counts"]), f"{100 * row['counts'] / n:.1f}%")
+    for name, count in counts.most_common():
+        table.add_row(name, str(count), f"{100 * count / n:.1f}%")
     console.print(table)
     for reason, count in result.skipped.items():
         ids = object_ids[result.skipped_rows[reason]].tolist()
@@ -137,7 +139,7 @@ def print_summary(
             f"(it uses {' '.join(meta.bands)}) were ignored[/dim]"
         )
     if result.abstained:
-        n_abstain = int(result.table.column("abstain").to_numpy(zero_copy_only=False).sum())
+        n_abstain = int(result.abstain.sum())
         reasons = ", ".join(f"{reason}: {c}" for reason, c in result.abstained.most_common())
         console.print(
             f"[yellow]abstain on {n_abstain} of {n} object(s)[/yellow] ({reasons}); "

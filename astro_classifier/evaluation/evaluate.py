@@ -106,10 +106,9 @@ def _scored(
         n_fine = int(fine[positions].sum())
         if n_fine:
             excluded[f"{tag}: {reason}"] += n_fine
-    table = result.table
     rows = result.rows
-    proba = np.stack([table.column(f"prob_{c}").to_numpy() for c in labels], axis=1)
-    abstain = table.column("abstain").to_numpy(zero_copy_only=False).astype(bool)
+    proba = result.probabilities
+    abstain = result.abstain
     is_fine = fine[rows]
     if not is_fine.any():
         raise InputError("evaluation data", f"{tag}: no object of the model's classes classified")
@@ -122,7 +121,7 @@ def _scored(
 
     truth_broad = np.array([broad_class_of(label) or "" for label in batch.label[rows]])
     has_broad = truth_broad != ""
-    predicted_broad = table.column("broad_class").to_numpy(zero_copy_only=False).astype(str)
+    predicted_broad = result.broad_class.astype(str)
     broad_ok = predicted_broad[has_broad] == truth_broad[has_broad]
 
     abstained: Counter[str] = Counter()  # among the fine-class objects

@@ -2,22 +2,22 @@
 
 Steps: keep the model's bands; skip (and count) objects with no usable point; compute the
 tabular features once for all objects; group objects into length buckets; one session call
-per bucket chunk; assemble the output table (the README's output contract).
+per bucket chunk; gather the results.
 
-Output columns, in order: ``object_id``, ``alert_id``, ``model``, ``model_version``, ``class``,
-``probability``, ``prob_<label>`` per class (calibrated), ``broad_class``, ``prob_transient``,
-``prob_stochastic``, ``prob_periodic`` (sums of the fine probabilities by the model's
-``broad_classes``), ``ood_score`` (see :mod:`astro_classifier.inference.model`) and
-``abstain``: True when the ood score is above the model's threshold, when the object has fewer
-than ``ood.min_points`` points in the model's bands, or when it is a known solar-system object
-(metadata ``solar_system`` == 1). Abstaining objects keep their row and probabilities: a broker
-decides what to do with them; ``ClassifyResult.abstained`` counts them per reason. A model whose
-labels have no broad kind (``broad_classes`` empty, e.g. a real/bogus model) leaves the four
-broad columns null.
+It returns a :class:`Predictions` (:mod:`astro_classifier.inference.predictions`): arrays of
+the classified objects from which the output table (the README's output contract) and the
+stream's messages are both written. Probabilities are calibrated; the broad probabilities are
+sums of the fine ones by the model's ``broad_classes`` (none for a model whose labels have no
+broad kind, e.g. a real/bogus model); ``ood_score`` is the model's
+(:mod:`astro_classifier.inference.model`). ``abstain`` is True when the ood score is above the
+model's threshold, when the object has fewer than ``ood.min_points`` points in the model's
+bands, or when it is a known solar-system object (metadata ``solar_system`` == 1). Abstaining
+objects keep their row and probabilities: a broker decides what to do with them;
+``Predictions.abstained`` counts them per reason.
 
 Models with an image tower get the stamps the batch carries (``batch.cutouts``, decoded by the
 caller only for such models); objects whose stamps are missing or unusable are classified
-without the image tower (``has_image`` False) and counted in ``ClassifyResult.without_images``
+without the image tower (``has_image`` False) and counted in ``Predictions.without_images``
 by reason.
 """
 
@@ -26,10 +26,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 
 from astro_classifier.core.cutouts import CutoutBatch
 from astro_classifier.core.errors import ModelError
@@ -43,6 +41,11 @@ from astro_classifier.features.preprocess import (
     tabular_features,
 )
 from astro_classifier.inference.model import LoadedModel
+from astro_classifier.inference.predictions import (  # noqa: F401  (output_schema: re-exported)
+    Predictions,
+    Timings,
+    output_schema,
+)
 
 SKIP_NO_USABLE_POINT = "no usable point (every point dropped, or none given)"
 SKIP_NO_POINTS = "no points in the model's bands"
@@ -51,60 +54,6 @@ SKIP_NON_FINITE = "NaN or infinite time, flux or flux error"
 ABSTAIN_OOD = "OOD score above the model's threshold"
 ABSTAIN_FEW_POINTS = "too few points in the model's bands"
 ABSTAIN_SOLAR_SYSTEM = "known solar-system object"
-
-
-@dataclass
-class Timings:
-    """Seconds spent per stage of one classify() call."""
-
-    features: float = 0.0
-    inference: float = 0.0
-    total: float = 0.0
-
-
-@dataclass
-class ClassifyResult:
-    table: pa.Table  # one row per classified object (output contract)
-    skipped: Counter[str] = field(default_factory=Counter)  # reason -> objects skipped
-    # reason -> row positions (in the input batch) of the skipped objects; ids can repeat
-    skipped_rows: dict[str, np.ndarray] = field(default_factory=dict)
-    # row position in the input batch of each row of ``table``
-    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    # points the readers could not use, by reason (the input batch's ``dropped``)
-    dropped_points: dict[str, int] = field(default_factory=dict)
-    points_outside_bands: int = 0  # points in bands the model does not use (ignored)
-    real_tokens: int = 0  # points fed to the model
-    padded_tokens: int = 0  # positions of all session calls (real + padding)
-    timings: Timings = field(default_factory=Timings)
-    # reason -> classified objects that abstain for it (an object may count under several)
-    abstained: Counter[str] = field(default_factory=Counter)
-    # reason -> row positions (in the input batch) of those objects
-    abstained_rows: dict[str, np.ndarray] = field(default_factory=dict)
-    # image models only: reason -> classified objects fed without stamps
-    without_images: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def padding_efficiency(self) -> float:
-        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
-
-
-def output_schema(labels: list[str]) -> pa.Schema:
-    """Arrow schema of classify()'s output for a model with these labels."""
-    return pa.schema(
-        [
-            ("object_id", pa.string()),
-            ("alert_id", pa.string()),
-            ("model", pa.string()),
-            ("model_version", pa.string()),
-            ("class", pa.string()),
-            ("probability", pa.float32()),
-            *[(f"prob_{label}", pa.float32()) for label in labels],
-            ("broad_class", pa.string()),
-            *[(f"prob_{kind}", pa.float32()) for kind in BROAD_CLASSES],
-            ("ood_score", pa.float32()),
-            ("abstain", pa.bool_()),
-        ]
-    )
 
 
 def broad_probabilities(
@@ -157,7 +106,7 @@ def classify(
     batch_size: int = 512,
     n_jobs: int = -1,
     progress: Callable[[int], None] | None = None,
-) -> ClassifyResult:
+) -> Predictions:
     """Classify every object of ``batch`` that has at least one point in the model's bands.
 
     ``progress`` is called with the number of objects finished after each session call.
@@ -171,105 +120,99 @@ def classify(
     except ValueError as exc:
         raise ModelError(f"{model.path}: {exc}") from exc
     ood = model.ood_spec()
-    result = ClassifyResult(
-        table=output_schema(meta.labels).empty_table(), dropped_points=dict(batch.dropped)
-    )
+    timings = Timings()
+    dropped_points = dict(batch.dropped)
     had_points = batch.lengths > 0
-    batch, result.points_outside_bands = keep_model_bands(batch, spec)
+    batch, points_outside_bands = keep_model_bands(batch, spec)
     finite = np.isfinite(batch.time) & np.isfinite(batch.flux) & np.isfinite(batch.flux_err)
     object_ok = np.bincount(batch.point_object_index()[~finite], minlength=len(batch)) == 0
+    skipped: Counter[str] = Counter()
+    skipped_rows: dict[str, np.ndarray] = {}
     for reason, bad in (
         (SKIP_NON_FINITE, ~object_ok),
         (SKIP_NO_USABLE_POINT, object_ok & ~had_points),
         (SKIP_NO_POINTS, object_ok & had_points & (batch.lengths == 0)),
     ):
         if bad.any():
-            result.skipped[reason] = int(bad.sum())
-            result.skipped_rows[reason] = np.flatnonzero(bad)
+            skipped[reason] = int(bad.sum())
+            skipped_rows[reason] = np.flatnonzero(bad)
     usable = object_ok & (batch.lengths > 0)
-    result.rows = np.flatnonzero(usable)
+    rows = np.flatnonzero(usable)
     if not usable.all():
-        batch = batch.select(result.rows)
-    if len(batch) == 0:
-        result.timings.total = time.perf_counter() - started
-        return result
-
-    t0 = time.perf_counter()
-    tabular = tabular_features(batch, spec, n_jobs=n_jobs)
-    result.timings.features = time.perf_counter() - t0
-
-    cutouts = None
-    if model.needs_images:
-        cutouts = _model_cutouts(batch, int(meta.image_size or 63), model)
-        for failure in cutouts.failure[~cutouts.ok]:
-            result.without_images[str(failure).split(":")[0] or "no stamps"] += 1
-
-    proba = np.empty((len(batch), len(meta.labels)), np.float32)
-    ood_score = np.empty(len(batch), np.float64)
-    done = 0
-    for index, inputs in bucketed_inputs(batch, spec, tabular, meta.length_buckets, batch_size):
+        batch = batch.select(rows)
+    n = len(batch)
+    proba = np.empty((n, len(meta.labels)), np.float32)
+    ood_score = np.empty(n, np.float64)
+    without_images: Counter[str] = Counter()
+    real_tokens = padded_tokens = 0
+    if n:
         t0 = time.perf_counter()
-        if cutouts is None:
-            prediction = model.predict(inputs)
-        else:
-            prediction = model.predict(
-                inputs, presence={"image": cutouts.ok[index]}, image=cutouts.images[index]
-            )
-        proba[index] = prediction.probabilities
-        ood_score[index] = model.ood_scores(prediction)
-        result.timings.inference += time.perf_counter() - t0
-        result.real_tokens += int(inputs.mask.sum())
-        result.padded_tokens += inputs.mask.size
-        done += len(index)
-        if progress is not None:
-            progress(done)
+        tabular = tabular_features(batch, spec, n_jobs=n_jobs)
+        timings.features = time.perf_counter() - t0
 
-    top = proba.argmax(axis=1)
-    labels = np.asarray(meta.labels)
-    broad = (
-        broad_probabilities(proba, meta.labels, broad_map)
-        if broad_map
-        else np.full((len(batch), len(BROAD_CLASSES)), np.nan, np.float32)
-    )
+        cutouts = None
+        if model.needs_images:
+            cutouts = _model_cutouts(batch, int(meta.image_size or 63), model)
+            for failure in cutouts.failure[~cutouts.ok]:
+                without_images[str(failure).split(":")[0] or "no stamps"] += 1
+
+        done = 0
+        for index, inputs in bucketed_inputs(batch, spec, tabular, meta.length_buckets, batch_size):
+            t0 = time.perf_counter()
+            if cutouts is None:
+                prediction = model.predict(inputs)
+            else:
+                prediction = model.predict(
+                    inputs, presence={"image": cutouts.ok[index]}, image=cutouts.images[index]
+                )
+            proba[index] = prediction.probabilities
+            ood_score[index] = model.ood_scores(prediction)
+            timings.inference += time.perf_counter() - t0
+            real_tokens += int(inputs.mask.sum())
+            padded_tokens += inputs.mask.size
+            done += len(index)
+            if progress is not None:
+                progress(done)
+
     ood_score = ood_score.astype(np.float32)
     solar = batch.metadata.get(SOLAR_SYSTEM)
     reasons = {
         ABSTAIN_OOD: ood_score > ood.threshold,
         ABSTAIN_FEW_POINTS: batch.lengths < ood.min_points,
         ABSTAIN_SOLAR_SYSTEM: (
-            np.zeros(len(batch), bool) if solar is None else np.asarray(solar, np.float64) == 1.0
+            np.zeros(n, bool) if solar is None else np.asarray(solar, np.float64) == 1.0
         ),
     }
-    abstain = np.zeros(len(batch), bool)
+    abstain = np.zeros(n, bool)
+    abstained: Counter[str] = Counter()
+    abstained_rows: dict[str, np.ndarray] = {}
     for reason, hit in reasons.items():
         abstain |= hit
         if hit.any():
-            result.abstained[reason] = int(hit.sum())
-            result.abstained_rows[reason] = result.rows[hit]
-    columns = {
-        "object_id": batch.object_id,
-        "alert_id": batch.alert_id if batch.alert_id is not None else [None] * len(batch),
-        "model": np.full(len(batch), meta.name),
-        "model_version": np.full(len(batch), meta.version),
-        "class": labels[top],
-        "probability": proba[np.arange(len(batch)), top],
-        **{f"prob_{label}": proba[:, j] for j, label in enumerate(meta.labels)},
-        "broad_class": (
-            np.asarray(BROAD_CLASSES, dtype=object)[broad.argmax(axis=1)]
-            if broad_map
-            else np.full(len(batch), None, dtype=object)
+            abstained[reason] = int(hit.sum())
+            abstained_rows[reason] = rows[hit]
+    timings.total = time.perf_counter() - started
+    return Predictions(
+        model=meta.name,
+        model_version=meta.version,
+        labels=tuple(meta.labels),
+        object_id=batch.object_id,
+        alert_id=batch.alert_id,
+        probabilities=proba,
+        broad_probabilities=(
+            broad_probabilities(proba, meta.labels, broad_map) if broad_map else None
         ),
-        **{
-            f"prob_{kind}": broad[:, k] if broad_map else [None] * len(batch)
-            for k, kind in enumerate(BROAD_CLASSES)
-        },
-        "ood_score": ood_score,
-        "abstain": abstain,
-    }
-    schema = output_schema(meta.labels)
-    result.table = pa.table(
-        {name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names},
-        schema=schema,
+        ood_score=ood_score,
+        abstain=abstain,
+        rows=rows,
+        skipped=skipped,
+        skipped_rows=skipped_rows,
+        abstained=abstained,
+        abstained_rows=abstained_rows,
+        without_images=without_images,
+        dropped_points=dropped_points,
+        points_outside_bands=points_outside_bands,
+        real_tokens=real_tokens,
+        padded_tokens=padded_tokens,
+        timings=timings,
     )
-    result.timings.total = time.perf_counter() - started
-    return result

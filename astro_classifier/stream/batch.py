@@ -47,7 +47,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from astro_classifier.core.counts import merge_counts
 from astro_classifier.core.errors import InputError
@@ -55,6 +54,7 @@ from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.formats.registry import PartialDecode
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
+from astro_classifier.inference.predictions import Predictions
 from astro_classifier.stream.codecs import (
     MessageRef,
     classification_records,
@@ -351,9 +351,10 @@ class BatchProcessor:
 
         started = time.perf_counter()
         self._features_seconds = 0.0
-        rows: list[tuple[int, pa.Table]] = []  # (message index, its classified alerts)
+        # (predictions, the message index of each of their objects)
+        classified: list[tuple[Predictions, np.ndarray]] = []
         if decoded:
-            self._classify(decoded, messages, rows, dead)
+            self._classify(decoded, messages, classified, dead)
         inference_seconds = time.perf_counter() - started
 
         timings = {
@@ -362,23 +363,8 @@ class BatchProcessor:
             "inferenceMs": inference_seconds * 1000,
             "batchSize": len(messages),
         }
-        outputs: list[Output] = []
-        for i, table in sorted(rows, key=lambda item: item[0]):
-            ref = message_ref(messages[i])
-            try:
-                outputs += [
-                    Output(
-                        key=record["objectId"].encode(),
-                        value=encode_classification(record, self.output_format),
-                        source=ref,
-                        message=messages[i],
-                    )
-                    for record in classification_records(table, [ref] * table.num_rows, timings)
-                ]
-            except (ValueError, TypeError) as exc:  # e.g. an id that is not valid Unicode
-                dead[i] = DeadLetter(messages[i], type(exc).__name__, str(exc))
         return BatchResult(
-            outputs=outputs,
+            outputs=self._outputs(messages, classified, timings, dead),
             dead_letters=[
                 letter
                 for i in sorted(dead.keys() | record_dead.keys())
@@ -390,11 +376,45 @@ class BatchProcessor:
             dropped_points=dropped,
         )
 
+    def _outputs(
+        self,
+        messages: Sequence[Any],
+        classified: list[tuple[Predictions, np.ndarray]],
+        timings: dict[str, Any],
+        dead: dict[int, DeadLetter],
+    ) -> list[Output]:
+        """One output per classified object, in message order (objects of one message in
+        their order in it). A message one of whose classifications the output format cannot
+        encode (e.g. an id that is not valid Unicode) gives no output and is dead-lettered."""
+        refs = {i: message_ref(messages[i]) for _, owner in classified for i in set(owner.tolist())}
+        per_message: dict[int, list[Output]] = defaultdict(list)
+        failed: set[int] = set()
+        for predictions, owner in classified:
+            owners = owner.tolist()
+            records = classification_records(predictions, [refs[i] for i in owners], timings)
+            for i, record in zip(owners, records, strict=True):
+                if i in failed:
+                    continue
+                try:
+                    per_message[i].append(
+                        Output(
+                            key=record["objectId"].encode(),
+                            value=encode_classification(record, self.output_format),
+                            source=refs[i],
+                            message=messages[i],
+                        )
+                    )
+                except (ValueError, TypeError) as exc:
+                    dead[i] = DeadLetter(messages[i], type(exc).__name__, str(exc))
+                    failed.add(i)
+                    del per_message[i]
+        return [output for i in sorted(per_message) for output in per_message[i]]
+
     def _classify(
         self,
         decoded: list[tuple[int, LightCurveBatch]],
         messages: Sequence[Any],
-        rows: list[tuple[int, pa.Table]],
+        classified: list[tuple[Predictions, np.ndarray]],
         dead: dict[int, DeadLetter],
     ) -> None:
         """One classify() call for all ``decoded`` messages; one per message if it refuses
@@ -414,16 +434,18 @@ class BatchProcessor:
                 retry="one message at a time",
             )
             for item in decoded:
-                self._classify([item], messages, rows, dead)
+                self._classify([item], messages, classified, dead)
             return
-        rows.extend(per_message)
+        classified.append(per_message)
 
     def _classify_together(
         self,
         decoded: list[tuple[int, LightCurveBatch]],
         dead: dict[int, DeadLetter],
         messages: Sequence[Any],
-    ) -> list[tuple[int, pa.Table]]:
+    ) -> tuple[Predictions, np.ndarray]:
+        """(predictions, message index of each classified object); objects classify()
+        skips dead-letter their message as Unclassifiable."""
         combined = LightCurveBatch.concat([batch for _, batch in decoded])
         owner = np.concatenate(
             [np.full(len(batch), i, dtype=np.int64) for i, batch in decoded]
@@ -435,15 +457,6 @@ class BatchProcessor:
         for reason, positions in result.skipped_rows.items():
             for k in positions:
                 skipped[int(owner[k])].append(f"object {combined.object_id[k]}: {reason}")
-        table = result.table
-        if table.num_rows:
-            # Object ids verbatim: pyarrow cuts a NumPy string at its first NUL character.
-            ids = pa.array(combined.object_id[result.rows].tolist(), pa.string())
-            table = table.set_column(table.schema.get_field_index("object_id"), "object_id", ids)
-        per_message: list[tuple[int, pa.Table]] = []
-        row_owner = owner[result.rows]
-        for i in np.unique(row_owner):
-            per_message.append((int(i), table.filter(pa.array(row_owner == i))))
         for i, reasons in skipped.items():
             dead[i] = DeadLetter(messages[i], UNCLASSIFIABLE, "; ".join(reasons))
-        return per_message
+        return result, owner[result.rows]

@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-import pyarrow as pa
 
 from astro_classifier.core.errors import InputError, TransientError
 from astro_classifier.core.taxonomy import BROAD_CLASSES
@@ -37,8 +36,11 @@ from astro_classifier.formats.registry import (  # noqa: F401  (the one dispatch
     decode_messages,
 )
 from astro_classifier.formats.rubin import SchemaDirectory
+from astro_classifier.inference.predictions import Predictions
 
 CLASSIFICATION_SCHEMA_NAME = "classification.avsc"
+# The output fields of the broad probabilities, in BROAD_CLASSES order.
+BROAD_FIELDS = tuple(f"prob{kind.capitalize()}" for kind in BROAD_CLASSES)
 
 
 # -- input ----------------------------------------------------------------------------------
@@ -250,39 +252,46 @@ class MessageRef:
 
 
 def classification_records(
-    table: pa.Table, sources: list[MessageRef], timings: dict[str, Any]
+    predictions: Predictions, sources: Sequence[MessageRef], timings: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Rows of classify()'s table -> output records (the Avro schema's fields).
+    """classify()'s predictions -> output records (the Avro schema's fields), one per object.
 
-    ``sources[i]`` is the message that row ``i`` came from; ``timings`` holds the batch-wide
-    fields ``classifiedTimestampMs``, ``decodeMs``, ``inferenceMs`` and ``batchSize``.
+    ``sources[i]`` is the message that object ``i`` came from; ``timings`` holds the
+    batch-wide fields ``classifiedTimestampMs``, ``decodeMs``, ``inferenceMs`` and
+    ``batchSize``. ``classifications`` lists every label of the model in its order.
     """
-    broad = {f"prob_{kind}" for kind in BROAD_CLASSES}
-    labels = [
-        name[len("prob_") :]
-        for name in table.column_names
-        if name.startswith("prob_") and name not in broad
-    ]
+    n = len(predictions)
+    if len(sources) != n:
+        raise ValueError(f"{len(sources)} sources for {n} predictions")
+    labels = list(predictions.labels)
+    object_ids = predictions.object_id.tolist()
+    alert_ids = predictions.alert_id.tolist() if predictions.alert_id is not None else [None] * n
+    class_ids = predictions.classes.tolist()
+    top = predictions.probability.tolist()
+    probabilities = predictions.probabilities.tolist()
+    broad_classes = predictions.broad_class.tolist()
+    broad = predictions.broad_probabilities
+    broad_rows = broad.tolist() if broad is not None else [[None] * len(BROAD_FIELDS)] * n
+    ood = predictions.ood_score.tolist()
+    abstain = predictions.abstain.tolist()
     records = []
-    for row, ref in zip(table.to_pylist(), sources, strict=True):
+    for k, ref in enumerate(sources):
         records.append(
             {
-                "objectId": row["object_id"],
-                "alertId": row["alert_id"],
-                "classifierName": row["model"],
-                "classifierVersion": row["model_version"],
-                "classId": row["class"],
-                "probability": float(row["probability"]),
+                "objectId": object_ids[k],
+                "alertId": alert_ids[k],
+                "classifierName": predictions.model,
+                "classifierVersion": predictions.model_version,
+                "classId": class_ids[k],
+                "probability": top[k],
                 "classifications": [
-                    {"classId": label, "probability": float(row[f"prob_{label}"])}
-                    for label in labels
+                    {"classId": label, "probability": p}
+                    for label, p in zip(labels, probabilities[k], strict=True)
                 ],
-                "broadClass": row.get("broad_class"),
-                "probTransient": _optional_float(row.get("prob_transient")),
-                "probStochastic": _optional_float(row.get("prob_stochastic")),
-                "probPeriodic": _optional_float(row.get("prob_periodic")),
-                "oodScore": _optional_float(row.get("ood_score")),
-                "abstain": row.get("abstain"),
+                "broadClass": broad_classes[k],
+                **dict(zip(BROAD_FIELDS, broad_rows[k], strict=True)),
+                "oodScore": ood[k],
+                "abstain": abstain[k],
                 "alertTimestampMs": ref.timestamp_ms,
                 "sourceTopic": ref.topic,
                 "sourcePartition": ref.partition,
@@ -291,10 +300,6 @@ def classification_records(
             }
         )
     return records
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def encode_classification(record: dict[str, Any], output_format: str) -> bytes:

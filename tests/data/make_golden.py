@@ -48,16 +48,14 @@ def shared_data_dir() -> Path:
 def probabilities(batch: LightCurveBatch, model_name: str) -> dict:
     model = LoadedModel.load(model_name, provider="cpu")
     result = classify(batch, model)
-    table = result.table
     assert not result.skipped, f"{model_name}: golden inputs must all be classifiable"
-    proba = np.stack([table.column(f"prob_{c}").to_numpy() for c in model.metadata.labels], 1)
     return {
-        "model": model.metadata.name,
-        "model_version": model.metadata.version,
-        "labels": model.metadata.labels,
-        "object_ids": table.column("object_id").to_pylist(),
-        "alert_ids": table.column("alert_id").to_pylist(),
-        "probabilities": np.round(proba.astype(np.float64), DECIMALS).tolist(),
+        "model": result.model,
+        "model_version": result.model_version,
+        "labels": list(result.labels),
+        "object_ids": result.object_id.tolist(),
+        "alert_ids": result.to_arrow().column("alert_id").to_pylist(),
+        "probabilities": np.round(result.probabilities.astype(np.float64), DECIMALS).tolist(),
     }
 
 
