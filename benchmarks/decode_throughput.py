@@ -11,8 +11,8 @@ alternating rounds on the same messages (best round of ``--rounds`` each):
    use);
 4. astroclf decode + ``ztf_records_to_batch``: bytes to a light-curve batch (no cleaning);
 5. astroclf ``decode_message``: bytes to cleaned light curves, in this process, per message;
-6. astroclf ``decode_messages`` on micro-batches of ``--batch-size`` messages (what the worker
-   calls): records of the whole micro-batch converted to light curves in one pass;
+6. astroclf ``decode_micro_batch`` on micro-batches of ``--batch-size`` messages (what the
+   worker calls): records of the whole micro-batch converted to light curves in one pass;
 7. the same through the decode pool (``DecodePool``, ``--pool-workers`` processes).
 
 Rates are messages per second of wall time; "per core" divides by the processes used.
@@ -71,7 +71,7 @@ def main() -> None:
     import pyarrow
 
     from astro_classifier.formats.avro import clear_schema_cache, decode_avro_container
-    from astro_classifier.formats.registry import decode_message, decode_messages
+    from astro_classifier.formats.registry import decode_message, decode_micro_batch
     from astro_classifier.formats.ztf import EXPECTED, decode_ztf_avro_bytes, ztf_records_to_batch
     from astro_classifier.stream.decoding import DecodePool
 
@@ -109,12 +109,12 @@ def main() -> None:
 
     def micro_batches() -> None:
         for start in range(0, len(items), args.batch_size):
-            decode_messages(items[start : start + args.batch_size], "ztf-avro", None)
+            decode_micro_batch(items[start : start + args.batch_size], "ztf-avro", None)
 
     def pooled() -> None:
         for start in range(0, len(items), args.batch_size):
             results = pool.decode(items[start : start + args.batch_size])
-            assert len(results) == len(items[start : start + args.batch_size])
+            assert results.count == len(items[start : start + args.batch_size])
 
     methods: dict[str, tuple[Callable[[], None], int]] = {
         "fastavro.reader, full records": (plain, 1),
@@ -122,8 +122,8 @@ def main() -> None:
         "astroclf, schema cached + projected records": (cached_projected, 1),
         "astroclf decode + ztf_records_to_batch, 1 process": (to_batch, 1),
         "astroclf decode_message (to light curves), 1 process": (to_light_curves, 1),
-        "astroclf decode_messages (micro-batches), 1 process": (micro_batches, 1),
-        f"astroclf decode_messages, pool of {args.pool_workers}": (pooled, args.pool_workers),
+        "astroclf decode_micro_batch, 1 process": (micro_batches, 1),
+        f"astroclf decode_micro_batch, pool of {args.pool_workers}": (pooled, args.pool_workers),
     }
     clear_schema_cache()
     for run, _ in methods.values():  # warm: schema caches, imports, pool

@@ -150,7 +150,7 @@ def test_the_pool_gives_the_in_process_results_in_message_order(
     values[3] = values[3][:100]  # bad ones in the middle: an InputError in their place
     values[10] = b""
     items = [(value, f"alerts[0]@{k}") for k, value in enumerate(values)]
-    results = ztf_pool.decode(items)
+    results = ztf_pool.decode(items).per_message()
     assert len(results) == len(values)
     one_by_one = []
     for k, (value, source) in enumerate(items):
@@ -205,6 +205,24 @@ def test_messages_decoded_together_give_each_message_its_own_results(
         r.dropped for r in results if not isinstance(r, InputError)
     ) == merge_counts(r.dropped for r in good)
     assert sum(isinstance(r, InputError) for r in results) == 2
+
+
+def test_the_pool_gives_the_in_process_micro_batch(shared_data: Path, ztf_pool) -> None:
+    """One batch for the whole micro-batch, with each object's message index, the same
+    whether a pool decoded it (in runs of messages) or this process did."""
+    from astro_classifier.formats.registry import decode_micro_batch
+
+    files = sorted((shared_data / "alerts" / "ztf").glob("**/*.avro"))[::9]
+    items = [(path.read_bytes(), f"alerts[0]@{k}") for k, path in enumerate(files)]
+    items[4] = (b"junk", "alerts[0]@4")
+    here = decode_micro_batch(items, "ztf-avro", None)
+    pooled = ztf_pool.decode(items)
+    assert pooled.count == here.count == len(items)
+    assert sorted(pooled.errors) == sorted(here.errors) == [4]
+    np.testing.assert_array_equal(pooled.message, here.message)
+    assert_same_batch(pooled.batch, here.batch)
+    lengths = [len(r) for r in here.per_message() if not isinstance(r, InputError)]
+    assert np.bincount(here.message).tolist() == [*lengths[:4], 0, *lengths[4:]]
 
 
 def test_a_message_whose_points_the_conversion_refuses_is_named(shared_data: Path) -> None:

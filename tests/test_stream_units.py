@@ -455,7 +455,7 @@ def test_a_transient_decode_failure_propagates(ztf_model, monkeypatch) -> None:
     def registry_down(items, input_format, schemas, cutout_size=None):
         raise TransientError("Schema Registry", "connection refused")
 
-    monkeypatch.setattr(batch, "decode_messages", registry_down)
+    monkeypatch.setattr(batch, "decode_micro_batch", registry_down)
     with pytest.raises(TransientError):
         batch.BatchProcessor(ztf_model, "json", "json").process([FakeMessage(b"x", 0)])
 
@@ -494,15 +494,14 @@ def test_object_ids_keep_every_character(ztf_model) -> None:
 def test_dropped_points_are_counted_by_reason(ztf_model, monkeypatch) -> None:
     from astro_classifier.stream import batch
 
-    real = batch.decode_messages
+    real = batch.decode_micro_batch
 
     def with_drops(items, input_format, schemas, cutout_size=None):
         decoded = real(items, input_format, schemas, cutout_size)
-        for lcs in decoded:
-            lcs.dropped = {"non-finite flux": 2}
+        decoded.batch.dropped = {"non-finite flux": 2 * len(items)}
         return decoded
 
-    monkeypatch.setattr(batch, "decode_messages", with_drops)
+    monkeypatch.setattr(batch, "decode_micro_batch", with_drops)
     messages = [FakeMessage(_json_alert(o, "g"), k) for k, o in enumerate("AB")]
     result = batch.BatchProcessor(ztf_model, "json", "avro").process(messages)
     assert result.dropped_points == {"non-finite flux": 4}

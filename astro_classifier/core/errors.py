@@ -15,6 +15,9 @@ class InputError(ValueError):
         self.reason = reason
         super().__init__(f"{self.source}: {reason}")
 
+    def __reduce__(self) -> tuple:  # pickled whole (the decode pool sends them back)
+        return (type(self), (self.source, self.reason))
+
 
 class ModelError(RuntimeError):
     """A model file is missing, unreadable, or lacks the metadata astroclf needs."""

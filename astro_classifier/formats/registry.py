@@ -5,7 +5,7 @@ how a file of that format is recognised, how files are read into a :class:`Light
 (for formats that travel on Kafka) how one message value is decoded, and where the format
 has them, how its alerts' image stamps and the spectra beside its light curves are read.
 :data:`REGISTRY` lists them in detection order. Format detection, :func:`read_light_curves`
-(``astroclf classify``, ``evaluate``, training), the worker's :func:`decode_message`,
+(``astroclf classify``, ``evaluate``, training), the worker's :func:`decode_micro_batch`,
 ``astroclf replay``, the stamps (:func:`decode_cutouts`, :func:`read_cutouts_of`) and the
 spectra (:func:`read_spectra_of`) all go through it; there is no other dispatcher.
 
@@ -292,6 +292,84 @@ class PartialDecode:
 Decoded = LightCurveBatch | PartialDecode | InputError
 
 
+@dataclass
+class DecodedMessages:
+    """The messages of a micro-batch, decoded: every alert's light curve in one batch.
+
+    ``batch`` holds the light curves of every alert decoded, in message order (None when no
+    message decoded); ``message`` the index (in the messages given) of each of its objects'
+    message. ``errors`` holds the :class:`InputError` of each message refused whole and
+    ``partial`` the :class:`PartialDecode` of each container that converted only in part (its
+    good records' objects are in ``batch`` too). ``batch.dropped`` counts the points dropped
+    in every message. Plain data, so it crosses the decode pool's process boundary.
+    """
+
+    count: int  # messages given
+    batch: LightCurveBatch | None
+    message: np.ndarray  # (N,) int64, one per object of ``batch``
+    errors: dict[int, InputError]
+    partial: dict[int, PartialDecode]
+
+    @classmethod
+    def from_parts(
+        cls,
+        count: int,
+        parts: Sequence[tuple[int, LightCurveBatch]],
+        errors: dict[int, InputError],
+        partial: dict[int, PartialDecode],
+    ) -> DecodedMessages:
+        """From (message index, its light curves) pairs in message order."""
+        if not parts:
+            return cls(count, None, np.zeros(0, np.int64), errors, partial)
+        return cls(
+            count,
+            LightCurveBatch.concat([batch for _, batch in parts]),
+            np.concatenate([np.full(len(batch), i, np.int64) for i, batch in parts]),
+            errors,
+            partial,
+        )
+
+    @classmethod
+    def concat(cls, runs: Sequence[DecodedMessages]) -> DecodedMessages:
+        """Consecutive runs of messages (a decode pool's chunks) as one."""
+        parts, errors, partial = [], {}, {}
+        start = 0
+        for run in runs:
+            if run.batch is not None:
+                parts.append((run.batch, run.message + start))
+            errors.update({start + i: e for i, e in run.errors.items()})
+            partial.update({start + i: p for i, p in run.partial.items()})
+            start += run.count
+        if not parts:
+            return cls(start, None, np.zeros(0, np.int64), errors, partial)
+        return cls(
+            start,
+            LightCurveBatch.concat([batch for batch, _ in parts]),
+            np.concatenate([message for _, message in parts]),
+            errors,
+            partial,
+        )
+
+    def per_message(self) -> list[Decoded]:
+        """One result per message, in order: its batch, :class:`PartialDecode` or
+        :class:`InputError`. The dropped-point counts are carried by the first batch."""
+        results: list[Decoded] = []
+        first = True
+        for i in range(self.count):
+            if i in self.errors:
+                results.append(self.errors[i])
+                continue
+            if i in self.partial:
+                results.append(self.partial[i])
+                continue
+            assert self.batch is not None
+            batch = self.batch.select(np.flatnonzero(self.message == i))
+            batch.dropped = dict(self.batch.dropped) if first else {}
+            first = False
+            results.append(batch)
+        return results
+
+
 def decode_messages(
     items: Sequence[tuple[bytes | None, str]],
     input_format: str,
@@ -300,30 +378,53 @@ def decode_messages(
 ) -> list[Decoded]:
     """:func:`decode_message` of each (value, source), in order: a batch, a
     :class:`PartialDecode`, or the :class:`InputError` that message raised (any other
-    exception propagates).
+    exception propagates). The batches equal decode_message's, except that the dropped-point
+    counts of the whole call are carried by the first batch. See :func:`decode_micro_batch`,
+    which this splits per message."""
+    return decode_micro_batch(items, input_format, schemas, cutout_size).per_message()
+
+
+def decode_micro_batch(
+    items: Sequence[tuple[bytes | None, str]],
+    input_format: str,
+    schemas: Any,
+    cutout_size: int | None = None,
+) -> DecodedMessages:
+    """The (value, source) messages of a micro-batch -> their alerts' light curves in one
+    batch, and the messages refused (see :class:`DecodedMessages`); exceptions other than
+    :class:`InputError` propagate.
 
     Formats with a records stage (ZTF and Rubin Avro alerts) decode each message to its
-    alert records, then convert the records of all messages to light curves in one pass and
-    split them back per message: the conversion's fixed cost (a few dozen array operations,
-    ~4x the work of one alert's points) is paid once per call instead of once per message.
-    If that pass refuses the input, the messages are converted one by one, so the error
-    names its own message. The batches equal decode_message's, except that the dropped-point
-    counts of the whole call are carried by the first batch.
+    alert records, then convert the records of all messages to light curves in one pass:
+    the conversion's fixed cost (a few dozen array operations, ~4x the work of one alert's
+    points) is paid once per call instead of once per message. If that pass refuses the
+    input, the messages are converted one by one, so the error names its own message.
 
     A container of several records that the conversion refuses is converted record by
     record: if some records convert and others do not, the message gives a
     :class:`PartialDecode` (the good records' batch and one :class:`RecordError` per bad
     record) instead of an InputError, so one bad record does not take the others with it.
     If every record is refused, or the container itself cannot be decoded, the message is
-    one InputError as before.
+    one InputError.
+
+    ``cutout_size``: as for :func:`decode_message`, ``batch.cutouts`` holds the alerts' stamps.
     """
     fmt = _message_format(input_format)
+    errors: dict[int, InputError] = {}
+    partial: dict[int, PartialDecode] = {}
+    parts: list[tuple[int, LightCurveBatch]] = []
     if fmt.records_to_batch is None or fmt.decode_records is None or cutout_size is not None:
-        return [
-            _decode_one(value, input_format, schemas, source, cutout_size)
-            for value, source in items
-        ]
-    results: list[Decoded | None] = [None] * len(items)
+        for i, (value, source) in enumerate(items):
+            result = _decode_one(value, input_format, schemas, source, cutout_size)
+            if isinstance(result, InputError):
+                errors[i] = result
+            elif isinstance(result, PartialDecode):
+                partial[i] = result
+                parts.append((i, result.batch))
+            else:
+                parts.append((i, result))
+        return DecodedMessages.from_parts(len(items), parts, errors, partial)
+
     decoded: list[tuple[int, list[Any]]] = []  # (message index, its records)
     for i, (value, source) in enumerate(items):
         try:
@@ -333,11 +434,11 @@ def decode_messages(
             if not records:
                 raise InputError(source, "the message holds no alert")
         except InputError as exc:
-            results[i] = exc
+            errors[i] = exc
             continue
         decoded.append((i, records))
     if not decoded:
-        return results  # type: ignore[return-value]
+        return DecodedMessages.from_parts(len(items), [], errors, partial)
 
     first, last = items[decoded[0][0]][1], items[decoded[-1][0]][1]
     try:
@@ -348,17 +449,19 @@ def decode_messages(
         for i, records in decoded:
             value, source = items[i]
             try:
-                results[i] = _records_to_light_curves(fmt, records, source)
+                parts.append((i, _records_to_light_curves(fmt, records, source)))
             except InputError as exc:  # record by record, where the container has several
-                results[i] = _split_container(fmt, value, records, source, exc)  # type: ignore[arg-type]
-        return results  # type: ignore[return-value]
-    start = 0
-    for i, records in decoded:
-        batch = combined.select(np.arange(start, start + len(records)))
-        batch.dropped = combined.dropped if start == 0 else {}
-        results[i] = batch
-        start += len(records)
-    return results  # type: ignore[return-value]
+                split = _split_container(fmt, value, records, source, exc)  # type: ignore[arg-type]
+                if isinstance(split, PartialDecode):
+                    partial[i] = split
+                    parts.append((i, split.batch))
+                else:
+                    errors[i] = split
+        return DecodedMessages.from_parts(len(items), parts, errors, partial)
+    message = np.repeat(
+        np.array([i for i, _ in decoded], np.int64), [len(records) for _, records in decoded]
+    )
+    return DecodedMessages(len(items), combined, message, errors, partial)
 
 
 def _decode_one(

@@ -3,13 +3,17 @@ dead letters out.
 
 :class:`BatchProcessor` applies the worker's error policy to the input:
 
-- a message :func:`decode_message` refuses (:class:`InputError`) becomes a dead letter;
+- the micro-batch is decoded once (:func:`decode_micro_batch`: every alert's light curve in
+  one batch, with its message's index); a message it refuses (:class:`InputError`) becomes a
+  dead letter;
 - the alerts of all decoded messages go through one :func:`classify` call; objects it skips
   (no usable point, no point in the model's bands) dead-letter their message as
   ``Unclassifiable``; if classify() raises :class:`InputError` the messages are classified
   one by one and those that still raise it are dead-lettered;
-- a classification the output format cannot encode (e.g. an id that is not valid Unicode)
-  dead-letters its message;
+- each classified alert is one output message, mapped from classify()'s
+  :class:`Predictions` (:func:`classification_records`), in message order; a classification
+  the output format cannot encode (e.g. an id that is not valid Unicode) dead-letters its
+  message;
 - :class:`TransientError` (the Schema Registry is down) and every other exception (a bug,
   :class:`ModelError`, an ONNX Runtime fault) propagate: the batch is not the messages'
   fault, so none of them may be dead-lettered. The worker retries the batch (transient) or
@@ -48,17 +52,15 @@ from typing import Any
 
 import numpy as np
 
-from astro_classifier.core.counts import merge_counts
 from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch
-from astro_classifier.formats.registry import PartialDecode
+from astro_classifier.formats.registry import DecodedMessages, PartialDecode, decode_micro_batch
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel
 from astro_classifier.inference.predictions import Predictions
 from astro_classifier.stream.codecs import (
     MessageRef,
     classification_records,
-    decode_messages,
     encode_classification,
 )
 from astro_classifier.stream.decoding import DecodePool
@@ -322,39 +324,37 @@ class BatchProcessor:
         if self._pool is not None:
             self._pool.close()
 
-    def _decode(self, messages: Sequence[Any]) -> list[LightCurveBatch | InputError]:
-        """One batch or InputError per message, in message order; TransientError and any
-        other failure propagate."""
+    def _decode(self, messages: Sequence[Any]) -> DecodedMessages:
+        """Every message's alerts in one batch, and the messages refused (InputError, by
+        message index); TransientError and any other failure propagate."""
         items = [(m.value(), str(message_ref(m))) for m in messages]
         if self._pool is not None:
             return self._pool.decode(items)
         # an InputError is the message's fault; anything else is not, and propagates
-        return decode_messages(items, self.input_format, self.schemas, self.cutout_size)
+        return decode_micro_batch(items, self.input_format, self.schemas, self.cutout_size)
 
     def process(self, messages: Sequence[Any]) -> BatchResult:
         """Raises :class:`TransientError` or any non-input failure: see the module docstring."""
         release_headers()  # the previous batch is delivered: drop its messages
-        dead: dict[int, DeadLetter] = {}
-        decoded: list[tuple[int, LightCurveBatch]] = []
         started = time.perf_counter()
-        record_dead: dict[int, list[DeadLetter]] = {}  # bad records of split containers
-        for i, (message, result) in enumerate(zip(messages, self._decode(messages), strict=True)):
-            if isinstance(result, InputError):
-                dead[i] = DeadLetter(message, type(result).__name__, str(result))
-            elif isinstance(result, PartialDecode):  # good records go on, bad ones alone
-                record_dead[i] = record_dead_letters(message, result)
-                decoded.append((i, result.batch))
-            else:
-                decoded.append((i, result))
+        decoded = self._decode(messages)
         decode_seconds = time.perf_counter() - started
-        dropped = merge_counts(batch.dropped for _, batch in decoded)
+        dead = {
+            i: DeadLetter(messages[i], type(error).__name__, str(error))
+            for i, error in decoded.errors.items()
+        }
+        # bad records of split containers (their good records are in decoded.batch)
+        record_dead = {
+            i: record_dead_letters(messages[i], partial) for i, partial in decoded.partial.items()
+        }
+        dropped = dict(decoded.batch.dropped) if decoded.batch is not None else {}
 
         started = time.perf_counter()
         self._features_seconds = 0.0
         # (predictions, the message index of each of their objects)
         classified: list[tuple[Predictions, np.ndarray]] = []
-        if decoded:
-            self._classify(decoded, messages, classified, dead)
+        if decoded.batch is not None:
+            self._classify(decoded.batch, decoded.message, messages, classified, dead)
         inference_seconds = time.perf_counter() - started
 
         timings = {
@@ -412,51 +412,49 @@ class BatchProcessor:
 
     def _classify(
         self,
-        decoded: list[tuple[int, LightCurveBatch]],
+        batch: LightCurveBatch,
+        owner: np.ndarray,
         messages: Sequence[Any],
         classified: list[tuple[Predictions, np.ndarray]],
         dead: dict[int, DeadLetter],
     ) -> None:
-        """One classify() call for all ``decoded`` messages; one per message if it refuses
-        the input (InputError). Any other exception propagates."""
+        """One classify() call for ``batch`` (``owner``: the message index of each object);
+        one per message if it refuses the input (InputError). Any other exception
+        propagates."""
         try:
-            per_message = self._classify_together(decoded, dead, messages)
+            classified.append(self._classify_together(batch, owner, messages, dead))
         except InputError as exc:
-            if len(decoded) == 1:
-                i = decoded[0][0]
-                dead[i] = DeadLetter(messages[i], type(exc).__name__, str(exc))
+            indices = np.unique(owner).tolist()
+            if len(indices) == 1:
+                dead[indices[0]] = DeadLetter(messages[indices[0]], type(exc).__name__, str(exc))
                 return
             log_event(
                 logging.WARNING,
                 "classify_batch_refused",
-                messages=len(decoded),
+                messages=len(indices),
                 error=str(exc),
                 retry="one message at a time",
             )
-            for item in decoded:
-                self._classify([item], messages, classified, dead)
-            return
-        classified.append(per_message)
+            for i in indices:
+                mine = np.flatnonzero(owner == i)
+                self._classify(batch.select(mine), owner[mine], messages, classified, dead)
 
     def _classify_together(
         self,
-        decoded: list[tuple[int, LightCurveBatch]],
-        dead: dict[int, DeadLetter],
+        batch: LightCurveBatch,
+        owner: np.ndarray,
         messages: Sequence[Any],
+        dead: dict[int, DeadLetter],
     ) -> tuple[Predictions, np.ndarray]:
         """(predictions, message index of each classified object); objects classify()
         skips dead-letter their message as Unclassifiable."""
-        combined = LightCurveBatch.concat([batch for _, batch in decoded])
-        owner = np.concatenate(
-            [np.full(len(batch), i, dtype=np.int64) for i, batch in decoded]
-        )  # (N,) message index of each object
-        result = classify(combined, self.model)
+        result = classify(batch, self.model)
         self._features_seconds += result.timings.features
 
         skipped: dict[int, list[str]] = defaultdict(list)
         for reason, positions in result.skipped_rows.items():
             for k in positions:
-                skipped[int(owner[k])].append(f"object {combined.object_id[k]}: {reason}")
+                skipped[int(owner[k])].append(f"object {batch.object_id[k]}: {reason}")
         for i, reasons in skipped.items():
             dead[i] = DeadLetter(messages[i], UNCLASSIFIABLE, "; ".join(reasons))
         return result, owner[result.rows]

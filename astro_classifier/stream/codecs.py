@@ -1,15 +1,17 @@
 """Kafka message bytes <-> light curves and classifications.
 
-Input: a message value is decoded by :func:`decode_message`, the format registry's
+Input: message values are decoded by the format registry
 (:mod:`astro_classifier.formats.registry`: ``ztf-avro``, ``ztf-parquet``, ``rubin-avro``,
-``rubin-parquet``, ``rubin-wire``, ``json``); here live the schema lookups ``rubin-wire``
+``rubin-parquet``, ``rubin-wire``, ``json``), a micro-batch at a time by
+:func:`decode_micro_batch`, one message by :func:`decode_message`; here live the schema lookups ``rubin-wire``
 needs (a local schema folder or a Confluent Schema Registry). A registry that cannot be
 reached, or that answers 404 while it looks unhealthy (wiped, a wrong URL), is a transient
 failure, never the message's fault: see :class:`SchemaRegistry`.
 
 Output: one classification per alert, keyed by object id, as schemaless Avro with the schema
 ``schemas/classification.avsc`` shipped in this package (fields modelled on the ELAsTiCC
-broker-classification schema) or as JSON with the same fields.
+broker-classification schema) or as JSON with the same fields, mapped by
+:func:`classification_records` from classify()'s :class:`Predictions`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from astro_classifier.core.taxonomy import BROAD_CLASSES
 from astro_classifier.formats.registry import (  # noqa: F401  (the one dispatcher)
     decode_message,
     decode_messages,
+    decode_micro_batch,
 )
 from astro_classifier.formats.rubin import SchemaDirectory
 from astro_classifier.inference.predictions import Predictions

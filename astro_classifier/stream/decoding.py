@@ -2,13 +2,14 @@
 
 Decoding (Avro containers above all) is pure CPU work in Python, so one worker process
 decodes on one core however many the machine has. :class:`DecodePool` spreads a batch's
-messages over ``decode_workers`` processes and gives the results back **in message order**,
-one per message, exactly as the in-process path (``decode_workers: 0``) does: a decoded
-:class:`LightCurveBatch`, a :class:`PartialDecode` (a container with good and bad records),
-or the :class:`InputError` that dead-letters the message. The
-worker's loop, offsets and delivery do not know whether a pool was used: a batch is still
-decoded completely before it is classified, produced and committed, so the delivery
-guarantees are those of the in-process path.
+messages over ``decode_workers`` processes, each decoding a run of consecutive messages with
+:func:`decode_micro_batch`, and joins the runs **in message order** into the
+:class:`DecodedMessages` the in-process path (``decode_workers: 0``) gives: every alert's
+light curve in one batch with its message index, the :class:`PartialDecode` of containers
+with good and bad records, the :class:`InputError` of each message refused. The worker's
+loop, offsets and delivery do not know whether a pool was used: a batch is still decoded
+completely before it is classified, produced and committed, so the delivery guarantees are
+those of the in-process path.
 
 Failures keep their meaning across the process boundary: an :class:`InputError` stays the
 message's fault, a :class:`TransientError` (Schema Registry down) is raised again in the
@@ -35,15 +36,15 @@ from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from astro_classifier.core.errors import InputError, TransientError
-from astro_classifier.formats.registry import Decoded, decode_messages
+from astro_classifier.core.errors import TransientError
+from astro_classifier.formats.registry import DecodedMessages, decode_micro_batch
 
 log = logging.getLogger("astro_classifier.stream")
 
 TASKS_PER_WORKER = 2  # chunks per process and batch: balance against per-task overhead
 
-# One result per message (formats.registry.Decoded): a batch, a PartialDecode, or an InputError.
-# Across the process boundary: ("ok", batch or PartialDecode), or (kind, *details) for a failure.
+# Across the process boundary, per run of messages: ("ok", DecodedMessages), or
+# (kind, *details) for a failure that is not a message's (InputErrors are in DecodedMessages).
 
 
 class DecodeWorkerError(RuntimeError):
@@ -70,7 +71,10 @@ def _initialise(input_format: str, schemas: Any, cutout_size: int | None = None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _STATE.update(
-        decode=decode_messages, input_format=input_format, schemas=schemas, cutout_size=cutout_size
+        decode=decode_micro_batch,
+        input_format=input_format,
+        schemas=schemas,
+        cutout_size=cutout_size,
     )
 
 
@@ -79,20 +83,15 @@ def _ping(hold_s: float) -> int:
     return os.getpid()
 
 
-def _decode_chunk(items: list[tuple[bytes | None, str]]) -> list[tuple]:
+def _decode_chunk(items: list[tuple[bytes | None, str]]) -> tuple:
     decode = _STATE["decode"]
     try:
         decoded = decode(items, _STATE["input_format"], _STATE["schemas"], _STATE["cutout_size"])
     except TransientError as exc:
-        return [("transient", exc.dependency, exc.reason)]
+        return ("transient", exc.dependency, exc.reason)
     except Exception as exc:  # a bug: not a message's fault
-        return [("bug", type(exc).__name__, str(exc))]
-    return [
-        ("input", result.source, result.reason)
-        if isinstance(result, InputError)
-        else ("ok", result)
-        for result in decoded
-    ]
+        return ("bug", type(exc).__name__, str(exc))
+    return ("ok", decoded)
 
 
 # -- in the worker ------------------------------------------------------------------------
@@ -135,9 +134,9 @@ class DecodePool:
             log.debug("decode pool started: %d process(es) %s", self.workers, self.pids)
         return self
 
-    def decode(self, items: Sequence[tuple[bytes | None, str]]) -> list[Decoded]:
-        """(value, source) per message -> a batch, a PartialDecode or an InputError per
-        message, in order.
+    def decode(self, items: Sequence[tuple[bytes | None, str]]) -> DecodedMessages:
+        """(value, source) per message -> their :class:`DecodedMessages`, as
+        :func:`decode_micro_batch` gives in-process.
 
         Raises :class:`TransientError` (first one in message order) or
         :class:`DecodeWorkerError`.
@@ -148,22 +147,20 @@ class DecodePool:
         size = -(-len(items) // n_chunks)
         chunks = [list(items[i : i + size]) for i in range(0, len(items), size)]
         try:
-            results = [r for chunk in self._executor.map(_decode_chunk, chunks) for r in chunk]
+            results = list(self._executor.map(_decode_chunk, chunks))
         except BrokenProcessPool as exc:
             self.close()  # started again on the next batch
             raise DecodeWorkerError(f"a decode process died: {exc}") from exc
-        decoded: list[Decoded] = []
+        runs: list[DecodedMessages] = []
         for result in results:
             kind = result[0]
             if kind == "ok":
-                decoded.append(result[1])
-            elif kind == "input":
-                decoded.append(InputError(result[1], result[2]))
+                runs.append(result[1])
             elif kind == "transient":
                 raise TransientError(result[1], result[2])
             else:
                 raise DecodeWorkerError(f"decoding raised {result[1]}: {result[2]}")
-        return decoded
+        return DecodedMessages.concat(runs)
 
     def close(self) -> None:
         executor, self._executor = self._executor, None
