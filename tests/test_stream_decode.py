@@ -246,6 +246,56 @@ def test_a_message_whose_points_the_conversion_refuses_is_named(shared_data: Pat
     assert results[1].source == "alerts[0]@1" and "fid=7" in str(results[1])
 
 
+@pytest.mark.parametrize("fmt", ["ztf-avro", "rubin-avro", "rubin-wire"])
+def test_stamps_come_from_the_same_decode_as_the_light_curves(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """With stamps (models with an image tower) each message is decoded once: the light
+    curves are those decoded without stamps, the stamps those of a decode of their own."""
+    from astro_classifier.core.cutouts import CutoutBatch, align_cutouts
+    from astro_classifier.formats import registry, rubin, ztf
+
+    alerts, schemas = shared_data / "alerts", None
+    if fmt == "ztf-avro":
+        files = sorted((alerts / "ztf").glob("**/*.avro"))[::40]
+        module, name = ztf, "decode_avro_container"
+    elif fmt == "rubin-avro":
+        files = sorted((alerts / "lsst" / "fink-v7.4").glob("*.avro"))[::10]
+        module, name = rubin, "decode_avro_container"
+    else:
+        files = sorted((alerts / "lsst" / "wire-v7.4").glob("*.avro"))
+        schemas = SchemaDirectory(alerts / "lsst" / "schema")
+        module, name = rubin.fastavro, "schemaless_reader"
+    items = [(path.read_bytes(), f"alerts[0]@{k}") for k, path in enumerate(files)]
+    plain = registry.decode_micro_batch(items, fmt, schemas)
+    expected = CutoutBatch.concat(
+        [
+            align_cutouts(batch, registry.decode_cutouts(value, fmt, source, schemas, 63))
+            for (value, source), batch in zip(items, plain.per_message(), strict=True)
+        ]
+    )
+    calls = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = registry.decode_micro_batch(items, fmt, schemas, cutout_size=63)
+    assert len(calls) == len(items)  # one decode per message
+    assert_same_batch(got.batch, plain.batch)
+    stamps = got.batch.cutouts
+    assert stamps.ok.all()
+    for field in ("images", "valid", "ok", "failure", "object_id", "alert_id"):
+        np.testing.assert_array_equal(getattr(stamps, field), getattr(expected, field))
+    for key in expected.fields:
+        np.testing.assert_array_equal(stamps.fields[key], expected.fields[key])
+    assert avro.project_schema(  # the merged projection still skips what neither reads
+        fastavro.parse_schema(
+            fastavro.reader(io.BytesIO(items[0][0])).writer_schema
+            if fmt != "rubin-wire"
+            else schemas.get(int.from_bytes(items[0][0][1:5], "big"), "s")
+        ),
+        (ztf if fmt == "ztf-avro" else rubin).AVRO_STAMP_FIELDS,
+    )
+
+
 def test_a_transient_failure_in_the_pool_is_raised_in_the_worker(shared_data: Path) -> None:
     from astro_classifier.core.errors import TransientError
     from astro_classifier.stream.codecs import SchemaRegistry

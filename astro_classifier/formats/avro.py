@@ -157,6 +157,28 @@ class _Projector:
                 self._note_names(kind, namespace)
 
 
+def merge_projections(*projections: Projection) -> Projection:
+    """One projection reading every field of ``projections``: names in order of first
+    appearance; a field read whole in one is read whole, nested ones are merged."""
+    order: list[str] = []
+    nested: dict[str, list[Projection] | None] = {}  # None: the whole field
+    for projection in projections:
+        for item in projection:
+            name, inner = (item, None) if isinstance(item, str) else item
+            if name not in nested:
+                order.append(name)
+                nested[name] = None if inner is None else [inner]
+            elif inner is None:
+                nested[name] = None
+            elif nested[name] is not None:
+                nested[name].append(inner)  # type: ignore[union-attr]
+    merged: list[str | tuple[str, Projection]] = []
+    for name in order:
+        inner_list = nested[name]
+        merged.append(name if inner_list is None else (name, merge_projections(*inner_list)))
+    return tuple(merged)
+
+
 def project_schema(schema: Any, projection: Projection) -> Any | None:
     """The reader schema that decodes only ``projection``'s fields of ``schema`` records
     (parsed with fastavro), or None when no safe projection exists (decode everything)."""

@@ -61,6 +61,11 @@ class InputFormat:
     label_column: str | None = None  # where labels come from by default (object table column)
     # the alerts' image stamps of a file's or message's bytes: (value, schemas, source, size)
     stamps: Callable[[bytes, Any, str, int], CutoutBatch] | None = None
+    # One decode for light curves and stamps (formats with a records stage and stamps): the
+    # records decoded with their stamps too, which ``records_to_batch`` reads like the others,
+    # and the stamps of such records, one row per record in order: (records, source, size)
+    decode_records_with_stamps: Callable[[bytes, Any, str], list[Any]] | None = None
+    records_stamps: Callable[[list[Any], str, int], CutoutBatch] | None = None
     spectra: Callable[[Path], Spectra] | None = None  # the spectra beside the light curves
 
 

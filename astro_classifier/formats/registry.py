@@ -243,6 +243,13 @@ def decode_message(
     fmt = _message_format(input_format)
     if not value:
         raise InputError(source, f"empty message; expected {fmt.description}")
+    if cutout_size is not None and _stamps_in_records(fmt):
+        records = fmt.decode_records_with_stamps(value, schemas, source)  # type: ignore[misc]
+        if not records:
+            raise InputError(source, "the message holds no alert")
+        batch = _records_to_light_curves(fmt, records, source)
+        batch.cutouts = _record_cutouts(fmt, records, source, cutout_size)
+        return batch
     with np.errstate(all="ignore"):
         batch = clean_points(fmt.decode(value, schemas, source), fmt.absolute_time)
     if len(batch) == 0:
@@ -250,6 +257,26 @@ def decode_message(
     if cutout_size is not None:
         batch.cutouts = message_cutouts(batch, value, input_format, schemas, source, cutout_size)
     return batch
+
+
+def _stamps_in_records(fmt: InputFormat) -> bool:
+    """Whether the format's records stage can carry the stamps too (one decode for both)."""
+    return (
+        fmt.decode_records_with_stamps is not None
+        and fmt.records_stamps is not None
+        and fmt.records_to_batch is not None
+    )
+
+
+def _record_cutouts(fmt: InputFormat, records: list[Any], source: str, size: int) -> CutoutBatch:
+    """The stamps of one message's records (decoded with them), one row per record in order;
+    rows marked missing with the reason when they cannot be read."""
+    try:
+        return fmt.records_stamps(records, source, size)  # type: ignore[misc]
+    except InputError as exc:
+        missing = CutoutBatch.missing(len(records), size)
+        missing.failure[:] = f"cutouts not decodable: {exc.reason}"
+        return missing
 
 
 def _message_format(input_format: str) -> InputFormat:
@@ -408,12 +435,20 @@ def decode_micro_batch(
     one InputError.
 
     ``cutout_size``: as for :func:`decode_message`, ``batch.cutouts`` holds the alerts' stamps.
+    Formats whose records stage carries them (ZTF and Rubin Avro containers, Rubin wire
+    format) decode each message once, light curves and stamps together; Parquet rows read
+    the stamp columns apart from the light-curve columns.
     """
     fmt = _message_format(input_format)
     errors: dict[int, InputError] = {}
     partial: dict[int, PartialDecode] = {}
     parts: list[tuple[int, LightCurveBatch]] = []
-    if fmt.records_to_batch is None or fmt.decode_records is None or cutout_size is not None:
+    with_stamps = cutout_size is not None
+    if (
+        fmt.records_to_batch is None
+        or fmt.decode_records is None
+        or (with_stamps and not _stamps_in_records(fmt))
+    ):
         for i, (value, source) in enumerate(items):
             result = _decode_one(value, input_format, schemas, source, cutout_size)
             if isinstance(result, InputError):
@@ -425,12 +460,13 @@ def decode_micro_batch(
                 parts.append((i, result))
         return DecodedMessages.from_parts(len(items), parts, errors, partial)
 
+    read_records = fmt.decode_records_with_stamps if with_stamps else fmt.decode_records
     decoded: list[tuple[int, list[Any]]] = []  # (message index, its records)
     for i, (value, source) in enumerate(items):
         try:
             if not value:
                 raise InputError(source, f"empty message; expected {fmt.description}")
-            records = fmt.decode_records(value, schemas, source)
+            records = read_records(value, schemas, source)
             if not records:
                 raise InputError(source, "the message holds no alert")
         except InputError as exc:
@@ -449,15 +485,30 @@ def decode_micro_batch(
         for i, records in decoded:
             value, source = items[i]
             try:
-                parts.append((i, _records_to_light_curves(fmt, records, source)))
+                batch = _records_to_light_curves(fmt, records, source)
+                if with_stamps:
+                    batch.cutouts = _record_cutouts(fmt, records, source, cutout_size)  # type: ignore[arg-type]
+                parts.append((i, batch))
             except InputError as exc:  # record by record, where the container has several
                 split = _split_container(fmt, value, records, source, exc)  # type: ignore[arg-type]
                 if isinstance(split, PartialDecode):
+                    if with_stamps:
+                        refused = {e.index for e in split.record_errors}
+                        good = [k for k in range(len(records)) if k not in refused]
+                        stamps = _record_cutouts(fmt, records, source, cutout_size)  # type: ignore[arg-type]
+                        split.batch.cutouts = stamps.take(np.asarray(good, np.int64))
                     partial[i] = split
                     parts.append((i, split.batch))
                 else:
                     errors[i] = split
         return DecodedMessages.from_parts(len(items), parts, errors, partial)
+    if with_stamps:
+        combined.cutouts = CutoutBatch.concat(
+            [
+                _record_cutouts(fmt, records, items[i][1], cutout_size)  # type: ignore[arg-type]
+                for i, records in decoded
+            ]
+        )
     message = np.repeat(
         np.array([i for i, _ in decoded], np.int64), [len(records) for _, records in decoded]
     )

@@ -64,7 +64,9 @@ from astro_classifier.core.units import rubin_flux_to_njy
 from astro_classifier.formats.avro import (
     WIRE_HEADER,
     WIRE_MAGIC_BYTE,
+    Projection,
     decode_avro_container,
+    merge_projections,
     projected_reader_schema,
 )
 from astro_classifier.formats.base import InputFormat, ReadOptions
@@ -314,10 +316,13 @@ def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
 
 
 # -- Avro container files ---------------------------------------------------------------
-def decode_rubin_avro_bytes(data: bytes, source: str) -> list[dict]:
-    """Decode an Avro container of Rubin/LSST alerts (a file's or a Kafka message's bytes)."""
+def decode_rubin_avro_bytes(
+    data: bytes, source: str, fields: Projection = AVRO_FIELDS
+) -> list[dict]:
+    """Decode an Avro container of Rubin/LSST alerts (a file's or a Kafka message's bytes);
+    the records hold ``fields`` (default: what the light curves use)."""
     expected = "expected an Avro object container file of Rubin/LSST alerts"
-    writer_schema, records = decode_avro_container(data, source, expected, AVRO_FIELDS)
+    writer_schema, records = decode_avro_container(data, source, expected, fields)
     if not is_rubin_avro_schema(writer_schema):
         raise InputError(
             source,
@@ -393,8 +398,11 @@ class SchemaDirectory:
         return self._parsed[schema_id]
 
 
-def decode_rubin_wire(data: bytes, schemas: SchemaDirectory, source: str) -> dict:
-    """Decode one Confluent wire-format message value into a Rubin alert record (dict).
+def decode_rubin_wire(
+    data: bytes, schemas: SchemaDirectory, source: str, fields: Projection = AVRO_FIELDS
+) -> dict:
+    """Decode one Confluent wire-format message value into a Rubin alert record (dict) holding
+    ``fields`` (default: what the light curves use).
 
     Any malformed message (empty, short, wrong magic byte, unknown schema id, truncated or
     corrupt body, bytes left over) raises :class:`InputError` naming ``source``. Avro has no
@@ -410,7 +418,7 @@ def decode_rubin_wire(data: bytes, schemas: SchemaDirectory, source: str) -> dic
     body = io.BytesIO(data)
     body.seek(WIRE_HEADER.size)
     try:
-        reader = projected_reader_schema(schema, AVRO_FIELDS)  # only the fields used
+        reader = projected_reader_schema(schema, fields)  # only the fields used
         record = fastavro.schemaless_reader(body, schema, reader)
     except Exception as exc:  # fastavro raises many kinds on corrupt input
         raise InputError(
@@ -503,6 +511,10 @@ def rubin_cutouts(
     return stamps_to_batch(rows, "rubin", source, size)
 
 
+# One decode for the light curves and the stamps (the worker, for models with an image tower).
+AVRO_STAMP_FIELDS = merge_projections(AVRO_FIELDS, STAMP_FIELDS)
+
+
 def _avro_stamps(value: bytes, _schemas: Any, source: str, size: int) -> CutoutBatch:
     expected = "expected an Avro object container file of Rubin/LSST alerts"
     records = decode_avro_container(value, source, expected, STAMP_FIELDS)[1]
@@ -553,6 +565,10 @@ def _avro_records(value: bytes, _schemas: Any, source: str) -> list[Any]:
     return decode_rubin_avro_bytes(value, source)
 
 
+def _avro_records_with_stamps(value: bytes, _schemas: Any, source: str) -> list[Any]:
+    return decode_rubin_avro_bytes(value, source, AVRO_STAMP_FIELDS)
+
+
 def _decode_avro(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
     return rubin_records_to_batch(_avro_records(value, schemas, source), source)
 
@@ -575,10 +591,20 @@ def _read_wire(paths: list[Path], options: ReadOptions) -> LightCurveBatch:
     return read_rubin_wire(paths, options.schema_dir)
 
 
-def _decode_wire(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
+def _wire_records(
+    value: bytes, schemas: Any, source: str, fields: Projection = AVRO_FIELDS
+) -> list[Any]:
     if schemas is None:
         raise ValueError("rubin-wire needs a schema directory or a schema registry")
-    return rubin_records_to_batch([decode_rubin_wire(value, schemas, source)], source)
+    return [decode_rubin_wire(value, schemas, source, fields)]
+
+
+def _wire_records_with_stamps(value: bytes, schemas: Any, source: str) -> list[Any]:
+    return _wire_records(value, schemas, source, AVRO_STAMP_FIELDS)
+
+
+def _decode_wire(value: bytes, schemas: Any, source: str) -> LightCurveBatch:
+    return rubin_records_to_batch(_wire_records(value, schemas, source), source)
 
 
 RUBIN_AVRO = InputFormat(
@@ -591,6 +617,8 @@ RUBIN_AVRO = InputFormat(
     records_to_batch=rubin_records_to_batch,
     message_per_file=True,
     stamps=_avro_stamps,
+    decode_records_with_stamps=_avro_records_with_stamps,
+    records_stamps=rubin_cutouts,
 )
 RUBIN_PARQUET = InputFormat(
     "rubin-parquet",
@@ -606,6 +634,10 @@ RUBIN_WIRE = InputFormat(
     lambda probe: len(probe.head) >= WIRE_HEADER.size and probe.head[0] == WIRE_MAGIC_BYTE,
     _read_wire,
     _decode_wire,
+    decode_records=_wire_records,
+    records_to_batch=rubin_records_to_batch,
     message_per_file=True,
     stamps=_wire_stamps,
+    decode_records_with_stamps=_wire_records_with_stamps,
+    records_stamps=rubin_cutouts,
 )

@@ -66,7 +66,7 @@ from astro_classifier.core.units import (
     ztf_difference_mag_to_njy,
     ztf_forced_flux_to_njy,
 )
-from astro_classifier.formats.avro import decode_avro_container
+from astro_classifier.formats.avro import decode_avro_container, merge_projections
 from astro_classifier.formats.base import InputFormat, ReadOptions
 from astro_classifier.formats.stamps import label_value, parquet_stamp_records, stamps_to_batch
 
@@ -512,10 +512,18 @@ def ztf_cutouts(
     return stamps_to_batch(rows, "ztf", source, size)
 
 
+# One decode for the light curves and the stamps (the worker, for models with an image tower).
+AVRO_STAMP_FIELDS = merge_projections(AVRO_FIELDS, STAMP_FIELDS)
+
+
 def _avro_stamps(value: bytes, _schemas: Any, source: str, size: int) -> CutoutBatch:
     return ztf_cutouts(
         decode_avro_container(value, source, EXPECTED, STAMP_FIELDS)[1], source, size
     )
+
+
+def _avro_records_with_stamps(value: bytes, _schemas: Any, source: str) -> list[Any]:
+    return decode_avro_container(value, source, EXPECTED, AVRO_STAMP_FIELDS)[1]
 
 
 def _parquet_stamps(value: bytes, _schemas: Any, source: str, size: int) -> CutoutBatch:
@@ -554,6 +562,8 @@ ZTF_AVRO = InputFormat(
     records_to_batch=ztf_records_to_batch,
     message_per_file=True,
     stamps=_avro_stamps,
+    decode_records_with_stamps=_avro_records_with_stamps,
+    records_stamps=ztf_cutouts,
 )
 ZTF_PARQUET = InputFormat(
     "ztf-parquet",
