@@ -64,6 +64,8 @@ def info_command(
             f"{o.score} score > {o.threshold:.3f}{below}, fewer than {o.min_points} points, "
             "or a known solar-system object"
         )
+        if o.fitted_on:
+            rows["OOD score fitted on"] = o.fitted_on
     for key, value in rows.items():
         table.add_row(key, str(value))
     console.print(table)

@@ -19,7 +19,8 @@ Out-of-distribution score (``ood``; higher = less like the training data):
   the graph output ``ood`` = ``(D(e) - a) / b + (E(z) - c) / d``, with ``e`` the embedding,
   ``D(e) = min_k (e - mu_k)^T S^-1 (e - mu_k)`` the squared Mahalanobis distance to the nearest
   class Gaussian (class means ``mu_k`` and one shared, Ledoit-Wolf-shrunk covariance S fitted
-  on the training split's embeddings; Lee et al. 2018), ``E(z)`` the energy below, and
+  on the embeddings of the training split's light curves, whole or cut at random times as
+  training saw them; Lee et al. 2018), ``E(z)`` the energy below, and
   ``a, b, c, d`` the mean and standard deviation of each on the validation objects (see
   :mod:`astro_classifier.export.gaussian_ood`). ``mahalanobis`` (``D(e)`` alone) and
   ``relative_mahalanobis`` (``D(e)`` minus the distance to one Gaussian of all training
