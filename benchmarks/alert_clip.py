@@ -96,7 +96,7 @@ def main() -> None:
         train_clip,
     )
     from astro_classifier.training.dataset import TrainingDataset
-    from astro_classifier.training.registry import load_model_dir
+    from astro_classifier.families.registry import load_model_dir
     from astro_classifier.training.sources import grouped_splits, read_training_objects
     from astro_classifier.training.train import seed_everything
 

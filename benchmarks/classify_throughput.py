@@ -259,7 +259,7 @@ def main() -> None:
     if torch is not None and meta.modalities:
         print("multimodal (CLIP) model: the torch eager comparison covers ATAT models only")
     elif torch is not None:
-        from astro_classifier.training.registry import create_model
+        from astro_classifier.families.registry import create_model
 
         net = create_model(meta.architecture, **meta.architecture_config).eval()
         device = torch.device("cuda" if args.provider == "cuda" else "cpu")

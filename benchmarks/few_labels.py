@@ -326,7 +326,7 @@ def embedding_map(pretrain_dir: Path, path: Path) -> None:
 
     from astro_classifier.training.clip_train import embed_dataset, extra_inputs
     from astro_classifier.training.dataset import TrainingDataset
-    from astro_classifier.training.registry import load_model_dir
+    from astro_classifier.families.registry import load_model_dir
 
     _, model = load_model_dir(pretrain_dir)
     ckpt = torch.load(pretrain_dir / "checkpoint.pt", map_location="cpu", weights_only=True)

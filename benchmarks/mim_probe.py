@@ -1,5 +1,5 @@
 """Image cutouts as a modality: masked-image-modelling pretraining of the
-tiny ViT of :mod:`astro_classifier.training.image` on every alert cutout under the shared
+tiny ViT of :mod:`astro_classifier.families.image` on every alert cutout under the shared
 ``alerts`` folder, then linear probes on the frozen embeddings against probes on the raw
 pixels, and the encoder's CPU speed through ONNX Runtime.
 
@@ -131,7 +131,7 @@ def plot_reconstructions(model, images, valid, surveys, path: Path, seed: int = 
     import matplotlib.pyplot as plt
     import torch
 
-    from astro_classifier.training.image import mask_to_pixels, random_patch_mask
+    from astro_classifier.families.image import mask_to_pixels, random_patch_mask
 
     cfg = model.encoder.config
     gen = torch.Generator().manual_seed(seed)
@@ -169,7 +169,7 @@ def onnx_speed(encoder, images: np.ndarray, batch: int = 256, repeats: int = 5) 
     import onnxruntime as ort
     import torch
 
-    from astro_classifier.training.image import export_image_encoder
+    from astro_classifier.families.image import export_image_encoder
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_image_encoder(encoder, Path(tmp) / "image_encoder.onnx")
@@ -217,7 +217,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from astro_classifier.core.cutouts import STAMPS
     from astro_classifier.formats.registry import read_cutouts
-    from astro_classifier.training.image import (
+    from astro_classifier.families.image import (
         ImageEncoder,
         ImageEncoderConfig,
         MIMConfig,

@@ -153,7 +153,7 @@ def main() -> None:
     from rich.console import Console
 
     from astro_classifier.training.clip_train import embed_dataset, extra_inputs, train_clip
-    from astro_classifier.training.registry import load_model_dir
+    from astro_classifier.families.registry import load_model_dir
     from astro_classifier.training.train import seed_everything
 
     torch.set_num_threads(args.threads)

@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from astro_classifier.training.atat import ATAT, ATATConfig  # noqa: E402
-from astro_classifier.training.registry import (  # noqa: E402
+from astro_classifier.families.atat import ATAT, ATATConfig  # noqa: E402
+from astro_classifier.families.registry import (  # noqa: E402
     create_model,
     list_models,
     register_model,
@@ -207,7 +207,7 @@ def test_fit_quantiles_with_an_all_nan_feature() -> None:
 def test_last_block_from_cls_alone_equals_every_row(n_features: int) -> None:
     """The encoders compute only the CLS row of their last block; every row through every
     block (then CLS) gives the same output, in training mode too (dropout off)."""
-    from astro_classifier.training.atat import MASKED_SCORE
+    from astro_classifier.families.atat import MASKED_SCORE
 
     model = _tiny(n_features)
     inputs = _inputs(batch=6, length=11, n_features=n_features)
@@ -246,7 +246,7 @@ def test_export_forms_equal_the_training_forms(n_features: int) -> None:
     """Inside fused_attention_export the model runs its export forms (rows as Gemm, the
     last block scored in the input space, the folded feature tokenizer, the missing token
     by arithmetic): same outputs."""
-    from astro_classifier.training.atat import fused_attention_export
+    from astro_classifier.families.atat import fused_attention_export
 
     model = _tiny(n_features)
     if n_features:
@@ -266,7 +266,7 @@ def test_export_forms_equal_the_training_forms(n_features: int) -> None:
 
 def test_last_block_export_form_for_several_queries() -> None:
     """The input-space scoring of a last block holds for any number of query rows."""
-    from astro_classifier.training.atat import MASKED_SCORE
+    from astro_classifier.families.atat import MASKED_SCORE
 
     attn = _tiny().lc_encoder.blocks[0].attn
     g = torch.Generator().manual_seed(4)
@@ -288,7 +288,7 @@ def test_feature_tokenizer_export_form_on_ties_edges_and_infinities() -> None:
     """The folded tokenizer (start, slope, clip) gives the training form's steps exactly
     where it matters: at tied quantiles (0 up to the tie threshold, 1 above), at the table
     edges, beyond them, at +-inf, and for a subnormal segment width."""
-    from astro_classifier.training.atat import TIE_TOLERANCE, QuantileFeatureTokens
+    from astro_classifier.families.atat import TIE_TOLERANCE, QuantileFeatureTokens
 
     q = torch.tensor(
         [

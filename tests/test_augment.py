@@ -163,7 +163,7 @@ def test_training_objects_from_several_sources_with_label_map(shared_data):
     ],
 )
 def test_model_typos_are_refused_before_reading_data(override, message):
-    from astro_classifier.training.registry import check_model_args
+    from astro_classifier.families.registry import check_model_args
 
     cfg = TrainConfig.model_validate(
         {"data": {"light_curves": "missing.csv"}, "export": {"name": "m"}, **override}

@@ -30,7 +30,7 @@ from astro_classifier.features.preprocess import light_curves_to_inputs  # noqa:
 from astro_classifier.inference.classify import classify  # noqa: E402
 from astro_classifier.inference.embeddings import embed_objects, search  # noqa: E402
 from astro_classifier.inference.model import LoadedModel, read_metadata  # noqa: E402
-from astro_classifier.training.clip import (  # noqa: E402
+from astro_classifier.families.clip import (  # noqa: E402
     CLIP,
     CLIP_TINY,
     ClipConfig,
@@ -39,7 +39,7 @@ from astro_classifier.training.clip import (  # noqa: E402
 )
 from astro_classifier.training.config import TrainConfig  # noqa: E402
 from astro_classifier.training.dataset import TrainingDataset  # noqa: E402
-from astro_classifier.training.registry import (  # noqa: E402
+from astro_classifier.families.registry import (  # noqa: E402
     MODEL_YAML,
     WEIGHTS,
     create_model,

@@ -34,7 +34,7 @@ from astro_classifier.formats.registry import (  # noqa: E402
 )
 from astro_classifier.inference.classify import classify  # noqa: E402
 from astro_classifier.inference.model import LoadedModel  # noqa: E402
-from astro_classifier.training.clip import CLIP, CLIP_TINY, ClipConfig  # noqa: E402
+from astro_classifier.families.clip import CLIP, CLIP_TINY, ClipConfig  # noqa: E402
 
 FEATURES = ("ra", "decl")
 

@@ -44,7 +44,7 @@ def test_every_config_validates_and_round_trips(path: Path, tmp_path: Path) -> N
 
 def test_every_config_builds_its_model() -> None:
     torch = pytest.importorskip("torch")
-    from astro_classifier.training.registry import create_model
+    from astro_classifier.families.registry import create_model
 
     for path in CONFIGS:
         cfg = TrainConfig.from_yaml(path)

@@ -18,7 +18,7 @@ from astro_classifier.training.contrastive import (  # noqa: E402
     pretrain_on_renderings,
     pretraining_rows,
 )
-from astro_classifier.training.registry import create_model  # noqa: E402
+from astro_classifier.families.registry import create_model  # noqa: E402
 
 
 def test_nt_xent_known_answers() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from astro_classifier.formats.registry import read_cutouts
-from astro_classifier.training.image import (
+from astro_classifier.families.image import (
     ImageEncoder,
     ImageEncoderConfig,
     MaskedImageModel,

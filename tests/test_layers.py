@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "core"),  # "": the root module, astro_classifier/__init__.py (__version__ only)
     ("formats", "catalogs"),  # formats.labelled declares the catalogues: formats -> catalogs
     ("features",),
-    ("families",),  # model families (torch modules); in training/ until families/ exists
+    ("families",),  # model families: torch modules, their losses and export forms (train extra)
     ("inference",),
     ("evaluation",),  # metrics, evaluate() (classifies through inference), plots
     ("training", "export"),  # export -> training, never the other way
@@ -38,11 +38,11 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     (f"{ROOT}.cli.stream", f"{ROOT}.stream.config"): "stream extra (pydantic-settings)",
     (f"{ROOT}.cli.stream", f"{ROOT}.stream.worker"): "stream extra (confluent_kafka)",
     (f"{ROOT}.cli.train", f"{ROOT}.training.config"): "train extra (torch)",
-    (f"{ROOT}.cli.train", f"{ROOT}.training.registry"): "train extra (torch)",
+    (f"{ROOT}.cli.train", f"{ROOT}.families.registry"): "train extra (torch)",
     (f"{ROOT}.cli.train", f"{ROOT}.training.train"): "train extra (torch)",
     (f"{ROOT}.cli.train", f"{ROOT}.export.onnx_export"): "train extra (torch)",
     (f"{ROOT}.cli.train", f"{ROOT}.export.reexport"): "train extra (torch)",
-    (f"{ROOT}.training.config", f"{ROOT}.training.registry"): "train extra (torch)",
+    (f"{ROOT}.training.config", f"{ROOT}.families.registry"): "train extra (torch)",
 }
 
 # Module imports that close a cycle and cannot be removed yet. Each is still required to

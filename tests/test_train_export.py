@@ -463,7 +463,7 @@ def test_tiny_model_classifies_with_scores_and_abstains(exported, run) -> None:
 def test_warm_start_reads_every_served_weight_from_the_graph(exported, run) -> None:
     """An exported file alone gives back the network's weights (the calibration wrapper's
     prefix and temperature aside): all but the two heads serving never computes."""
-    from astro_classifier.training.registry import create_model
+    from astro_classifier.families.registry import create_model
     from astro_classifier.training.warm_start import load_onnx_weights
 
     trained, _ = load_checkpoint(run[0])

@@ -15,7 +15,7 @@ from rich.console import Console  # noqa: E402
 
 from astro_classifier.export.clip_export import PARITY_TOLERANCE, export_clip_run  # noqa: E402
 from astro_classifier.features.spectra import model_input, normalise, resample  # noqa: E402
-from astro_classifier.training.clip import CLIP, CLIP_TINY, ClipConfig  # noqa: E402
+from astro_classifier.families.clip import CLIP, CLIP_TINY, ClipConfig  # noqa: E402
 from astro_classifier.training.config import TrainConfig  # noqa: E402
 from astro_classifier.training.dataset import TrainingDataset  # noqa: E402
 from astro_classifier.training.train import train  # noqa: E402
@@ -177,7 +177,7 @@ def test_embed_spectra_and_search_light_curves_against_them(
     # only objects with a usable spectrum get a spectrum embedding (the others are counted)
     assert 100 < spectra.num_rows < photometry.num_rows
     from astro_classifier.training.clip_train import spectrum_inputs
-    from astro_classifier.training.registry import load_model_dir
+    from astro_classifier.families.registry import load_model_dir
 
     ds = TrainingDataset.load(pre_dir / "dataset.h5")
     _, pretrained = load_model_dir(pre_dir)

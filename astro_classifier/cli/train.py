@@ -40,7 +40,7 @@ def train_command(
     from pydantic import ValidationError
 
     from astro_classifier.training.config import TrainConfig
-    from astro_classifier.training.registry import check_model_args
+    from astro_classifier.families.registry import check_model_args
     from astro_classifier.training.train import train
 
     try:

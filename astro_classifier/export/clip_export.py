@@ -50,7 +50,7 @@ from astro_classifier.inference.model import (
     default_extra_inputs,
     default_length_buckets,
 )
-from astro_classifier.training.clip import CLIP
+from astro_classifier.families.clip import CLIP
 from astro_classifier.training.clip_train import spectrum_inputs
 from astro_classifier.training.dataset import TrainingDataset
 

@@ -1,7 +1,7 @@
 """Run directory -> one ONNX model bundle, checked and compared with torch before it is kept.
 
 Steps: rebuild the model from ``checkpoint.pt``; compute the embeddings and raw logits of its
-output head (:meth:`ATAT.forward_embedding <astro_classifier.training.atat.ATAT.forward_embedding>`)
+output head (:meth:`ATAT.forward_embedding <astro_classifier.families.atat.ATAT.forward_embedding>`)
 on every validation object of the run (whole light curves) and on up to
 :data:`MAX_GAUSSIAN_OBJECTS` objects of its training split as training saw them (whole, or cut
 at a random time with the run's truncation probability: :func:`training_calls`), and fit
@@ -90,11 +90,11 @@ from astro_classifier.inference.model import (
     default_length_buckets,
     energy_score,
 )
-from astro_classifier.training.atat import ATATConfig, fused_attention_export
+from astro_classifier.families.atat import ATATConfig, fused_attention_export
 from astro_classifier.training.config import TrainingSection
 from astro_classifier.training.dataset import TrainingDataset
-from astro_classifier.training.opset import OPSET
-from astro_classifier.training.registry import (
+from astro_classifier.families.opset import OPSET
+from astro_classifier.families.registry import (
     MODEL_YAML,
     WEIGHTS,
     create_model,

@@ -56,7 +56,7 @@ from astro_classifier.inference.model import (
     ModelMetadata,
     read_metadata,
 )
-from astro_classifier.training.registry import create_model
+from astro_classifier.families.registry import create_model
 from astro_classifier.training.warm_start import load_onnx_weights
 
 # Heads the serving graph does not compute: their weights are not in the file, and the

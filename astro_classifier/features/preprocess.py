@@ -20,7 +20,7 @@ from astro_classifier.features.render import nightly_bin
 
 # Object metadata a model may use as tabular inputs (canonical names, see formats/plasticc.py).
 # hostgal_specz is deliberately absent: it is unknown for most real objects. ra and decl
-# (degrees) are for models that derive the galactic latitude in their graph (training/clip.py).
+# (degrees) are for models that derive the galactic latitude in their graph (families/clip.py).
 KNOWN_METADATA_FEATURES = (
     "hostgal_photoz",
     "hostgal_photoz_err",

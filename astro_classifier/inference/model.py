@@ -8,7 +8,7 @@ Graph outputs: ``probabilities`` = softmax(logits / T), calibrated by the temper
 at export (``calibration``), and ``logits``, the raw (uncalibrated) logits of the same head.
 ATAT files exported with the out-of-distribution Gaussians also have ``embedding`` (B, D)
 float32, the vector the output head reads (:meth:`ATAT.forward_embedding
-<astro_classifier.training.atat.ATAT.forward_embedding>`), and ``ood`` (B,) float32, the OOD
+<astro_classifier.families.atat.ATAT.forward_embedding>`), and ``ood`` (B,) float32, the OOD
 score computed inside the graph. Files written before calibration existed have only
 ``probabilities``; they still load, and :meth:`LoadedModel.ood_spec` then falls back to a
 score computed from the probabilities. Files without ``ood`` serve the energy score.

@@ -1,1 +1,1 @@
-"""Training in PyTorch (the `train` extra): ATAT, the model registry, configs, the loop."""
+"""Training in PyTorch (the `train` extra): configs, data sets, the one training loop."""

@@ -52,7 +52,7 @@ from astro_classifier.evaluation.plots import plot_confusion_matrix, plot_learni
 from astro_classifier.features.preprocess import light_curves_to_inputs
 from astro_classifier.features.spectra import model_input
 from astro_classifier.formats.registry import SPECTRA_FORMATS, read_cutouts_of, read_spectra_of
-from astro_classifier.training.clip import CLIP, default_presence
+from astro_classifier.families.clip import CLIP, default_presence
 from astro_classifier.training.common import (
     label_seed,
     label_subset,
@@ -62,7 +62,7 @@ from astro_classifier.training.common import (
 )
 from astro_classifier.training.config import TrainConfig
 from astro_classifier.training.dataset import TrainingDataset
-from astro_classifier.training.registry import (
+from astro_classifier.families.registry import (
     create_model,
     get_entry,
     load_model_dir,

@@ -36,7 +36,7 @@ class _Strict(BaseModel):
 
 
 class ModelSection(_Strict):
-    name: str = Field("atat", description="registered architecture (see training/registry.py)")
+    name: str = Field("atat", description="registered architecture (see families/registry.py)")
     args: dict[str, Any] = Field(default_factory=dict, description="architecture overrides")
     init_from: str | None = Field(
         None,
@@ -259,7 +259,7 @@ class TrainConfig(_Strict):
         """Refuse an unknown model name or argument, or a model/objective mismatch
         (ValueError). Needs torch (the registry builds models); skipped without it."""
         try:  # the registry builds models with torch (the `train` extra); a config does not
-            from astro_classifier.training.registry import check_model_args, get_entry
+            from astro_classifier.families.registry import check_model_args, get_entry
         except ImportError:  # no torch: nothing can be trained anyway
             return
         check_model_args(self.model.name, self.model.args)

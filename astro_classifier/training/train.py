@@ -45,7 +45,7 @@ from astro_classifier.training.common import (
 from astro_classifier.training.config import TrainConfig
 from astro_classifier.training.contrastive import pretrain_on_renderings, pretraining_rows
 from astro_classifier.training.dataset import TrainingDataset
-from astro_classifier.training.registry import (
+from astro_classifier.families.registry import (
     create_model,
     get_entry,
     load_model_dir,

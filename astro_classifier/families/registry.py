@@ -13,7 +13,7 @@ An entry carries
   quantile tables of the feature tokenizer), called as ``fit(model, train_features)`` with
   the (N, F) raw tabular values of the training objects;
 - ``family``: ``"atat"`` (supervised light curve + tabular) or ``"clip"`` (multimodal,
-  contrastive pretraining then classification, see :mod:`astro_classifier.training.clip`).
+  contrastive pretraining then classification, see :mod:`astro_classifier.families.clip`).
 
 Run directories hold ``model.yaml`` (:func:`model_yaml`: name + full config) beside
 ``weights.pt`` (a plain ``state_dict``); :func:`load_model_dir` rebuilds the model from them
@@ -33,8 +33,8 @@ import torch
 import yaml
 from torch import nn
 
-from astro_classifier.training.atat import ATAT, ATATConfig
-from astro_classifier.training.clip import CLIP, CLIP_TINY, ClipConfig, fit_clip
+from astro_classifier.families.atat import ATAT, ATATConfig
+from astro_classifier.families.clip import CLIP, CLIP_TINY, ClipConfig, fit_clip
 
 MODEL_YAML = "model.yaml"
 WEIGHTS = "weights.pt"

@@ -3,7 +3,7 @@
 Modalities (``ClipConfig.modalities``, any subset holding ``photometry``):
 
 - ``photometry``: ATAT's light-curve encoder (time-modulated flux tokens + pre-norm
-  transformer), its CLS output pooled; the classes of :mod:`astro_classifier.training.atat`
+  transformer), its CLS output pooled; the classes of :mod:`astro_classifier.families.atat`
   are reused, not copied.
 - ``metadata``: ATAT's quantile feature tokenizer + transformer over the tabular columns
   ``feature_names``. When ``ra`` and ``decl`` are among them, the model replaces both by the
@@ -17,7 +17,7 @@ Modalities (``ClipConfig.modalities``, any subset holding ``photometry``):
 - ``image``: the alert's three cutouts (science, template, difference), centred and
   normalised by :mod:`astro_classifier.formats.stamps` (the one decoding of training and
   serving) into (B, 3, ``image_size``, ``image_size``), through the tiny ViT of
-  :mod:`astro_classifier.training.image` (``image_patch`` pixel patches, ``image_layers``
+  :mod:`astro_classifier.families.image` (``image_patch`` pixel patches, ``image_layers``
   blocks, width ``d_model``).
 
 Each encoder output goes through a projection head (Linear-GELU-Linear) to ``embed_dim`` and is
@@ -41,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from astro_classifier.training.atat import (
+from astro_classifier.families.atat import (
     ATATConfig,
     Encoder,
     QuantileFeatureTokens,
     TimeModulatedTokens,
 )
-from astro_classifier.training.image import ImageEncoder, ImageEncoderConfig
+from astro_classifier.families.image import ImageEncoder, ImageEncoderConfig
 
 MODALITIES = ("photometry", "metadata", "spectrum", "image")
 # Galactic north pole (J2000): RA 192.85948 deg, Dec 27.12825 deg.

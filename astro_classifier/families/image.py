@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from astro_classifier.training.opset import OPSET
+from astro_classifier.families.opset import OPSET
 
 
 @dataclass(frozen=True)
