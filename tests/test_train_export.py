@@ -508,14 +508,14 @@ def test_reexport_from_the_onnx_file_keeps_outputs_and_metadata(
         np.testing.assert_allclose(got.ood, expected.ood, atol=1e-4, rtol=1e-5)
 
 
-def test_reexport_refuses_without_data_and_from_a_float16_file(exported, tmp_path) -> None:
+def test_reexport_refuses_without_data_and_from_a_float16_file(run, exported, tmp_path) -> None:
     from astro_classifier.core.errors import ModelError
     from astro_classifier.export.reexport import reexport_onnx
-    from astro_classifier.inference.model import fp16_companion, resolve_model_path
 
     with pytest.raises(ModelError, match="no light curves"):
         reexport_onnx(exported[0], tmp_path / "x.onnx", [])
-    half = fp16_companion(resolve_model_path("atat-lsst"))
+    half = tmp_path / "half.onnx"
+    export_run(run[0], half, fp16=True)
     with pytest.raises(ModelError, match="fp16 model; re-export its fp32 file"):
         reexport_onnx(half, tmp_path / "x.onnx", [])
     assert not (tmp_path / "x.onnx").exists()
