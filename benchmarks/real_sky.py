@@ -381,7 +381,7 @@ def evaluate_set(
     real: RealSet,
     batch: LightCurveBatch,
     model: LoadedModel,
-    baselines: Baselines,
+    baselines: Baselines | None,
 ) -> dict[str, Any]:
     labels = list(model.metadata.labels)
     spec = model.metadata.preprocessing
@@ -399,7 +399,7 @@ def evaluate_set(
         "model": score(truth, proba, labels, result.abstain) if len(result.rows) else None,
         "abstained": dict(result.abstained),
     }
-    if len(result.rows):
+    if len(result.rows) and baselines is not None:
         fitted, fit_seconds, n_fit = baselines.get(model)
         kept, _ = keep_model_bands(batch.select(result.rows), spec)
         x = tabular_features(kept, spec, n_jobs=2)
@@ -411,11 +411,19 @@ def evaluate_set(
     return out
 
 
+def model_key(loaded: dict[str, LoadedModel], name: str) -> str:
+    """The model's name, or "name version" when two models of one name are compared."""
+    meta = loaded[name].metadata
+    same_name = [m for m in loaded.values() if m.metadata.name == meta.name]
+    return meta.name if len(same_name) == 1 else f"{meta.name} {meta.version}"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     data = args.data or shared_data_dir()
     started = time.perf_counter()
     baselines = Baselines(data)
-    loaded: dict[str, LoadedModel] = {}
+    # models named on the command line are loaded first, so that their keys are stable
+    loaded = {name: LoadedModel.load(name, provider="cpu", threads=2) for name in args.model or []}
     sets: dict[str, Any] = {}
     for real in SETS:
         if args.sets and real.name not in args.sets:
@@ -443,8 +451,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if name not in loaded:
                 loaded[name] = LoadedModel.load(name, provider="cpu", threads=2)
             print(f"{real.name}: {len(batch)} objects, {name} ...", file=sys.stderr, flush=True)
-            entry["models"][loaded[name].metadata.name] = evaluate_set(
-                real, batch, loaded[name], baselines
+            entry["models"][model_key(loaded, name)] = evaluate_set(
+                real, batch, loaded[name], None if args.no_baseline else baselines
             )
         sets[real.name] = entry
     return {
@@ -455,6 +463,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "models": args.model,
             "sets": args.sets,
             "max_objects": args.max_objects,
+            "baseline": not args.no_baseline,
         },
         "protocol": {
             "split": "astro_classifier.data.splits.real_sky_split (test fraction 0.3, id hash)"
@@ -510,7 +519,7 @@ def markdown(result: dict[str, Any]) -> str:
             if not m:
                 continue
             parts = [
-                f"{c} {r['recall']:.2f} / {b['recall'][c]['recall']:.2f} (n {r['n']})"
+                f"{c} {r['recall']:.2f} / {_f(b['recall'][c]['recall'] if b else None)} (n {r['n']})"
                 for c, r in m["recall"].items()
             ]
             lines.append(f"- {name}, {model}: " + ("; ".join(parts) or "no class of the model"))
@@ -524,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", choices=[s.name for s in SETS], default=None)
     parser.add_argument(
         "--max-objects", type=int, default=None, help="evaluate a random subset per set"
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the feature baseline (fitting it on a model's training set takes minutes)",
     )
     parser.add_argument("--data", type=Path, default=None, help="shared data folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
