@@ -243,11 +243,9 @@ def test_last_block_from_cls_alone_equals_every_row(n_features: int) -> None:
 
 @pytest.mark.parametrize("n_features", [N_FEATURES, 0])
 def test_export_forms_equal_the_training_forms(n_features: int) -> None:
-    """Inside fused_attention_export the model runs its export forms (rows as Gemm, the
+    """With ``export_form=True`` the model runs its export forms (rows as Gemm, the
     last block scored in the input space, the folded feature tokenizer, the missing token
     by arithmetic): same outputs."""
-    from astro_classifier.families.atat import fused_attention_export
-
     model = _tiny(n_features)
     if n_features:
         g = torch.Generator().manual_seed(3)
@@ -258,8 +256,7 @@ def test_export_forms_equal_the_training_forms(n_features: int) -> None:
         inputs["tabular"][1] = float("nan")
     with torch.no_grad():
         expected = model.forward_logits(**inputs)
-        with fused_attention_export():
-            exported = model.forward_logits(**inputs)
+        exported = model.forward_logits(**inputs, export_form=True)
     for head in expected:
         torch.testing.assert_close(exported[head], expected[head], atol=2e-5, rtol=0)
 

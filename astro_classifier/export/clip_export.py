@@ -61,9 +61,10 @@ OUTPUTS = ["probabilities", "logits", "embedding"]
 class ClipGraph(torch.nn.Module):
     """The exported graph of a CLIP classifier (see the module docstring)."""
 
-    def __init__(self, model: CLIP, temperature: float = 1.0) -> None:
+    def __init__(self, model: CLIP, temperature: float = 1.0, export_form: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.export_form = export_form  # the towers compute their export forms (traced graph)
         self.modalities = list(model.modalities)
         self.classifier = model.head is not None  # else: an embedding-only (pretrained) model
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
@@ -73,7 +74,9 @@ class ClipGraph(torch.nn.Module):
         spectrum = extra.pop(0) if "spectrum" in self.modalities else None
         image = extra.pop(0) if "image" in self.modalities else None
         presence = dict(zip(self.modalities, extra, strict=True))
-        emb = self.model.embeddings(flux, flux_err, time, band, mask, tabular, spectrum, image)
+        emb = self.model.embeddings(
+            flux, flux_err, time, band, mask, tabular, spectrum, image, self.export_form
+        )
         fused = self.model.fuse(emb, presence)
         if not self.classifier:
             return (fused, *[emb[m] for m in self.modalities])
@@ -282,7 +285,8 @@ def export_clip_run(
             "curves, photometry + metadata" + (" + images" if images else ""),
         )
         meta.calibration, meta.ood = calibration, ood
-    graph = ClipGraph(model, calibration.temperature if calibration else 1.0).eval()
+    graph_temperature = calibration.temperature if calibration else 1.0
+    graph = ClipGraph(model, graph_temperature).eval()
 
     parity_calls, _ = validation_calls(run_dir, ckpt, spec, limit=parity_objects)
     inputs = [x for _, x in parity_calls]
@@ -322,7 +326,8 @@ def export_clip_run(
         for n in outputs
     ]
     # The transformer towers' attention as ONNX Runtime's fused kernel (see atat.py).
-    proto = trace_to_onnx(graph, feeds, names, outputs, dynamic, fused_attention=True)
+    traced = ClipGraph(model, graph_temperature, export_form=True).eval()
+    proto = trace_to_onnx(traced, feeds, names, outputs, dynamic)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
         for key, value in meta.to_props().items():

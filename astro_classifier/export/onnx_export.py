@@ -47,7 +47,6 @@ variant reached the 0.80 target.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import shutil
 import tempfile
@@ -90,7 +89,7 @@ from astro_classifier.inference.model import (
     default_length_buckets,
     energy_score,
 )
-from astro_classifier.families.atat import ATATConfig, fused_attention_export
+from astro_classifier.families.atat import ATATConfig
 from astro_classifier.training.config import TrainingSection
 from astro_classifier.training.dataset import TrainingDataset
 from astro_classifier.families.opset import OPSET
@@ -264,10 +263,15 @@ class CalibratedModel(torch.nn.Module):
     """
 
     def __init__(
-        self, model: torch.nn.Module, temperature: float = 1.0, ood: GaussianOOD | None = None
+        self,
+        model: torch.nn.Module,
+        temperature: float = 1.0,
+        ood: GaussianOOD | None = None,
+        export_form: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        self.export_form = export_form  # the network computes its export form (traced graph)
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
         self.ood = ood
 
@@ -276,7 +280,7 @@ class CalibratedModel(torch.nn.Module):
         return OUTPUT_NAMES + ([OOD_OUTPUT] if self.ood is not None else [])
 
     def embedding_and_logits(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_embedding(**inputs)
+        return self.model.forward_embedding(**inputs, export_form=self.export_form)
 
     def logits(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self.embedding_and_logits(**inputs)[1]
@@ -561,28 +565,24 @@ def trace_to_onnx(
     input_names: list[str],
     output_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
-    fused_attention: bool = True,
 ) -> onnx.ModelProto:
-    """Trace ``model`` on ``feeds`` into an ONNX graph (opset :data:`OPSET`); with
-    ``fused_attention``, transformer attention becomes ONNX Runtime's fused kernel."""
+    """Trace ``model`` on ``feeds`` into an ONNX graph (opset :data:`OPSET`)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
         with warnings.catch_warnings():
             # The TorchScript exporter is deprecated in favour of torch.export, but it handles
             # these models' dynamic axes and plain ops reliably across versions.
             warnings.simplefilter("ignore", DeprecationWarning)
-            fused = fused_attention_export() if fused_attention else contextlib.nullcontext()
-            with fused:
-                torch.onnx.export(
-                    model,
-                    tuple(torch.from_numpy(v) for v in feeds.values()),
-                    str(tmp_path),
-                    input_names=input_names,
-                    output_names=output_names,
-                    dynamic_axes=dynamic_axes,
-                    opset_version=OPSET,
-                    dynamo=False,
-                )
+            torch.onnx.export(
+                model,
+                tuple(torch.from_numpy(v) for v in feeds.values()),
+                str(tmp_path),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
         return onnx.load(str(tmp_path))
 
 
@@ -688,11 +688,12 @@ def export_run(
     example = inputs[0].take(np.arange(min(2, len(inputs[0]))))
     output_names = model.output_names
     names, dynamic = atat_graph_axes(output_names)
-    # fp32: ONNX Runtime's fused attention kernel; fp16 keeps the decomposed ops, which the
-    # float16 converter knows.
-    proto = trace_to_onnx(
-        model, example.as_dict(), names, output_names, dynamic, fused_attention=not fp16
-    )
+    # fp32: the export form (ONNX Runtime's fused attention kernel); fp16 keeps the training
+    # form's decomposed ops, which the float16 converter knows
+    traced = CalibratedModel(
+        model.model, calibration.temperature, model.ood, export_form=not fp16
+    ).eval()
+    proto = trace_to_onnx(traced, example.as_dict(), names, output_names, dynamic)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
         if fp16:

@@ -110,9 +110,8 @@ def reexport_onnx(
     names, dynamic = atat_graph_axes(output_names)
     example = inputs[0].take(np.arange(min(2, len(inputs[0]))))
     # float16: the decomposed attention, which the float16 converter knows
-    proto = trace_to_onnx(
-        calibrated, example.as_dict(), names, output_names, dynamic, fused_attention=not fp16
-    )
+    traced = CalibratedModel(model, temperature, calibrated.ood, export_form=not fp16).eval()
+    proto = trace_to_onnx(traced, example.as_dict(), names, output_names, dynamic)
     if fp16:
         proto = to_float16(proto)
     kept = meta.model_copy(

@@ -9,25 +9,27 @@ the mixed head; `forward_logits` returns all three heads' logits for the trainin
 
 Everything here exports to plain ONNX ops (Gather, MatMul, Softmax, Where, IsNaN): the
 quantile tables of the feature tokenizer are buffers, so the exported graph normalises raw
-feature values itself. Attention is dense and deterministic. Inside
-:func:`fused_attention_export`, the modules trace their export forms instead (the
-``exported`` methods): the same outputs in less work for ONNX Runtime. Attention becomes its
-fused ``com.microsoft.MultiHeadAttention`` kernel (it never materialises the (B, H, T, T)
-score tensor), an encoder's last block scores its CLS query in the input space, the
-light-curve tokens gather each band's points (NonZero, ScatterND), and the feature tokenizer
-folds to one clip. Each is tested against the training form and checked at export.
+feature values itself. Attention is dense and deterministic. Called with
+``export_form=True`` (the export graph passes it; training and torch inference never do), the
+modules compute their export forms instead (the ``exported`` methods): the same outputs in
+less work for ONNX Runtime. Attention becomes its fused ``com.microsoft.MultiHeadAttention``
+kernel (it never materialises the (B, H, T, T) score tensor; the graph then needs ONNX
+Runtime, which serves every model), an encoder's last block scores its CLS query in the input
+space, the light-curve tokens gather each band's points (NonZero, ScatterND), and the feature
+tokenizer folds to one clip. Each is tested against the training form and checked at export.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from astro_classifier.families.base import Batch, ExportOutputs, Family, multi_head_loss
+from astro_classifier.features.preprocess import ModelInputs
 
 # Added to the attention scores of padding: exp() of it underflows to exactly 0 in float32,
 # and it stays finite in float16. Every row keeps its CLS score, so none is all masked.
@@ -48,21 +50,6 @@ class ATATConfig:
     time_period_days: float = 1500.0  # longest period of the Fourier basis
     n_quantiles: int = 64  # rows of each feature's quantile table
     dropout: float = 0.1  # residual and head dropout (none inside attention)
-
-
-_FUSED_EXPORT = False
-
-
-@contextlib.contextmanager
-def fused_attention_export() -> Iterator[None]:
-    """While active, attention traces to ``com.microsoft.MultiHeadAttention`` (for
-    ``torch.onnx.export``; the graph then needs ONNX Runtime, which serves every model)."""
-    global _FUSED_EXPORT
-    previous, _FUSED_EXPORT = _FUSED_EXPORT, True
-    try:
-        yield
-    finally:
-        _FUSED_EXPORT = previous
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -107,11 +94,13 @@ class Attention(nn.Module):
         bias: torch.Tensor | None,
         keep: torch.Tensor | None = None,
         n_queries: int | None = None,
+        export_form: bool = False,
     ) -> torch.Tensor:
         """``bias``: (B, 1, 1, T) additive mask, 0 = attend, MASKED_SCORE = ignore;
         ``keep``: the same as (B, T) bool, used by the export form (None: no padding);
-        ``n_queries``: attend from the first n tokens only (all T keys stay): (B, n, C)."""
-        if _FUSED_EXPORT:
+        ``n_queries``: attend from the first n tokens only (all T keys stay): (B, n, C);
+        ``export_form``: compute :meth:`exported` instead (the same result)."""
+        if export_form:
             return self.exported(x, keep, n_queries)
         b, t, c = x.shape  # (B, T, C)
         if n_queries is None:
@@ -226,13 +215,14 @@ class Block(nn.Module):
         bias: torch.Tensor | None,
         keep: torch.Tensor | None = None,
         n_queries: int | None = None,
+        export_form: bool = False,
     ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C); with ``n_queries``, only the first n rows are computed
-        (they still attend to all T): (B, n, C)."""
-        attended = self.attn(self.norm1(x), bias, keep, n_queries)
+        (they still attend to all T): (B, n, C). ``export_form``: see the module docstring."""
+        attended = self.attn(self.norm1(x), bias, keep, n_queries, export_form)
         x = x if n_queries is None else x[:, :n_queries]
         x = x + self.dropout(attended)
-        if _FUSED_EXPORT:  # over (B*T, C) rows: Gemm with the bias fused (see Attention.exported)
+        if export_form:  # over (B*T, C) rows: Gemm with the bias fused (see Attention.exported)
             b, t, c = x.shape
             return x + self.mlp(self.norm2(x).reshape(b * t, c)).reshape(b, t, c)
         return x + self.dropout(self.mlp(self.norm2(x)))
@@ -250,7 +240,9 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         nn.init.normal_(self.cls, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, keep: torch.Tensor | None, export_form: bool = False
+    ) -> torch.Tensor:
         b = tokens.shape[0]
         x = torch.cat([self.cls.expand(b, -1, -1), tokens], dim=1)  # (B, 1 + T, C)
         bias = key_mask = None
@@ -267,7 +259,7 @@ class Encoder(nn.Module):
         # over three blocks.
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, bias, key_mask, n_queries=1 if i == last else None)
+            x = block(x, bias, key_mask, 1 if i == last else None, export_form)
         return self.norm(x[:, 0])
 
 
@@ -295,9 +287,14 @@ class TimeModulatedTokens(nn.Module):
         self.register_buffer("band_ids", torch.arange(nb))
 
     def forward(
-        self, flux: torch.Tensor, flux_err: torch.Tensor, time: torch.Tensor, band: torch.Tensor
+        self,
+        flux: torch.Tensor,
+        flux_err: torch.Tensor,
+        time: torch.Tensor,
+        band: torch.Tensor,
+        export_form: bool = False,
     ) -> torch.Tensor:
-        if _FUSED_EXPORT:
+        if export_form:
             return self.exported(flux, flux_err, time, band)
         b, length = flux.shape
         onehot = torch.where(band.unsqueeze(-1) == self.band_ids, 1.0, 0.0)  # (B, L, NB)
@@ -390,17 +387,17 @@ class QuantileFeatureTokens(nn.Module):
             else:
                 self.quantiles[j] = torch.quantile(col, probs).float()
 
-    def forward(self, values: torch.Tensor) -> torch.Tensor:
+    def forward(self, values: torch.Tensor, export_form: bool = False) -> torch.Tensor:
         missing = torch.isnan(values)  # (B, F)
         v = torch.where(missing, torch.zeros_like(values), values).unsqueeze(-1)  # (B, F, 1)
         lo, hi = self.quantiles[:, :-1], self.quantiles[:, 1:]  # (F, Q-1)
         width = hi - lo
-        if _FUSED_EXPORT:
+        if export_form:
             step = self._exported_steps(v, lo, hi, width)
         else:
             step = self._steps(v, lo, hi, width)
         u = step.mean(dim=-1, keepdim=True)  # (B, F, 1), empirical CDF
-        if _FUSED_EXPORT:
+        if export_form:
             # The missing token by arithmetic on (B, F, 1) flags, exact as both flags are 0
             # or 1: ONNX Runtime's Where over (B, F, C) costs 4x a Mul or an Add of the same
             # shape (and needs an Expand). Each parameter is used as it is (a combination of
@@ -463,6 +460,23 @@ class ATAT(nn.Module):
             )
         self.lc_head = nn.Linear(d, cfg.n_classes)
 
+    def encode_light_curve(
+        self,
+        flux: torch.Tensor,
+        flux_err: torch.Tensor,
+        time: torch.Tensor,
+        band: torch.Tensor,
+        mask: torch.Tensor,
+        export_form: bool = False,
+    ) -> torch.Tensor:
+        """The light-curve encoder's CLS output (B, d_model)."""
+        tokens = self.lc_tokens(flux, flux_err, time, band, export_form)
+        return self.lc_encoder(tokens, mask, export_form)
+
+    def encode_tabular(self, tabular: torch.Tensor, export_form: bool = False) -> torch.Tensor:
+        """The tabular encoder's CLS output (B, d_model)."""
+        return self.tab_encoder(self.tab_tokens(tabular, export_form), None, export_form)
+
     def forward_logits(
         self,
         flux: torch.Tensor,
@@ -471,12 +485,13 @@ class ATAT(nn.Module):
         band: torch.Tensor,
         mask: torch.Tensor,
         tabular: torch.Tensor,
+        export_form: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Logits of each head, (B, n_classes) each: keys 'lc', 'tab', 'mix'."""
-        lc = self.lc_encoder(self.lc_tokens(flux, flux_err, time, band), mask)
+        lc = self.encode_light_curve(flux, flux_err, time, band, mask, export_form)
         out = {"lc": self.lc_head(lc)}
         if self.has_tabular:
-            tab = self.tab_encoder(self.tab_tokens(tabular), None)
+            tab = self.encode_tabular(tabular, export_form)
             out["tab"] = self.tab_head(tab)
             out["mix"] = self.mix_head(torch.cat([lc, tab], dim=-1))
         else:
@@ -491,15 +506,16 @@ class ATAT(nn.Module):
         band: torch.Tensor,
         mask: torch.Tensor,
         tabular: torch.Tensor,
+        export_form: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding, logits) of the mixed head: the vector the head reads, the light-curve
         and tabular CLS outputs side by side (B, 2 d_model), or the light-curve CLS output
         (B, d_model) for a model without tabular inputs; and the head's logits, the same
         numbers as ``forward_logits(...)['mix']``."""
-        lc = self.lc_encoder(self.lc_tokens(flux, flux_err, time, band), mask)
+        lc = self.encode_light_curve(flux, flux_err, time, band, mask, export_form)
         if not self.has_tabular:
             return lc, self.lc_head(lc)
-        tab = self.tab_encoder(self.tab_tokens(tabular), None)
+        tab = self.encode_tabular(tabular, export_form)
         embedding = torch.cat([lc, tab], dim=-1)
         return embedding, self.mix_head(embedding)
 
@@ -515,3 +531,63 @@ class ATAT(nn.Module):
         """Class probabilities of the mixed head, (B, n_classes)."""
         logits = self.forward_logits(flux, flux_err, time, band, mask, tabular)["mix"]
         return F.softmax(logits, dim=-1)
+
+
+# -- the family ----------------------------------------------------------------------------
+
+
+class ATATFamily(Family):
+    """ATAT as a :class:`~astro_classifier.families.base.Family`: supervised, the three heads'
+    cross-entropies summed; export form ``forward_embedding`` (the embedding the mixed head
+    reads, and its logits), with the class-Gaussian OOD score on that embedding; warm starts
+    from an exported file; the render pretraining trains its two encoders."""
+
+    name = "ATAT"
+    config_cls = ATATConfig
+    heads = ("lc", "tab", "mix")
+    onnx_warm_start = True
+    render_pretraining = True
+    gaussian_ood = True
+    fp16 = True
+
+    def build(self, cfg: ATATConfig) -> ATAT:
+        return ATAT(cfg)
+
+    def fit(self, model: ATAT, features: torch.Tensor) -> None:
+        if model.has_tabular:
+            model.tab_tokens.fit_quantiles(features)
+
+    def loss(
+        self,
+        model: ATAT,
+        batch: Batch,
+        objective: str,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        logits = model.forward_logits(**batch.model_inputs)
+        loss, n_heads = multi_head_loss(logits, batch.target, self.heads, batch.class_weight)
+        return loss, loss.item() / n_heads
+
+    def probabilities(self, model: ATAT, batch: Batch) -> torch.Tensor:
+        return model(**batch.model_inputs)
+
+    def representation(self, model: ATAT, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the mixed head reads: light-curve CLS (+ tabular CLS)."""
+        lc = model.encode_light_curve(
+            inputs["flux"], inputs["flux_err"], inputs["time"], inputs["band"], inputs["mask"]
+        )
+        if not model.has_tabular:
+            return lc
+        return torch.cat([lc, model.encode_tabular(inputs["tabular"])], dim=-1)
+
+    def representation_width(self, model: ATAT) -> int:
+        return model.cfg.d_model * (2 if model.has_tabular else 1)
+
+    def export_outputs(
+        self, model: ATAT, inputs: dict[str, torch.Tensor], export_form: bool
+    ) -> ExportOutputs:
+        names = ModelInputs.names()
+        embedding, logits = model.forward_embedding(
+            **{k: inputs[k] for k in names}, export_form=export_form
+        )
+        return ExportOutputs(embedding, logits)

@@ -33,9 +33,11 @@ Attention is dense and deterministic: the same input always gives the same outpu
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +49,17 @@ from astro_classifier.families.atat import (
     QuantileFeatureTokens,
     TimeModulatedTokens,
 )
+from astro_classifier.families.base import (
+    CLASSIFY,
+    CONTRASTIVE,
+    PRESENCE_PREFIX,
+    Batch,
+    ExportOutputs,
+    Family,
+    input_spec,
+)
 from astro_classifier.families.image import ImageEncoder, ImageEncoderConfig
+from astro_classifier.features.preprocess import ModelInputs
 
 MODALITIES = ("photometry", "metadata", "spectrum", "image")
 # Galactic north pole (J2000): RA 192.85948 deg, Dec 27.12825 deg.
@@ -236,12 +248,16 @@ class CLIP(nn.Module):
 
     # -- embeddings ----------------------------------------------------------------------
 
-    def embed_photometry(self, flux, flux_err, time, band, mask) -> torch.Tensor:
-        h = self.lc_encoder(self.lc_tokens(flux, flux_err, time, band), mask)
+    def embed_photometry(
+        self, flux, flux_err, time, band, mask, export_form: bool = False
+    ) -> torch.Tensor:
+        tokens = self.lc_tokens(flux, flux_err, time, band, export_form)
+        h = self.lc_encoder(tokens, mask, export_form)
         return F.normalize(self.proj["photometry"](h), dim=-1)
 
-    def embed_metadata(self, tabular: torch.Tensor) -> torch.Tensor:
-        h = self.tab_encoder(self.tab_tokens(self.meta_columns(tabular)), None)
+    def embed_metadata(self, tabular: torch.Tensor, export_form: bool = False) -> torch.Tensor:
+        tokens = self.tab_tokens(self.meta_columns(tabular), export_form)
+        h = self.tab_encoder(tokens, None, export_form)
         return F.normalize(self.proj["metadata"](h), dim=-1)
 
     def embed_spectrum(self, spectrum: torch.Tensor) -> torch.Tensor:
@@ -260,13 +276,17 @@ class CLIP(nn.Module):
         tabular: torch.Tensor,
         spectrum: torch.Tensor | None = None,
         image: torch.Tensor | None = None,
+        export_form: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Per-modality L2-normalised embeddings (B, embed_dim) of every tower (every row is
         computed, zeros where an input is absent; presence only matters to the loss and the
-        fusion)."""
-        out = {"photometry": self.embed_photometry(flux, flux_err, time, band, mask)}
+        fusion). ``export_form``: the transformer towers compute their export forms
+        (:mod:`astro_classifier.families.atat`)."""
+        out = {
+            "photometry": self.embed_photometry(flux, flux_err, time, band, mask, export_form)
+        }
         if self.has_tabular:
-            out["metadata"] = self.embed_metadata(tabular)
+            out["metadata"] = self.embed_metadata(tabular, export_form)
         if "spectrum" in self.modalities:
             if spectrum is None:
                 spectrum = flux.new_zeros((flux.shape[0], 2, self.cfg.spectrum_grid[2]))
@@ -375,3 +395,148 @@ def fit_clip(model: CLIP, features: torch.Tensor) -> None:
     """Quantile tables of the metadata tower from training tabular values (N, F)."""
     if model.has_tabular:
         model.tab_tokens.fit_quantiles(model.meta_columns(features.float()))
+
+
+# -- the family ----------------------------------------------------------------------------
+
+
+def presence(model: CLIP, batch: Batch) -> dict[str, torch.Tensor]:
+    """:func:`default_presence`, with each extra data input present where the object has it."""
+    flags = default_presence(model, batch.inputs["tabular"])
+    flags.update(batch.available)
+    return flags
+
+
+class ClipFamily(Family):
+    """CLIP as a :class:`~astro_classifier.families.base.Family`: contrastive pretraining
+    (InfoNCE over the modality pairs) or classification (cross-entropy of the head on the fused
+    embedding), with modality dropout in training steps; a head can be trained on frozen towers
+    of a pretrained run. Export form: the fused embedding, the head's logits (none for a
+    pretraining), and ``embedding_<modality>`` per tower; extra graph inputs: ``spectrum``
+    (B, 2, G) and ``image`` (B, 3, S, S) for those towers, then ``has_<modality>`` (B,) bool
+    per modality. Every output must match torch within 1e-5."""
+
+    name = "CLIP"
+    config_cls = ClipConfig
+    data_fields = ("n_classes", "n_bands", "feature_names")
+    objectives = (CLASSIFY, CONTRASTIVE)
+    freezable = True
+    parity_tolerance = 1e-5
+
+    def build(self, cfg: ClipConfig) -> CLIP:
+        return CLIP(cfg)
+
+    def fit(self, model: CLIP, features: torch.Tensor) -> None:
+        fit_clip(model, features)
+
+    def start_from(
+        self,
+        pretrained: CLIP,
+        n_classes: int,
+        n_bands: int,
+        n_features: int,
+        feature_names: tuple[str, ...],
+    ) -> CLIP:
+        """The pretrained towers, with a fresh head for ``n_classes`` when it has another."""
+        cfg = pretrained.cfg
+        if list(cfg.feature_names) != list(feature_names) or cfg.n_bands != n_bands:
+            raise ValueError(
+                f"pretrained on features {list(cfg.feature_names)} and {cfg.n_bands} bands; "
+                f"this config has {list(feature_names)} and {n_bands} bands"
+            )
+        if cfg.n_classes == n_classes:
+            return pretrained
+        model = CLIP(dataclasses.replace(cfg, n_classes=n_classes))
+        missing, unexpected = model.load_state_dict(pretrained.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+        return model
+
+    def classifies(self, model: CLIP) -> bool:
+        return model.head is not None
+
+    def trainable(self, model: CLIP, freeze: bool) -> list[nn.Parameter]:
+        if freeze:
+            for name, p in model.named_parameters():
+                p.requires_grad = name.startswith("head.")
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def train_mode(self, model: CLIP, freeze: bool) -> None:
+        model.train()
+        if freeze:  # frozen towers: no dropout either
+            for name, module in model.named_children():
+                if name != "head":
+                    module.eval()
+
+    def loss(
+        self,
+        model: CLIP,
+        batch: Batch,
+        objective: str,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        flags = presence(model, batch)
+        if generator is not None:
+            flags = model.drop_modalities(flags, generator)
+        if objective == CONTRASTIVE:
+            loss, _ = model.contrastive_loss(model.embeddings(**batch.inputs), flags)
+        else:
+            logits = model.forward_logits(**batch.inputs, presence=flags)["mix"]
+            loss = F.cross_entropy(logits, batch.target, weight=batch.class_weight)
+        return loss, loss.item()
+
+    def probabilities(self, model: CLIP, batch: Batch) -> torch.Tensor:
+        logits = model.forward_logits(**batch.inputs, presence=presence(model, batch))["mix"]
+        return torch.softmax(logits, dim=-1)
+
+    def embed(self, model: CLIP, batch: Batch) -> dict[str, torch.Tensor]:
+        """Per-modality embeddings and the fused one (``fused``)."""
+        emb = model.embeddings(**batch.inputs)
+        emb["fused"] = model.fuse(emb, presence(model, batch))
+        return emb
+
+    def history_extras(self, model: CLIP, objective: str) -> dict[str, Any]:
+        if objective != CONTRASTIVE:
+            return {}
+        return {"temperatures": (1.0 / model.scales().detach().cpu()).tolist()}
+
+    def export_outputs(
+        self, model: CLIP, inputs: dict[str, torch.Tensor], export_form: bool
+    ) -> ExportOutputs:
+        emb = model.embeddings(
+            *(inputs[k] for k in ModelInputs.names()),
+            spectrum=inputs.get("spectrum"),
+            image=inputs.get("image"),
+            export_form=export_form,
+        )
+        flags = {m: inputs[PRESENCE_PREFIX + m] for m in model.modalities}
+        fused = model.fuse(emb, flags)
+        logits = model.head(fused) if model.head is not None else None
+        return ExportOutputs(fused, logits, {f"embedding_{m}": emb[m] for m in model.modalities})
+
+    def extra_output_shapes(self, model: CLIP) -> dict[str, list[str | int]]:
+        names = ["embedding"] + [f"embedding_{m}" for m in model.modalities]
+        return {name: ["batch", model.cfg.embed_dim] for name in names}
+
+    def extra_inputs(self, model: CLIP) -> list[dict[str, Any]]:
+        cfg = model.cfg
+        specs = []
+        if "spectrum" in model.modalities:
+            specs.append(input_spec("spectrum", "float32", ["batch", 2, int(cfg.spectrum_grid[2])]))
+        if "image" in model.modalities:
+            size = cfg.image_size
+            specs.append(input_spec("image", "float32", ["batch", 3, size, size]))
+        return specs + [input_spec(PRESENCE_PREFIX + m, "bool", ["batch"]) for m in model.modalities]
+
+    def metadata_extras(self, model: CLIP) -> dict[str, Any]:
+        modalities = list(model.modalities)
+        return {
+            "modalities": modalities,
+            "required_modalities": ["photometry"],
+            "spectrum_grid": list(model.cfg.spectrum_grid) if "spectrum" in modalities else None,
+            "image_size": model.cfg.image_size if "image" in modalities else None,
+            "embedding_dim": model.cfg.embed_dim,
+        }
+
+    def calibration_note(self, model: CLIP, fed: list[str]) -> str:
+        towers = [m for m in model.modalities if m in ("photometry", "metadata")]
+        return ", " + " + ".join(towers + [{"image": "images"}.get(f, f) for f in fed])
