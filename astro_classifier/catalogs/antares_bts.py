@@ -45,14 +45,14 @@ import numpy as np
 
 from astro_classifier.catalogs.realsky import (
     GENERIC_SN,
+    magnitude_points,
     parse_floats,
     sexagesimal_to_degrees,
     sn_type_label,
 )
 from astro_classifier.core.counts import count
 from astro_classifier.core.errors import InputError
-from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.core.units import ab_mag_to_njy
+from astro_classifier.core.lightcurve import LightCurveBatch
 
 ANTARES_LABELS = "labels.csv"
 ANTARES_TARBALL = "antares_lightcurves.tar.gz"
@@ -147,29 +147,19 @@ def read_antares_bts(path: str | Path) -> LightCurveBatch:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InputError(tarball, f"cannot read the tarball ({exc})") from exc
 
-    time, mag, err = (parse_floats(v) for v in (times, mags, errs))
-    band_letter = np.asarray(bands, dtype=str)
-    known_band = np.isin(band_letter, list(ANTARES_BANDS))
-    for letter in np.unique(band_letter[~known_band]).tolist():
-        count(dropped, f"unknown band {letter!r}", (band_letter == letter).sum())
-    finite = np.isfinite(time) & np.isfinite(mag) & np.isfinite(err)
-    count(dropped, "non-finite time, magnitude or error", (known_band & ~finite).sum())
-    positive = finite & (err > 0)
-    count(dropped, "magnitude error <= 0", (known_band & finite & ~positive).sum())
-    keep = known_band & positive
-    flux, flux_err = ab_mag_to_njy(mag[keep], err[keep])
-    band_of = {letter: BAND_INDEX[band] for letter, band in ANTARES_BANDS.items()}
-    band = np.array([band_of[b] for b in band_letter[keep].tolist()], np.int8)
+    point_ids, time, band, flux, flux_err = magnitude_points(
+        ids, times, bands, mags, errs, ANTARES_BANDS, dropped
+    )
 
     object_id = np.array([r["ZTFID"] for r in rows], dtype=str)
     radec = np.array([sexagesimal_to_degrees(r["RA"], r["Dec"]) for r in rows]).reshape(-1, 2)
     batch = LightCurveBatch.from_points(
-        np.asarray(ids, dtype=str)[keep],
-        time[keep],
+        point_ids,
+        time,
         band,
         flux,
         flux_err,
-        np.ones(int(keep.sum()), bool),
+        np.ones(len(point_ids), bool),
         objects=object_id,
         metadata={
             "ra": radec[:, 0],

@@ -3,7 +3,9 @@
 - :func:`sn_type_label`: a catalogue's supernova type string -> the project's canonical
   label (:func:`astro_classifier.core.taxonomy.canonical_label` first, then the subtypes below);
 - :func:`sexagesimal_to_degrees`: "hh:mm:ss.s" / "+dd:mm:ss" -> degrees;
-- :func:`parse_floats`: a column of catalogue values -> float64 (NaN where not a number).
+- :func:`parse_floats`: a column of catalogue values -> float64 (NaN where not a number);
+- :func:`magnitude_points`: flat columns of magnitude photometry -> the usable points in nJy,
+  every unusable point counted by reason.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import re
 
 import numpy as np
 
+from astro_classifier.core.counts import count
+from astro_classifier.core.lightcurve import BAND_INDEX
 from astro_classifier.core.taxonomy import canonical_label
+from astro_classifier.core.units import ab_mag_to_njy
 
 # Subtypes that taxonomy.canonical_label does not know, folded into the project's classes.
 # Keys are lower-case with every non-alphanumeric character removed.
@@ -100,3 +105,35 @@ def parse_floats(values: list) -> np.ndarray:
         except (TypeError, ValueError):
             continue
     return out
+
+
+def magnitude_points(
+    ids: list[str],
+    times: list,
+    bands: list[str],
+    mags: list,
+    errs: list,
+    band_names: dict[str, str],
+    dropped: dict[str, int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Flat per-point columns of AB magnitude photometry -> (object id, time, band index,
+    flux nJy, flux error nJy) of the usable points.
+
+    ``band_names`` maps the catalogue's band letters to canonical bands. A point in another
+    band, with a non-finite time, magnitude or error, or with an error <= 0 is left out and
+    counted in ``dropped`` under its reason.
+    """
+    time, mag, err = (parse_floats(v) for v in (times, mags, errs))
+    band_letter = np.asarray(bands, dtype=str)
+    known_band = np.isin(band_letter, list(band_names))
+    for letter in np.unique(band_letter[~known_band]).tolist():
+        count(dropped, f"unknown band {letter!r}", (band_letter == letter).sum())
+    finite = np.isfinite(time) & np.isfinite(mag) & np.isfinite(err)
+    count(dropped, "non-finite time, magnitude or error", (known_band & ~finite).sum())
+    positive = finite & (err > 0)
+    count(dropped, "magnitude error <= 0", (known_band & finite & ~positive).sum())
+    keep = known_band & positive
+    flux, flux_err = ab_mag_to_njy(mag[keep], err[keep])
+    band_of = {letter: BAND_INDEX[band] for letter, band in band_names.items()}
+    band = np.array([band_of[b] for b in band_letter[keep].tolist()], np.int8)
+    return np.asarray(ids, dtype=str)[keep], time[keep], band, flux, flux_err

@@ -26,18 +26,20 @@ Conventions:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 from pathlib import Path
 
 import numpy as np
 
-from astro_classifier.catalogs.realsky import sexagesimal_to_degrees, sn_type_label
-from astro_classifier.core.counts import count
+from astro_classifier.catalogs.realsky import (
+    magnitude_points,
+    parse_floats,
+    sexagesimal_to_degrees,
+    sn_type_label,
+)
 from astro_classifier.core.errors import InputError
-from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
-from astro_classifier.core.units import ab_mag_to_njy
+from astro_classifier.core.lightcurve import LightCurveBatch
 
 BTS_TABLE = "bts.csv"
 BTS_LIGHT_CURVES = "light-curves"
@@ -101,47 +103,29 @@ def read_ztf_bts(path: str | Path) -> LightCurveBatch:
         mags += [p["mag"] for p in points]
         errs += [p["magerr"] for p in points]
 
-    time, mag, err = (_floats(v) for v in (times, mags, errs))
-    band_letter = np.asarray(bands, dtype=str)
-    known_band = np.isin(band_letter, list(BTS_BANDS))
-    for letter in np.unique(band_letter[~known_band]):
-        count(dropped, f"unknown band {letter!r}", (band_letter == letter).sum())
-    finite = np.isfinite(time) & np.isfinite(mag) & np.isfinite(err)
-    count(dropped, "non-finite time, magnitude or error", (known_band & ~finite).sum())
-    positive = finite & (err > 0)
-    count(dropped, "magnitude error <= 0", (known_band & finite & ~positive).sum())
-    keep = known_band & positive
-    flux, flux_err = ab_mag_to_njy(mag[keep], err[keep])
-    band = np.array([BAND_INDEX[BTS_BANDS[b]] for b in band_letter[keep].tolist()], np.int8)
+    point_ids, time, band, flux, flux_err = magnitude_points(
+        ids, times, bands, mags, errs, BTS_BANDS, dropped
+    )
 
     object_id = np.array([r["ZTFID"] for r in rows], dtype=str)
     radec = np.array([sexagesimal_to_degrees(r["RA"], r["Dec"]) for r in rows]).reshape(-1, 2)
     batch = LightCurveBatch.from_points(
-        np.asarray(ids, dtype=str)[keep],
-        time[keep],
+        point_ids,
+        time,
         band,
         flux,
         flux_err,
-        np.ones(int(keep.sum()), bool),
+        np.ones(len(point_ids), bool),
         objects=object_id,
         metadata={
             "ra": radec[:, 0],
             "dec": radec[:, 1],
-            "redshift": _floats([r["redshift"] for r in rows]),
-            "ebv": _floats([r["A_V"] for r in rows]) / R_V,
-            "peak_mjd": _floats([r["peakt"] for r in rows]) + BTS_PEAKT_ZERO_JD - 2400000.5,
+            "redshift": parse_floats([r["redshift"] for r in rows]),
+            "ebv": parse_floats([r["A_V"] for r in rows]) / R_V,
+            "peak_mjd": parse_floats([r["peakt"] for r in rows]) + BTS_PEAKT_ZERO_JD - 2400000.5,
             "type": np.array([r["type"] for r in rows], dtype=str),
         },
         label=np.array([sn_type_label(r["type"]) for r in rows], dtype=str),
     )
     batch.dropped = dropped
     return batch
-
-
-def _floats(values: list[str]) -> np.ndarray:
-    """Strings -> float64; anything unparsable (``-``, ``>19.4``, empty) becomes NaN."""
-    out = np.full(len(values), np.nan)
-    for k, v in enumerate(values):
-        with contextlib.suppress(TypeError, ValueError):
-            out[k] = float(v)
-    return out
