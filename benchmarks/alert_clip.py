@@ -89,16 +89,13 @@ def main() -> None:
     import torch
     from rich.console import Console
 
-    from astro_classifier.training.clip_train import (
-        embed_dataset,
-        extra_inputs,
-        read_config_cutouts,
-        train_clip,
-    )
+    from astro_classifier.families.registry import family_of
+    from astro_classifier.training.batches import embed_dataset
     from astro_classifier.training.dataset import TrainingDataset
-    from astro_classifier.families.registry import load_model_dir
+    from astro_classifier.training.extras import model_extras, read_config_cutouts
+    from astro_classifier.training.record import load_run
     from astro_classifier.training.sources import grouped_splits, read_training_objects
-    from astro_classifier.training.train import seed_everything
+    from astro_classifier.training.train import seed_everything, train_on
 
     torch.set_num_threads(args.threads)
     shared = Path(os.environ.get("ASTROCLF_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -140,7 +137,7 @@ def main() -> None:
                     d.mkdir(parents=True)
                 seed_everything(seed)
                 pre_cfg = _cfg(fold_cfg, training={**train, "seed": seed, "epochs": pre_epochs})
-                train_clip(pre_cfg, dirs["pre"], quiet, ds, labels, y, splits, device)
+                train_on(pre_cfg, dirs["pre"], quiet, ds, labels, y, splits, device)
                 metrics = {}
                 for arm in ARMS:
                     seed_everything(seed)
@@ -150,9 +147,11 @@ def main() -> None:
                     if arm == "no_image":
                         model = {"args": no_image_args}
                     cfg = _cfg(fold_cfg, model=model, training={**classify, "seed": seed})
-                    metrics[arm] = train_clip(cfg, dirs[arm], quiet, ds, labels, y, splits, device)
-                _, pre = load_model_dir(dirs["pre"])
-                emb = embed_dataset(pre, ds, holdout, device, spectra=extra_inputs(pre, ds))
+                    metrics[arm] = train_on(cfg, dirs[arm], quiet, ds, labels, y, splits, device)
+                pre, record = load_run(dirs["pre"])
+                family = family_of(record.model_name)
+                extras = model_extras(family, pre, ds)
+                emb = embed_dataset(pre, family, ds, holdout, device, extras)
                 row = {"repeat": r, "fold": k, "n_holdout": len(holdout)}
                 for arm in ARMS:
                     h = metrics[arm]["holdout"]

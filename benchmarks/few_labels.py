@@ -324,15 +324,18 @@ def embedding_map(pretrain_dir: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
     import torch
 
-    from astro_classifier.training.clip_train import embed_dataset, extra_inputs
+    from astro_classifier.families.registry import family_of
+    from astro_classifier.training.batches import embed_dataset
     from astro_classifier.training.dataset import TrainingDataset
-    from astro_classifier.families.registry import load_model_dir
+    from astro_classifier.training.extras import model_extras
+    from astro_classifier.training.record import load_run
 
-    _, model = load_model_dir(pretrain_dir)
-    ckpt = torch.load(pretrain_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model, record = load_run(pretrain_dir)
+    family = family_of(record.model_name)
     ds = TrainingDataset.load(pretrain_dir / "dataset.h5")
-    index = np.asarray(ckpt["split"]["validation"], np.int64)
-    emb = embed_dataset(model, ds, index, torch.device("cpu"), spectra=extra_inputs(model, ds))
+    index = np.asarray(record.split.validation, np.int64)
+    extras = model_extras(family, model, ds)
+    emb = embed_dataset(model, family, ds, index, torch.device("cpu"), extras)
     labels = ds.batch.label[index]
     classes = sorted(set(labels.tolist()), key=lambda c: -int((labels == c).sum()))
     names = [n for n in ("photometry", "metadata", "fused") if n in emb]

@@ -1,5 +1,5 @@
 """Image cutouts as a modality: masked-image-modelling pretraining of the
-tiny ViT of :mod:`astro_classifier.families.image` on every alert cutout under the shared
+tiny ViT of :mod:`astro_classifier.families.image` (:mod:`astro_classifier.training.mim`) on every alert cutout under the shared
 ``alerts`` folder, then linear probes on the frozen embeddings against probes on the raw
 pixels, and the encoder's CPU speed through ONNX Runtime.
 
@@ -169,7 +169,7 @@ def onnx_speed(encoder, images: np.ndarray, batch: int = 256, repeats: int = 5) 
     import onnxruntime as ort
     import torch
 
-    from astro_classifier.families.image import export_image_encoder
+    from astro_classifier.export.image_encoder import export_image_encoder
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_image_encoder(encoder, Path(tmp) / "image_encoder.onnx")
@@ -216,14 +216,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from astro_classifier.core.cutouts import STAMPS
+    from astro_classifier.families.image import ImageEncoder, ImageEncoderConfig, embed_images
     from astro_classifier.formats.registry import read_cutouts
-    from astro_classifier.families.image import (
-        ImageEncoder,
-        ImageEncoderConfig,
-        MIMConfig,
-        embed_images,
-        pretrain_mim,
-    )
+    from astro_classifier.training.mim import MIMConfig, pretrain_mim
 
     alerts = _shared_data() / "alerts"
     t0 = time.perf_counter()

@@ -32,7 +32,7 @@ Usage::
         [--sources ztf-bts-antares osc-sne] [--out ...json]
 
 With ``--model``, the model classifies every named source (default: all); its validation
-objects are read when the file sits in its run directory (``dataset.h5``, ``checkpoint.pt``).
+objects are read when the file sits in its run directory (``dataset.h5`` and the run record).
 """
 
 from __future__ import annotations
@@ -126,14 +126,16 @@ def scores(model: LoadedModel, batch: LightCurveBatch) -> dict[str, np.ndarray]:
 def validation_scores(model: LoadedModel, run_dir: Path) -> dict[str, np.ndarray] | None:
     """The model's scores on its run's validation objects (whole light curves), or None
     when ``run_dir`` is not the model's run directory."""
-    if not ((run_dir / "dataset.h5").is_file() and (run_dir / "checkpoint.pt").is_file()):
-        return None
-    import torch
-
     from astro_classifier.export.onnx_export import validation_calls
+    from astro_classifier.training.record import load_record
 
-    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    calls, y = validation_calls(run_dir, ckpt, model.metadata.preprocessing, batch_size=256)
+    if not (run_dir / "dataset.h5").is_file():
+        return None
+    try:
+        record = load_record(run_dir)
+    except FileNotFoundError:
+        return None
+    calls, y = validation_calls(run_dir, record, model.metadata.preprocessing, batch_size=256)
     out = {name: np.empty(len(y)) for name in (own_score(model), ENERGY, "1 - p_max")}
     for index, x in calls:
         prediction = model.predict(x)

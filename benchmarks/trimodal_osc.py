@@ -152,9 +152,11 @@ def main() -> None:
     import torch
     from rich.console import Console
 
-    from astro_classifier.training.clip_train import embed_dataset, extra_inputs, train_clip
-    from astro_classifier.families.registry import load_model_dir
-    from astro_classifier.training.train import seed_everything
+    from astro_classifier.families.registry import family_of
+    from astro_classifier.training.batches import embed_dataset
+    from astro_classifier.training.extras import model_extras
+    from astro_classifier.training.record import load_run
+    from astro_classifier.training.train import seed_everything, train_on
 
     torch.set_num_threads(args.threads)
     shared = Path(os.environ.get("ASTROCLF_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -198,7 +200,7 @@ def main() -> None:
                 pre_dir.mkdir(parents=True)
                 seed_everything(seed)
                 pre_cfg = _cfg(cfg_pre, training={"seed": seed})
-                train_clip(pre_cfg, pre_dir, quiet, ds, labels, y, splits, device)
+                train_on(pre_cfg, pre_dir, quiet, ds, labels, y, splits, device)
                 ft_dir, sc_dir = run / "ft", run / "scratch"
                 ft_dir.mkdir()
                 sc_dir.mkdir()
@@ -208,14 +210,15 @@ def main() -> None:
                     model={"init_from": str(pre_dir), "args": {}},
                     training={**common, "seed": seed},
                 )
-                ft = train_clip(ft_cfg, ft_dir, quiet, ds_lc, labels, y, splits, device)
+                ft = train_on(ft_cfg, ft_dir, quiet, ds_lc, labels, y, splits, device)
                 seed_everything(seed)
                 sc_cfg = _cfg(base, training={**common, "seed": seed})
-                sc = train_clip(sc_cfg, sc_dir, quiet, ds_lc, labels, y, splits, device)
+                sc = train_on(sc_cfg, sc_dir, quiet, ds_lc, labels, y, splits, device)
 
-                _, model = load_model_dir(pre_dir)
-                spec_in = extra_inputs(model, ds)
-                emb = embed_dataset(model, ds, holdout, device, spectra=spec_in)
+                model, record = load_run(pre_dir)
+                family = family_of(record.model_name)
+                spec_in = model_extras(family, model, ds)
+                emb = embed_dataset(model, family, ds, holdout, device, spec_in)
                 recall, rank = recall_at_k(emb["photometry"], emb["spectrum"], 10)
 
                 lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000)

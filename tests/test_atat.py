@@ -8,9 +8,11 @@ torch = pytest.importorskip("torch")
 
 from astro_classifier.families.atat import ATAT, ATATConfig  # noqa: E402
 from astro_classifier.families.registry import (  # noqa: E402
+    ATAT_FAMILY,
+    ModelEntry,
     create_model,
     list_models,
-    register_model,
+    register,
 )
 
 N_CLASSES, N_BANDS, N_FEATURES = 5, 3, 7
@@ -75,7 +77,7 @@ def test_registry_rejects_unknown_names() -> None:
 
 def test_registering_a_name_twice_fails() -> None:
     with pytest.raises(ValueError, match="registered twice"):
-        register_model("atat")(lambda **kw: None)
+        register(ModelEntry("atat", ATAT_FAMILY))
     assert "atat" in list_models()
 
 

@@ -188,4 +188,4 @@ def test_train_with_only_the_whole_curve_level_runs(atat_tiny_run):
     # `astroclf train configs/atat_tiny.yaml --set data.truncation_days=[.inf]` (conftest.py)
     result, run_dir = atat_tiny_run
     assert result.exit_code == 0, result.output
-    assert (run_dir / "checkpoint.pt").is_file()
+    assert (run_dir / "run.json").is_file() and (run_dir / "weights.pt").is_file()

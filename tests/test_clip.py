@@ -7,6 +7,7 @@ model's unit tests on untrained towers are not.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -17,19 +18,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import pyarrow.parquet as pq  # noqa: E402
-import yaml  # noqa: E402
 from rich.console import Console  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from astro_classifier.cli.app import app  # noqa: E402
 from astro_classifier.core.errors import ModelError  # noqa: E402
 from astro_classifier.core.lightcurve import LightCurveBatch  # noqa: E402
-from astro_classifier.export.clip_export import PARITY_TOLERANCE, ClipGraph  # noqa: E402
-from astro_classifier.export.onnx_export import export_run, load_checkpoint  # noqa: E402
-from astro_classifier.features.preprocess import light_curves_to_inputs  # noqa: E402
-from astro_classifier.inference.classify import classify  # noqa: E402
-from astro_classifier.inference.embeddings import embed_objects, search  # noqa: E402
-from astro_classifier.inference.model import LoadedModel, read_metadata  # noqa: E402
+from astro_classifier.export.graph import ExportGraph  # noqa: E402
+from astro_classifier.export.onnx_export import export_run  # noqa: E402
 from astro_classifier.families.clip import (  # noqa: E402
     CLIP,
     CLIP_TINY,
@@ -37,18 +33,26 @@ from astro_classifier.families.clip import (  # noqa: E402
     default_presence,
     galactic_latitude,
 )
+from astro_classifier.families.registry import CLIP_FAMILY, create_model  # noqa: E402
+from astro_classifier.features.preprocess import light_curves_to_inputs  # noqa: E402
+from astro_classifier.inference.classify import classify  # noqa: E402
+from astro_classifier.inference.embeddings import embed_objects, search  # noqa: E402
+from astro_classifier.inference.model import LoadedModel, read_metadata  # noqa: E402
+from astro_classifier.training.batches import label_subset  # noqa: E402
 from astro_classifier.training.config import TrainConfig  # noqa: E402
 from astro_classifier.training.dataset import TrainingDataset  # noqa: E402
-from astro_classifier.families.registry import (  # noqa: E402
-    MODEL_YAML,
+from astro_classifier.training.record import (  # noqa: E402
+    LEGACY_CHECKPOINT,
+    RECORD,
     WEIGHTS,
-    create_model,
-    load_model_dir,
+    load_record,
+    load_run,
 )
-from astro_classifier.training.train import label_subset, train  # noqa: E402
+from astro_classifier.training.train import train  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 FEATURES = ("hostgal_photoz", "hostgal_photoz_err", "mwebv", "ddf", "distmod", "ra", "decl")
+PARITY_TOLERANCE = CLIP_FAMILY.parity_tolerance
 
 
 def _config(name: str, shared_data: Path, *overrides: str) -> TrainConfig:
@@ -189,13 +193,14 @@ def test_label_subset_keeps_one_object_per_class() -> None:
 
 
 @pytest.mark.slow
-def test_pretraining_run_holds_model_yaml_and_plain_weights(pretrained) -> None:
+def test_pretraining_run_holds_its_record_and_plain_weights(pretrained) -> None:
     run_dir, metrics = pretrained
-    raw = yaml.safe_load((run_dir / MODEL_YAML).read_text())
-    assert raw["name"] == "clip_tiny" and raw["config"]["n_classes"] == 0
+    raw = json.loads((run_dir / RECORD).read_text())
+    assert raw["model_name"] == "clip_tiny" and raw["architecture"]["n_classes"] == 0
+    assert raw["objective"] == "contrastive"
     state = torch.load(run_dir / WEIGHTS, weights_only=True)
-    name, model = load_model_dir(run_dir)
-    assert name == "clip_tiny" and model.head is None
+    model, record = load_run(run_dir)
+    assert record.model_name == "clip_tiny" and model.head is None
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, state[key], atol=0, rtol=0)
     assert metrics["objective"] == "contrastive"
@@ -207,10 +212,10 @@ def test_pretraining_run_holds_model_yaml_and_plain_weights(pretrained) -> None:
 @pytest.mark.slow
 def test_pretraining_never_sees_the_holdout_fold(pretrained) -> None:
     run_dir, metrics = pretrained
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    record = load_record(run_dir)
     ds = TrainingDataset.load(run_dir / "dataset.h5")
-    holdout = set(ds.batch.object_id[ckpt["split"]["holdout"]].tolist())
-    assert holdout and not holdout & set(ckpt["seen_object_ids"])
+    holdout = set(ds.batch.object_id[record.split.holdout].tolist())
+    assert holdout and not holdout & set(record.seen_object_ids)
     assert metrics["n_holdout"] == len(holdout)
 
 
@@ -220,7 +225,7 @@ def test_finetuning_starts_from_the_pretrained_towers(pretrained, finetuned) -> 
     assert metrics["init_from"] == str(pretrained[0])
     assert metrics["n_train"] < 140  # data.label_fraction 0.5 of the training split
     assert "holdout" in metrics and 0 <= metrics["holdout"]["macro_f1"] <= 1
-    _, model = load_model_dir(run_dir)
+    model, _ = load_run(run_dir)
     assert model.head is not None and model.head.out_features == 14
 
 
@@ -234,8 +239,8 @@ def test_frozen_finetuning_trains_only_the_head(pretrained, shared_data, tmp_pat
         "training.epochs=1",
     )
     _train(cfg, tmp_path / "frozen")
-    _, before = load_model_dir(pretrained[0])
-    _, after = load_model_dir(tmp_path / "frozen")
+    before, _ = load_run(pretrained[0])
+    after, _ = load_run(tmp_path / "frozen")
     for key, value in before.state_dict().items():
         torch.testing.assert_close(after.state_dict()[key], value, atol=0, rtol=0, msg=key)
 
@@ -304,21 +309,21 @@ def test_classify_with_a_clip_model(exported, finetuned) -> None:
     out, _ = exported
     loaded = LoadedModel.load(out, provider="cpu")
     ds = TrainingDataset.load(finetuned[0] / "dataset.h5")
-    _, ckpt = load_checkpoint(finetuned[0])
-    batch = ds.batch.select(np.asarray(ckpt["split"]["holdout"]))
+    _, record = load_run(finetuned[0])
+    batch = ds.batch.select(np.asarray(record.split.holdout))
     result = classify(batch, loaded, n_jobs=1)
     assert len(result) == len(batch)
     proba = result.probabilities
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
     # the same as the torch model with the presence classify uses
-    model, _ = load_checkpoint(finetuned[0])
-    graph = ClipGraph(model, loaded.metadata.calibration.temperature).eval()
+    model, _ = load_run(finetuned[0])
+    graph = ExportGraph(model, CLIP_FAMILY, loaded.metadata.calibration.temperature).eval()
     x = light_curves_to_inputs(batch, ds.spec)
     presence = default_presence(model, torch.from_numpy(x.tabular))
     with torch.no_grad():
         expected = graph(
             *[torch.from_numpy(v) for v in x.as_dict().values()],
-            *[presence[m] for m in graph.modalities],
+            *[presence[m] for m in model.modalities],
         )[0].numpy()
     order = np.argsort(result.rows)
     np.testing.assert_allclose(proba[order], expected, atol=1e-5)
@@ -393,7 +398,7 @@ def test_pi_constant_sanity() -> None:  # guards the degree conversions of galac
 
 
 @pytest.mark.slow
-def test_atat_runs_hold_model_yaml_and_old_runs_still_load(
+def test_atat_runs_hold_their_record_and_old_runs_still_load(
     atat_tiny_run, shared_data, tmp_path
 ) -> None:
     # the shared run of conftest.py: these overrides of configs/atat_tiny.yaml
@@ -408,25 +413,34 @@ def test_atat_runs_hold_model_yaml_and_old_runs_still_load(
     result, shared_run = atat_tiny_run
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "atat"
-    shutil.copytree(shared_run, run_dir)  # the files are removed below
-    name, model = load_model_dir(run_dir)
-    assert name == "atat_tiny"
-    old = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # plain data only
-    for key, value in old["state_dict"].items():
-        torch.testing.assert_close(model.state_dict()[key], value, atol=0, rtol=0)
-    rebuilt, ckpt = load_checkpoint(run_dir)  # from model.yaml + weights.pt
-    assert ckpt["model_config"] == yaml.safe_load((run_dir / MODEL_YAML).read_text())["config"]
+    shutil.copytree(shared_run, run_dir)  # the files are rewritten below
+    model, record = load_run(run_dir)
+    assert record.model_name == "atat_tiny" and record.architecture["n_classes"] == 14
     # an ATAT run directory warm-starts another ATAT training
     again = _train(
         cfg.model_copy(update={"model": cfg.model.model_copy(update={"init_from": str(run_dir)})}),
         tmp_path / "warm",
     )
-    assert again["best_epoch"] == 1
-    (run_dir / MODEL_YAML).unlink()  # a run directory written before model.yaml existed
+    assert again["best_epoch"] == 1 and again["init_from"] == str(run_dir)
+    # a run directory written before run.json: checkpoint.pt holds the record and the weights
+    legacy = {
+        "model_name": record.model_name,
+        "model_config": record.architecture,
+        "state_dict": torch.load(run_dir / WEIGHTS, weights_only=True),
+        "labels": record.labels,
+        "spec": record.spec.model_dump(mode="json"),
+        "dataset": record.dataset.model_dump(),
+        "split": record.split.model_dump(),
+        "export": record.export.model_dump(),
+        "metrics": record.metrics,
+    }
+    torch.save(legacy, run_dir / LEGACY_CHECKPOINT)
+    (run_dir / RECORD).unlink()
     (run_dir / WEIGHTS).unlink()
-    legacy, _ = load_checkpoint(run_dir)
-    for key, value in rebuilt.state_dict().items():
-        torch.testing.assert_close(legacy.state_dict()[key], value, atol=0, rtol=0)
+    old_model, old_record = load_run(run_dir)
+    assert old_record == record.model_copy(update={"seen_object_ids": []})
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(old_model.state_dict()[key], value, atol=0, rtol=0)
 
 
 def test_cli_refuses_a_model_typo(tmp_path) -> None:

@@ -27,6 +27,7 @@ from astro_classifier.core.cutouts import (  # noqa: E402
     NO_ALERT,
     align_cutouts,
 )
+from astro_classifier.families.clip import CLIP, CLIP_TINY, ClipConfig  # noqa: E402
 from astro_classifier.formats.registry import (  # noqa: E402
     decode_message,
     read_cutouts_of,  # noqa: E402
@@ -34,7 +35,6 @@ from astro_classifier.formats.registry import (  # noqa: E402
 )
 from astro_classifier.inference.classify import classify  # noqa: E402
 from astro_classifier.inference.model import LoadedModel  # noqa: E402
-from astro_classifier.families.clip import CLIP, CLIP_TINY, ClipConfig  # noqa: E402
 
 FEATURES = ("ra", "decl")
 
@@ -146,25 +146,32 @@ def test_the_exported_graph_holds_the_image_tower(image_model) -> None:
 
 @pytest.mark.slow
 def test_parity_with_real_stamps_for_every_modality_combination(image_model) -> None:
-    from astro_classifier.export.clip_export import ClipGraph, _real_images, check_parity
-    from astro_classifier.export.onnx_export import load_checkpoint, validation_calls
-    from astro_classifier.features.preprocess import PreprocessingSpec
+    from astro_classifier.export.graph import ExportGraph
+    from astro_classifier.export.onnx_export import call_data, validation_calls
+    from astro_classifier.export.parity import check_parity, parity_feeds, parity_tolerances
+    from astro_classifier.families.registry import CLIP_FAMILY
+    from astro_classifier.training.dataset import TrainingDataset
+    from astro_classifier.training.extras import dataset_extras
+    from astro_classifier.training.record import load_run
 
     run_dir, path = image_model
-    model, ckpt = load_checkpoint(run_dir)
-    spec = PreprocessingSpec.model_validate(ckpt["spec"])
-    calls, _ = validation_calls(run_dir, ckpt, spec)
-    validation = np.asarray(ckpt["split"]["validation"], np.int64)
-    images = _real_images(run_dir, model, calls, validation)
-    assert sum(int(ok.sum()) for _, ok in images) == len(validation)  # real stamps, all usable
+    model, record = load_run(run_dir)
+    calls, _ = validation_calls(run_dir, record, record.spec)
+    validation = np.asarray(record.split.validation, np.int64)
+    ds = TrainingDataset.load(run_dir / "dataset.h5")
+    extras = dataset_extras(ds, ["image"], CLIP_FAMILY.metadata_extras(model))
+    real = call_data(calls, validation, extras)
+    assert sum(int(given["image"][1].sum()) for given in real) == len(validation)  # all usable
     meta = LoadedModel.load(path, provider="cpu").metadata
-    graph = ClipGraph(model, meta.calibration.temperature).eval()
-    worst, worst_logit, agreement, per_combo = check_parity(
-        graph, meta, path, [x for _, x in calls], None, images
-    )
+    graph = ExportGraph(model, CLIP_FAMILY, meta.calibration.temperature).eval()
+    names = graph.output_names
+    groups = parity_feeds(meta, [x for _, x in calls], real)
+    report = check_parity(graph, names, path, groups, parity_tolerances(names, False, 1e-5))
+    per_combo = report.per_combination
     assert len(per_combo) == 7 and "photometry+metadata+image" in per_combo
-    assert max(per_combo.values()) <= 1e-5 and worst <= 1e-5 and worst_logit <= 1e-5
-    assert agreement == 1.0
+    assert max(per_combo.values()) <= 1e-5 and report.ok
+    assert report.max_abs_diff <= 1e-5 and report.max_logit_diff <= 1e-5
+    assert report.top_class_agreement == 1.0
 
 
 # -- serving --------------------------------------------------------------------------------

@@ -82,10 +82,21 @@ def test_model_typos_are_refused_at_config_load(item: str, message: str) -> None
         TrainConfig.from_yaml(path, [item])
 
 
-def test_contrastive_objective_needs_a_clip_model() -> None:
+def test_a_config_asks_only_what_the_model_family_does() -> None:
+    """The family's capabilities decide: ATAT has no contrastive objective and no frozen
+    towers; CLIP neither starts from an .onnx file nor runs the render pretraining."""
     pytest.importorskip("torch")
-    with pytest.raises(ValueError, match="needs a CLIP model"):
-        TrainConfig.from_yaml(CONFIGS[0], ["training.objective=contrastive"])
+    atat = _CONFIG_DIR / "atat_tiny.yaml"
+    clip = _CONFIG_DIR / "clip_tiny_finetune.yaml"
+    refused = [
+        (atat, ["training.objective=contrastive"], "not for 'atat_tiny' models"),
+        (atat, ["model.init_from=runs/x", "model.freeze=true"], "model.freeze is not for"),
+        (clip, ["model.init_from=m.onnx"], "cannot start from an .onnx file"),
+        (clip, ["model.init_from=null", "training.render_pretrain.epochs=1"], "render_pretrain"),
+    ]
+    for path, overrides, message in refused:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_yaml(path, overrides)
 
 
 def test_shared_data_variable_is_expanded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,13 +12,13 @@ torch = pytest.importorskip("torch")
 from rich.console import Console  # noqa: E402
 
 from astro_classifier.core.lightcurve import LightCurveBatch  # noqa: E402
+from astro_classifier.families.registry import ATAT_FAMILY, create_model  # noqa: E402
 from astro_classifier.features.preprocess import PreprocessingSpec  # noqa: E402
 from astro_classifier.training.contrastive import (  # noqa: E402
     nt_xent,
     pretrain_on_renderings,
     pretraining_rows,
 )
-from astro_classifier.families.registry import create_model  # noqa: E402
 
 
 def test_nt_xent_known_answers() -> None:
@@ -79,6 +79,7 @@ def test_pretraining_moves_the_encoders_and_reports_a_finite_loss() -> None:
     batch = _light_curves()
     history = pretrain_on_renderings(
         model,
+        ATAT_FAMILY,
         batch,
         np.arange(len(batch)),
         spec,

@@ -11,19 +11,17 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from astro_classifier.formats.registry import read_cutouts
+from astro_classifier.export.image_encoder import export_image_encoder
 from astro_classifier.families.image import (
     ImageEncoder,
     ImageEncoderConfig,
     MaskedImageModel,
-    MIMConfig,
-    evaluate_mim,
-    export_image_encoder,
     patchify,
-    pretrain_mim,
     random_patch_mask,
     unpatchify,
 )
+from astro_classifier.formats.registry import read_cutouts
+from astro_classifier.training.mim import MIMConfig, evaluate_mim, pretrain_mim
 
 TINY = ImageEncoderConfig(d_model=32, n_layers=1, n_heads=2)
 

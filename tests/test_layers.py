@@ -47,13 +47,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
 
 # Module imports that close a cycle and cannot be removed yet. Each is still required to
 # exist (test_known_exceptions_still_exist): delete the entry when its cycle is fixed.
-KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
-    # export_run (onnx_export) dispatches CLIP runs to export_clip_run (clip_export), which
-    # builds on onnx_export's tracing, calibration and parity helpers: a function-level
-    # import. Fixed by moving the family dispatch (or the shared helpers) to a module of its
-    # own, with the families/ layer.
-    (f"{ROOT}.export.onnx_export", f"{ROOT}.export.clip_export"),
-}
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

@@ -141,7 +141,7 @@ def test_train_loss_is_per_head_of_the_heads_the_model_returned():
     import torch
     import torch.nn.functional as F
 
-    from astro_classifier.training.train import multi_head_loss
+    from astro_classifier.families.base import multi_head_loss
 
     torch.manual_seed(0)
     target = torch.tensor([0, 1, 2, 1])

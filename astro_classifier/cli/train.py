@@ -27,20 +27,21 @@ def train_command(
         help="Training config (YAML), e.g. configs/atat_tiny.yaml.",
     ),
     run_dir: Path = typer.Option(
-        ..., "-o", "--output", help="Run directory to write (checkpoint, metrics, plots)."
+        ..., "-o", "--output", help="Run directory to write (run record, weights, metrics, plots)."
     ),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a config field: --set training.epochs=5 (repeatable)."
     ),
 ) -> None:
     """Train a model from a YAML config; the run directory keeps the config, the best
-    checkpoint, metrics.json, a confusion-matrix PNG and a learning-curve PNG."""
+    weights, its run record (run.json), metrics.json, a confusion-matrix PNG and a
+    learning-curve PNG."""
     _require_torch()
     # training and export import torch (the `train` extra): only these commands pay for it
     from pydantic import ValidationError
 
-    from astro_classifier.training.config import TrainConfig
     from astro_classifier.families.registry import check_model_args
+    from astro_classifier.training.config import TrainConfig
     from astro_classifier.training.train import train
 
     try:

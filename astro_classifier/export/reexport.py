@@ -1,13 +1,14 @@
-"""Re-export a shipped ATAT model in the current graph form, from the .onnx file alone.
+"""Re-export a shipped model in the current graph form, from the .onnx file alone.
 
 An exported model is the only artefact that ships; its run directory may be gone. When the
 export form improves (a fused kernel, less work in the graph) the shipped files should get
 the improvement without retraining: :func:`reexport_onnx` reads the weights back from the
-graph (:mod:`astro_classifier.training.warm_start`), and the tables of its OOD score where the
-graph computes one (initialisers ``ood.<name>``, :func:`gaussian_ood_from_onnx`), traces them
-again with the current export code, copies the model's metadata (labels, preprocessing
-tables, calibration, OOD rule and threshold, metrics: nothing about the model changes; the
-list of outputs is the new graph's) and writes the new file only if
+graph (:mod:`astro_classifier.training.warm_start`; families with ``onnx_warm_start``: ATAT)
+and the tables of its OOD score where the graph computes one (initialisers ``ood.<name>``,
+:func:`gaussian_ood_from_onnx`), traces them again in the family's export form, copies the
+model's metadata (labels, preprocessing tables, calibration, OOD rule and threshold, metrics:
+nothing about the model changes; the list of outputs is the new graph's) and writes the new
+file through the one writer (:func:`astro_classifier.export.writer.write_onnx`) only if
 
 - the new graph matches torch on the given light curves (the export parity check), and
 - the new graph matches the old graph (ONNX Runtime, both) within the fp32 tolerance, with
@@ -20,8 +21,6 @@ energy score: fitting the Gaussians needs the run's training data (`astroclf exp
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +29,21 @@ from onnx import numpy_helper
 
 from astro_classifier import __version__
 from astro_classifier.core.errors import ModelError
-from astro_classifier.export.onnx_export import (
+from astro_classifier.export.graph import GAUSSIAN_BUFFERS, ExportGraph, GaussianOOD, to_float16
+from astro_classifier.export.parity import (
     FP16_MIN_TOP_AGREEMENT,
     FP16_OOD_TOLERANCE,
     FP16_TOLERANCE,
     FP32_OOD_TOLERANCE,
     FP32_TOLERANCE,
-    GAUSSIAN_BUFFERS,
-    CalibratedModel,
-    GaussianOOD,
     ParityError,
     ParityReport,
-    atat_graph_axes,
     check_parity,
-    output_specs,
-    to_float16,
-    trace_to_onnx,
+    parity_feeds,
+    parity_tolerances,
 )
+from astro_classifier.export.writer import write_onnx
+from astro_classifier.families.registry import create_model, family_of
 from astro_classifier.features.preprocess import ModelInputs, keep_model_bands, tabular_features
 from astro_classifier.formats.registry import read_light_curves
 from astro_classifier.inference.classify import bucketed_inputs
@@ -56,7 +53,6 @@ from astro_classifier.inference.model import (
     ModelMetadata,
     read_metadata,
 )
-from astro_classifier.families.registry import create_model
 from astro_classifier.training.warm_start import load_onnx_weights
 
 # Heads the serving graph does not compute: their weights are not in the file, and the
@@ -99,43 +95,37 @@ def reexport_onnx(
         raise ModelError(f"{src}: a {meta.precision} model; re-export its fp32 file")
     if not inputs:
         raise ModelError(f"{src}: no light curves for the parity check")
+    family = family_of(meta.architecture)
+    if not family.onnx_warm_start:
+        raise ModelError(
+            f"{src}: a {meta.architecture} model; its weights cannot be read back from the "
+            "graph: export its run directory instead"
+        )
     model = create_model(meta.architecture, **meta.architecture_config).eval()
     fresh = [k for k in load_onnx_weights(model, src) if not k.startswith(UNUSED_HEADS)]
     if fresh:
         raise ParityError(f"{src}: weights not found in the graph: {fresh}; {out} not written")
     temperature = meta.calibration.temperature if meta.calibration else 1.0
-    calibrated = CalibratedModel(model, temperature, gaussian_ood_from_onnx(src, meta)).eval()
-
-    output_names = calibrated.output_names
-    names, dynamic = atat_graph_axes(output_names)
-    example = inputs[0].take(np.arange(min(2, len(inputs[0]))))
-    # float16: the decomposed attention, which the float16 converter knows
-    traced = CalibratedModel(model, temperature, calibrated.ood, export_form=not fp16).eval()
-    proto = trace_to_onnx(traced, example.as_dict(), names, output_names, dynamic)
-    if fp16:
-        proto = to_float16(proto)
+    graph = ExportGraph(model, family, temperature, gaussian_ood_from_onnx(src, meta)).eval()
+    output_names = graph.output_names
     kept = meta.model_copy(
         update={
             "precision": "fp16" if fp16 else "fp32",
             "package_version": __version__,
-            "outputs": output_specs(output_names),
+            "outputs": graph.output_specs(),
         }
     )
-    for key, value in kept.to_props().items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "astroclf"
-    onnx.checker.check_model(proto, full_check=True)
+    example = inputs[0].take(np.arange(min(2, len(inputs[0]))))
+    min_top = FP16_MIN_TOP_AGREEMENT if fp16 else 1.0
+    tolerances = parity_tolerances(output_names, fp16, family.parity_tolerance)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp) / "model.onnx"
-        onnx.save(proto, str(tmp_path))
-        report = check_parity(calibrated, tmp_path, inputs, fp16=fp16)
-        min_top = FP16_MIN_TOP_AGREEMENT if fp16 else 1.0
-        tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
-        if not report.ok or report.top_class_agreement < min_top:
+    def check(path: Path) -> ParityReport:
+        report = check_parity(
+            graph, output_names, path, parity_feeds(kept, inputs), tolerances, min_top
+        )
+        if not report.ok:
             raise ParityError(f"ONNX Runtime and torch disagree: {report}; {out} not written")
-        old, new = LoadedModel.load(src, provider="cpu"), LoadedModel.load(tmp_path, provider="cpu")
+        old, new = LoadedModel.load(src, provider="cpu"), LoadedModel.load(path, provider="cpu")
         worst, worst_ood, agree, n = 0.0, 0.0, 0, 0
         for x in inputs:
             a, b = old.predict(x), new.predict(x)
@@ -145,6 +135,7 @@ def reexport_onnx(
                 worst_ood = max(worst_ood, float(np.abs(a.ood - b.ood).max()) / scale)
             top_a, top_b = a.probabilities.argmax(1), b.probabilities.argmax(1)
             agree, n = agree + int((top_a == top_b).sum()), n + len(x)
+        tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
         ood_tolerance = FP16_OOD_TOLERANCE if fp16 else FP32_OOD_TOLERANCE
         if worst > tolerance or worst_ood > ood_tolerance or agree < min_top * n:
             raise ParityError(
@@ -154,9 +145,19 @@ def reexport_onnx(
             )
         report.previous_graph_max_diff = worst
         report.objects_from = "light curves"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(tmp_path), out)
-    return report
+        return report
+
+    # float16: the training form's decomposed attention, which the float16 converter knows
+    return write_onnx(
+        graph if fp16 else graph.traced(),
+        example.as_dict(),
+        output_names,
+        graph.dynamic_axes(),
+        out,
+        kept.to_props(),
+        check,
+        convert=to_float16 if fp16 else None,
+    )
 
 
 def parity_inputs(

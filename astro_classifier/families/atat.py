@@ -17,6 +17,11 @@ kernel (it never materialises the (B, H, T, T) score tensor; the graph then need
 Runtime, which serves every model), an encoder's last block scores its CLS query in the input
 space, the light-curve tokens gather each band's points (NonZero, ScatterND), and the feature
 tokenizer folds to one clip. Each is tested against the training form and checked at export.
+
+:class:`ATATFamily` is ATAT's :class:`~astro_classifier.families.base.Family`: the summed
+cross-entropy of the three heads, ``forward_embedding`` as export form (with the class-Gaussian
+OOD score on its embedding), warm starts from an exported file, the render pretraining of its
+two encoders, a float16 export.
 """
 
 from __future__ import annotations

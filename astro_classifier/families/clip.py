@@ -29,6 +29,11 @@ random during training (never all of an object's), so any subset embeds and clas
 Classification: the fused embedding is the L2-normalised mean of the present modalities'
 embeddings (presence flags per modality, 1 = present), and a linear head gives the logits.
 Attention is dense and deterministic: the same input always gives the same output.
+
+:class:`ClipFamily` is CLIP's :class:`~astro_classifier.families.base.Family`: contrastive or
+classification objective, a head on frozen towers, the extra graph inputs ``spectrum``,
+``image`` and ``has_<modality>``, and the export form (fused embedding, logits,
+``embedding_<modality>`` per tower).
 """
 
 from __future__ import annotations
@@ -282,9 +287,7 @@ class CLIP(nn.Module):
         computed, zeros where an input is absent; presence only matters to the loss and the
         fusion). ``export_form``: the transformer towers compute their export forms
         (:mod:`astro_classifier.families.atat`)."""
-        out = {
-            "photometry": self.embed_photometry(flux, flux_err, time, band, mask, export_form)
-        }
+        out = {"photometry": self.embed_photometry(flux, flux_err, time, band, mask, export_form)}
         if self.has_tabular:
             out["metadata"] = self.embed_metadata(tabular, export_form)
         if "spectrum" in self.modalities:
@@ -525,7 +528,9 @@ class ClipFamily(Family):
         if "image" in model.modalities:
             size = cfg.image_size
             specs.append(input_spec("image", "float32", ["batch", 3, size, size]))
-        return specs + [input_spec(PRESENCE_PREFIX + m, "bool", ["batch"]) for m in model.modalities]
+        return specs + [
+            input_spec(PRESENCE_PREFIX + m, "bool", ["batch"]) for m in model.modalities
+        ]
 
     def metadata_extras(self, model: CLIP) -> dict[str, Any]:
         modalities = list(model.modalities)

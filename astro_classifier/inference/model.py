@@ -35,22 +35,23 @@ Out-of-distribution score (``ood``; higher = less like the training data):
 The threshold of the first two is a quantile (0.95) of the scores of the run's validation
 objects (whole light curves), stored in the model (``ood``).
 
-Multimodal (CLIP) models: the graph inputs are the :class:`ModelInputs` arrays, in their
-order, followed by the inputs of :func:`extra_input_names`: ``spectrum`` (B, 2, G) float32
-(flux and flux error on the model's wavelength grid ``spectrum_grid``, NaN = no data) when the
-model has the spectrum modality, ``image`` (B, 3, S, S) float32 (the alert's science, template
-and difference stamps, normalised by :mod:`astro_classifier.data.cutouts`; S = ``image_size``)
-when it has the image modality, then one presence mask ``has_<modality>`` (B,) bool per
-modality of the model, in ``metadata.modalities`` order (True = the object has it).
-``modalities`` lists the towers in the file, ``required_modalities`` those every object must
-have (photometry). :meth:`LoadedModel.load` checks the graph's inputs against that list, and
-:meth:`LoadedModel.predict` fills the extra inputs when the caller gives only
-:class:`ModelInputs` (alerts and light-curve files): photometry present, metadata present
-where any tabular value is finite, spectrum and image absent (zeros). :func:`classify` feeds a
-model that :func:`needs_images` the stamps its batch carries (``LightCurveBatch.cutouts``),
-present where they decoded. Extra outputs ``embedding`` (the
-fused, L2-normalised embedding) and ``embedding_<modality>`` per tower serve `astroclf embed`.
-Models without ``modalities`` (ATAT) have exactly the ModelInputs contract.
+Extra inputs: the graph inputs are the :class:`ModelInputs` arrays, in their order, followed
+by the model's extra inputs, which the metadata's ``inputs`` lists after them
+(:func:`extra_inputs`; written at export from the model's family): data inputs such as
+``spectrum`` (B, 2, G) float32 (flux and flux error on the model's wavelength grid
+``spectrum_grid``, NaN = no data) and ``image`` (B, 3, S, S) float32 (the alert's science,
+template and difference stamps, normalised by :mod:`astro_classifier.formats.stamps`; S =
+``image_size``), then presence flags ``has_<modality>`` (B,) bool (True = the object has it).
+Serving learns them from the metadata alone: :meth:`LoadedModel.load` checks the graph's
+inputs against that list, and :meth:`LoadedModel.predict` fills the extra inputs when the
+caller gives only :class:`ModelInputs` (alerts and light-curve files;
+:func:`default_extra_inputs`): data inputs absent (zeros), photometry present, metadata present
+where any tabular value is finite. :func:`classify` feeds a model that :func:`needs_images`
+the stamps its batch carries (``LightCurveBatch.cutouts``), present where they decoded.
+``modalities`` lists a multimodal model's towers, ``required_modalities`` those every object
+must have (photometry); its extra outputs ``embedding`` (the fused, L2-normalised embedding)
+and ``embedding_<modality>`` per tower serve `astroclf embed`. A model without extra inputs
+(ATAT) has exactly the ModelInputs contract.
 """
 
 from __future__ import annotations
@@ -179,61 +180,75 @@ class ModelMetadata(BaseModel):
             raise ModelError(f"{source}: invalid astroclf metadata: {exc}") from exc
 
 
+PRESENCE_PREFIX = "has_"  # a presence flag input: has_<modality> (B,) bool
+# Presence of the modalities the ModelInputs arrays carry, by default: photometry where any
+# point is real, metadata where any tabular value is finite
+MODEL_INPUT_PRESENCE = {
+    "photometry": lambda x: x.mask.any(axis=1),
+    "metadata": lambda x: np.isfinite(x.tabular).any(axis=1),
+}
+
+
+def extra_inputs(metadata: ModelMetadata) -> list[InputSpec]:
+    """The graph inputs after the ModelInputs ones, as the metadata lists them (none for a
+    model of light curves and tabular features alone)."""
+    names = set(ModelInputs.names())
+    return [spec for spec in metadata.inputs if spec.name not in names]
+
+
 def extra_input_names(metadata: ModelMetadata) -> list[str]:
-    """Graph inputs after the ModelInputs ones: none for ATAT, else (spectrum,) (image,)
-    has_<m>..."""
-    if not metadata.modalities:
-        return []
-    names = [m for m in ("spectrum", "image") if m in metadata.modalities]
-    return names + [f"has_{m}" for m in metadata.modalities]
+    """Names of :func:`extra_inputs`, in graph order."""
+    return [spec.name for spec in extra_inputs(metadata)]
 
 
 def needs_images(metadata: ModelMetadata) -> bool:
-    """Whether the model has an image tower (callers then decode the alerts' cutouts)."""
-    return bool(metadata.modalities) and "image" in metadata.modalities
+    """Whether the model reads stamps (an ``image`` input; callers then decode the alerts'
+    cutouts)."""
+    return "image" in extra_input_names(metadata)
 
 
 def default_extra_inputs(
     metadata: ModelMetadata,
     inputs: ModelInputs,
     presence: dict[str, np.ndarray] | None = None,
-    spectrum: np.ndarray | None = None,
-    image: np.ndarray | None = None,
+    data: dict[str, np.ndarray | None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Extra feeds of a multimodal model: what alerts carry unless ``presence`` says more.
-    A missing ``spectrum`` or ``image`` is fed as zeros and marked absent."""
-    if not metadata.modalities:
+    """Feeds of the model's extra inputs (:func:`extra_inputs`) for a call on ``inputs``.
+
+    A data input (``spectrum``, ``image``) takes ``data[name]`` when given, present where a
+    row holds any finite value, else zeros, absent. A presence flag ``has_<m>`` takes
+    ``presence[m]`` when given, else the default: the data input ``m``'s presence, for
+    photometry and metadata :data:`MODEL_INPUT_PRESENCE`, else absent. Data for inputs the
+    model does not have are ignored."""
+    specs = extra_inputs(metadata)
+    if not specs:
         return {}
     n = len(inputs)
     presence = dict(presence or {})
+    data = data or {}
     feeds: dict[str, np.ndarray] = {}
-    if "spectrum" in metadata.modalities:
-        bins = int(metadata.spectrum_grid[2]) if metadata.spectrum_grid else 0
-        feeds["spectrum"] = (
-            np.zeros((n, 2, bins), np.float32)
-            if spectrum is None
-            else np.ascontiguousarray(spectrum, np.float32)
-        )
-        has = np.zeros(n, bool) if spectrum is None else np.isfinite(feeds["spectrum"]).any((1, 2))
-        presence.setdefault("spectrum", has)
-    if "image" in metadata.modalities:
-        size = int(metadata.image_size or 63)
-        feeds["image"] = (
-            np.zeros((n, 3, size, size), np.float32)
-            if image is None
-            else np.ascontiguousarray(image, np.float32)
-        )
-        presence.setdefault("image", np.full(n, image is not None))
-    defaults = {
-        "photometry": lambda: inputs.mask.any(axis=1),
-        "metadata": lambda: np.isfinite(inputs.tabular).any(axis=1),
-    }
-    for m in metadata.modalities:
-        flag = presence.get(m)
+    for spec in specs:
+        if spec.name.startswith(PRESENCE_PREFIX):
+            continue
+        given = data.get(spec.name)
+        if given is None:
+            shape = (n, *(int(d) for d in spec.shape[1:]))
+            feeds[spec.name] = np.zeros(shape, np.dtype(spec.dtype))
+            presence.setdefault(spec.name, np.zeros(n, bool))
+        else:
+            feeds[spec.name] = np.ascontiguousarray(given, np.dtype(spec.dtype))
+            rows = np.isfinite(feeds[spec.name].reshape(n, -1)).any(axis=1)
+            presence.setdefault(spec.name, rows)
+    for spec in specs:
+        if not spec.name.startswith(PRESENCE_PREFIX):
+            continue
+        modality = spec.name.removeprefix(PRESENCE_PREFIX)
+        flag = presence.get(modality)
         if flag is None:
-            flag = defaults[m]() if m in defaults else np.zeros(n, bool)
-        feeds[f"has_{m}"] = np.array(np.broadcast_to(np.asarray(flag, bool), (n,)))
-    return feeds
+            default = MODEL_INPUT_PRESENCE.get(modality)
+            flag = default(inputs) if default is not None else np.zeros(n, bool)
+        feeds[spec.name] = np.array(np.broadcast_to(np.asarray(flag, bool), (n,)))
+    return {spec.name: feeds[spec.name] for spec in specs}
 
 
 def logsumexp(z: np.ndarray) -> np.ndarray:
@@ -555,12 +570,11 @@ class LoadedModel:
         self,
         inputs: ModelInputs,
         presence: dict[str, np.ndarray] | None = None,
-        spectrum: np.ndarray | None = None,
-        image: np.ndarray | None = None,
+        **data: np.ndarray | None,
     ) -> dict[str, np.ndarray]:
-        """Session feeds: the ModelInputs arrays plus a multimodal model's extra inputs."""
-        extra = default_extra_inputs(self.metadata, inputs, presence, spectrum, image)
-        return inputs.as_dict() | extra
+        """Session feeds: the ModelInputs arrays plus the model's extra inputs
+        (:func:`default_extra_inputs`; ``data``: arrays of its data inputs by name)."""
+        return inputs.as_dict() | default_extra_inputs(self.metadata, inputs, presence, data)
 
     @property
     def needs_images(self) -> bool:
@@ -570,12 +584,12 @@ class LoadedModel:
         self,
         inputs: ModelInputs,
         presence: dict[str, np.ndarray] | None = None,
-        spectrum: np.ndarray | None = None,
-        image: np.ndarray | None = None,
+        **data: np.ndarray | None,
     ) -> Prediction:
         """Probabilities (B, n_classes) float32 for one padded call, the raw logits when the
         graph has them, and the graph's OOD score when the model's rule reads it.
-        ``presence``/``spectrum``: multimodal models only (see above)."""
+        ``presence`` and ``data`` (``spectrum=``, ``image=``): models with extra inputs only
+        (see :meth:`feeds`)."""
         if self.metadata.modalities and not self.metadata.labels:
             raise ModelError(
                 f"{self.path}: {self.metadata.name} is an embedding-only model (a CLIP "
@@ -584,9 +598,7 @@ class LoadedModel:
         names = ["probabilities", "logits"] if self.has_logits else ["probabilities"]
         if self.ood_in_graph:
             names.append(OOD_OUTPUT)
-        out = dict(
-            zip(names, self.run(names, self.feeds(inputs, presence, spectrum, image)), strict=True)
-        )
+        out = dict(zip(names, self.run(names, self.feeds(inputs, presence, **data)), strict=True))
         return Prediction(
             probabilities=np.asarray(out["probabilities"], dtype=np.float32),
             logits=np.asarray(out["logits"], dtype=np.float32) if "logits" in out else None,
@@ -598,8 +610,7 @@ class LoadedModel:
         inputs: ModelInputs,
         modality: str | None = None,
         presence: dict[str, np.ndarray] | None = None,
-        spectrum: np.ndarray | None = None,
-        image: np.ndarray | None = None,
+        **data: np.ndarray | None,
     ) -> np.ndarray:
         """(B, D) float32 L2-normalised embeddings: of one tower (``modality``) or the fused
         one (None) of a multimodal model."""
@@ -613,7 +624,7 @@ class LoadedModel:
         outputs = [o.name for o in self.session.get_outputs()]
         if name not in outputs:
             raise ModelError(f"{self.path}: the graph has no {name!r} output ({outputs})")
-        out = self.run([name], self.feeds(inputs, presence, spectrum, image))
+        out = self.run([name], self.feeds(inputs, presence, **data))
         return np.asarray(out[0], np.float32)
 
     def warm_up(self) -> None:

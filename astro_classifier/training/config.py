@@ -40,7 +40,7 @@ class ModelSection(_Strict):
     args: dict[str, Any] = Field(default_factory=dict, description="architecture overrides")
     init_from: str | None = Field(
         None,
-        description="fine-tune: a run directory whose model.yaml + weights.pt start this model, "
+        description="fine-tune: a run directory whose run.json + weights.pt start this model, "
         "or an exported ATAT model (.onnx) to warm-start from (its architecture is used; "
         "model.args must then be empty)",
     )
@@ -224,8 +224,8 @@ class TrainingSection(_Strict):
     )
     objective: Literal["classify", "contrastive"] = Field(
         "classify",
-        description="classify: cross-entropy on labels; contrastive: CLIP pretraining without "
-        "labels on every non-hold-out object (CLIP models only)",
+        description="classify: cross-entropy on labels; contrastive: pretraining without "
+        "labels on every non-hold-out object (models whose family has it: CLIP)",
     )
     render_pretrain: RenderPretrainSection = RenderPretrainSection()
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -256,24 +256,33 @@ class TrainConfig(_Strict):
         return cfg
 
     def check_model(self) -> None:
-        """Refuse an unknown model name or argument, or a model/objective mismatch
-        (ValueError). Needs torch (the registry builds models); skipped without it."""
+        """Refuse an unknown model name or argument, or what the model's family cannot do
+        (an objective, ``model.freeze``, a warm start from an exported file, the render
+        pretraining): ValueError. Needs torch (the registry builds models); skipped without
+        it."""
         try:  # the registry builds models with torch (the `train` extra); a config does not
             from astro_classifier.families.registry import check_model_args, get_entry
         except ImportError:  # no torch: nothing can be trained anyway
             return
-        check_model_args(self.model.name, self.model.args)
-        family = get_entry(self.model.name).family
-        if self.training.objective == "contrastive" and family != "clip":
+        name = self.model.name
+        check_model_args(name, self.model.args)
+        family = get_entry(name).family
+        if self.training.objective not in family.objectives:
             raise ValueError(
-                f"training.objective contrastive needs a CLIP model, not {self.model.name!r}"
+                f"training.objective {self.training.objective} is not for {name!r} models "
+                f"(they train with {list(family.objectives)})"
             )
         if self.model.init_from is not None and self.model.args:
-            raise ValueError("model.args must be empty with model.init_from (its model.yaml rules)")
+            raise ValueError("model.args must be empty with model.init_from (its run rules)")
         if self.model.freeze and self.model.init_from is None:
             raise ValueError("model.freeze needs model.init_from (a pretrained run)")
-        if self.model.freeze and family != "clip":
-            raise ValueError("model.freeze is for CLIP models (a head on frozen towers)")
+        if self.model.freeze and not family.freezable:
+            raise ValueError(f"model.freeze is not for {name!r} models (a head on frozen towers)")
+        init = self.model.init_from
+        if init is not None and init.endswith(".onnx") and not family.onnx_warm_start:
+            raise ValueError(f"model.init_from: {name!r} models cannot start from an .onnx file")
+        if self.training.render_pretrain.epochs and not family.render_pretraining:
+            raise ValueError(f"training.render_pretrain is not for {name!r} models")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

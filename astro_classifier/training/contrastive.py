@@ -9,8 +9,11 @@ tabular features), and the NT-Xent loss pulls the two representations of an obje
 and pushes those of the other objects of the minibatch away. A representation that cannot
 tell the processings of one object apart cannot carry the catalogue shortcut.
 
-The representation is the concatenation of the light-curve and tabular encoders' CLS outputs
-(what the mixed head reads), followed by a two-layer projection head used only here.
+The representation is the family's (:meth:`Family.representation
+<astro_classifier.families.base.Family.representation>`; ATAT: the concatenation of the
+light-curve and tabular encoders' CLS outputs, what the mixed head reads), followed by a
+two-layer projection head used only here. The learning rate follows the shared schedule
+(:func:`astro_classifier.training.loop.warmup_cosine`, without warm-up).
 Only the objects as read (rows whose metadata ``processing`` is -1, or every row when the
 training set has no rendered copies) of the training split take part; validation and
 hold-out objects never do.
@@ -30,20 +33,10 @@ from torch import nn
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.progress import progress_bar
 from astro_classifier.core.taxonomy import broad_class_of
+from astro_classifier.families.base import Family
 from astro_classifier.features.preprocess import PreprocessingSpec, light_curves_to_inputs
 from astro_classifier.features.render import render_random
-
-
-def representation(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, D) what the ATAT mixed head reads: light-curve CLS (+ tabular CLS)."""
-    lc = model.lc_encoder(
-        model.lc_tokens(inputs["flux"], inputs["flux_err"], inputs["time"], inputs["band"]),
-        inputs["mask"],
-    )
-    if not model.has_tabular:
-        return lc
-    tab = model.tab_encoder(model.tab_tokens(inputs["tabular"]), None)
-    return torch.cat([lc, tab], dim=-1)
+from astro_classifier.training.loop import warmup_cosine
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -67,6 +60,7 @@ def pretraining_rows(batch: LightCurveBatch, train_idx: np.ndarray) -> np.ndarra
 
 def pretrain_on_renderings(
     model: nn.Module,
+    family: Family,
     batch: LightCurveBatch,
     rows: np.ndarray,
     spec: PreprocessingSpec,
@@ -83,14 +77,11 @@ def pretrain_on_renderings(
     """Pretrain ``model``'s encoders in place on pairs of renderings of ``batch`` rows
     ``rows``; returns the mean loss of each epoch. The projection head is thrown away."""
     rng = np.random.default_rng(seed)
-    width = model.cfg.d_model * (2 if model.has_tabular else 1)
+    width = family.representation_width(model)
     projection = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 64)).to(device)
     params = list(model.parameters()) + list(projection.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-2)
-    steps = epochs * math.ceil(len(rows) / batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-    )
+    scheduler = warmup_cosine(optimizer, epochs * math.ceil(len(rows) / batch_size), 0)
     transient = np.array(
         [broad_class_of(str(label)) == "transient" for label in batch.label[rows]], bool
     )
@@ -112,7 +103,7 @@ def pretrain_on_renderings(
                 ]
                 z = [
                     projection(
-                        representation(
+                        family.representation(
                             model,
                             {
                                 k: torch.from_numpy(v).to(device)

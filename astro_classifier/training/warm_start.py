@@ -1,5 +1,7 @@
 """Warm start: the weights of an exported ATAT model (.onnx) as a torch state_dict.
 
+For the families that declare ``onnx_warm_start`` (ATAT).
+
 An exported model is the only artefact that ships; its run directory may be gone. The ONNX
 graph still holds every weight the classifier uses, under one of three guises:
 
@@ -27,15 +29,17 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from astro_classifier.families.registry import family_of
 from astro_classifier.inference.model import read_metadata
 
 
 def atat_state_from_onnx(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(architecture config, state_dict) of an exported ATAT model; see the module docstring."""
     meta = read_metadata(path)
-    if meta.architecture not in ("atat", "atat_tiny"):
+    if not family_of(meta.architecture).onnx_warm_start:
         raise ValueError(
-            f"{path}: a warm start needs an ATAT model, this one is {meta.architecture!r}"
+            f"{path}: a {meta.architecture!r} model; its weights cannot be read back from the "
+            "graph (a warm start needs a family with onnx_warm_start: ATAT)"
         )
     proto = onnx.load(str(path))
     arrays = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
@@ -74,7 +78,7 @@ def atat_state_from_onnx(path: str | Path) -> tuple[dict[str, Any], dict[str, to
             ),
             None,
         )
-    # Exported graphs wrap the network in the calibration module (CalibratedModel): its
+    # Exported graphs wrap the network in the export graph (export.graph.ExportGraph): its
     # parameters sit under "model.", next to the temperature and the OOD score's tables
     # ("ood."), which are not weights of the network.
     state = {
