@@ -25,14 +25,13 @@ the float16 conversion.
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
 from astro_classifier.export.gaussian_ood import GaussianTables
-from astro_classifier.families.base import Family
+from astro_classifier.families.base import ExportOutputs, Family
 from astro_classifier.features.preprocess import ModelInputs
 from astro_classifier.inference.model import (
     EMBEDDING_OUTPUT,
@@ -143,8 +142,8 @@ class ExportGraph(torch.nn.Module):
         extra = [n for n in self.family.extra_output_shapes(self.model) if n != EMBEDDING_OUTPUT]
         return names + extra
 
-    def outputs(self, **inputs: torch.Tensor) -> Any:
-        """The family's :class:`~astro_classifier.families.base.ExportOutputs`."""
+    def outputs(self, **inputs: torch.Tensor) -> ExportOutputs:
+        """The family's export form on the graph inputs by name."""
         return self.family.export_outputs(self.model, inputs, self.export_form)
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from astro_classifier.core.errors import ModelError
-from astro_classifier.families.base import CLASSIFY, model_config
+from astro_classifier.families.base import CLASSIFY
 from astro_classifier.families.registry import build_model
 from astro_classifier.features.preprocess import PreprocessingSpec
 from astro_classifier.training.config import ExportSection, TrainingSection
@@ -81,11 +81,6 @@ def save_run(run_dir: Path, record: RunRecord, state: dict[str, torch.Tensor]) -
     """Write ``run.json`` and ``weights.pt`` (``state`` on the CPU)."""
     record.save(run_dir)
     torch.save({k: v.detach().cpu() for k, v in state.items()}, Path(run_dir) / WEIGHTS)
-
-
-def record_of(model: nn.Module, **fields: Any) -> RunRecord:
-    """A record for ``model``: its architecture config, with ``fields``."""
-    return RunRecord(architecture=model_config(model), **fields)
 
 
 def load_record(run_dir: Path) -> RunRecord:
