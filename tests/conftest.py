@@ -4,8 +4,8 @@ Tests read real data from ``ASTROCLF_SHARED_DATA`` (default ``../shared/data`` r
 the project root). Outside CI a test that needs it is skipped with the reason when it is
 absent; in CI (``CI=true``) its absence is an error.
 
-A test that trains or exports a model is marked ``slow`` (``pytest -m "not slow"`` skips
-it). The trained models that more than one module needs are session fixtures here, trained
+A test that trains or exports a model, or runs several worker processes against the broker
+(kill -9, scale-out), is marked ``slow`` (``pytest -m "not slow"`` skips it; CI runs it). The trained models that more than one module needs are session fixtures here, trained
 once per session; a test that requests one of them is marked ``slow`` at collection even if
 its module forgot the mark (``TRAINED_FIXTURES``).
 """

@@ -44,6 +44,7 @@ def _stopped(worker) -> dict:
     return next(e for e in worker.events() if e["event"] == "worker_stopped")
 
 
+@pytest.mark.slow  # several worker processes against the broker, ~20-25 s each
 @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_no_alert_lost_or_duplicated_when_a_worker_joins_and_one_leaves(
     delivery: str,
@@ -140,6 +141,7 @@ def test_no_alert_lost_or_duplicated_when_a_worker_joins_and_one_leaves(
 
 
 # -- kill -9 with a decode pool ---------------------------------------------------------------
+@pytest.mark.slow  # several worker processes against the broker, ~20-25 s each
 @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_kill_9_with_a_decode_pool_loses_nothing_and_leaves_no_process(
     delivery: str,

@@ -751,6 +751,7 @@ def test_a_model_with_an_image_tower_classifies_every_alert_once(image_model_run
 
 
 # -- a second worker joins: rebalance ---------------------------------------------------------
+@pytest.mark.slow  # several worker processes against the broker, ~20-25 s each
 def test_a_worker_joining_mid_stream_takes_over_partitions_without_duplicates(
     kafka_bootstrap: str, shared_data: Path, tmp_path: Path, workers
 ) -> None:
@@ -802,6 +803,7 @@ def test_a_worker_joining_mid_stream_takes_over_partitions_without_duplicates(
 KILL_AT = (0.15, 0.4, 0.65)  # fractions of the classifications produced
 
 
+@pytest.mark.slow  # several worker processes against the broker, ~20-25 s each
 @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_kill_9_mid_stream_loses_nothing(
     delivery: str, kafka_bootstrap: str, shared_data: Path, tmp_path: Path, workers
