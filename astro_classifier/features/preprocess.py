@@ -232,8 +232,13 @@ class InputLayout:
     one layout of the whole micro-batch, with no Python loop over objects.
     """
 
-    def __init__(self, batch: LightCurveBatch, spec: PreprocessingSpec) -> None:
-        batch, _ = keep_model_bands(batch, spec)
+    def __init__(
+        self, batch: LightCurveBatch, spec: PreprocessingSpec, prepared: bool = False
+    ) -> None:
+        """``prepared``: ``batch`` already went through :func:`keep_model_bands` (serving
+        does that once per micro-batch; binning twice would cost as much as the features)."""
+        if not prepared:
+            batch, _ = keep_model_bands(batch, spec)
         self.batch = batch
         self.lengths = np.minimum(batch.lengths, spec.max_length)
         obj = batch.point_object_index()

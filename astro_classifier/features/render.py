@@ -164,7 +164,7 @@ def _build(
             np.array(a, copy=True) for a in (time, band, flux, flux_err, detected)
         )
     else:
-        order = np.lexsort((time, obj))
+        order = _time_order(obj, time)
     counts = np.bincount(obj, minlength=len(batch))
     return LightCurveBatch(
         object_id=batch.object_id.copy(),
@@ -180,6 +180,28 @@ def _build(
         cutouts=batch.cutouts,
         dropped=dict(batch.dropped),
     )
+
+
+def _time_order(obj: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """Permutation sorting points by object, then time (ties keep their order).
+
+    When the points are already grouped by object (as every producer here leaves them) the
+    sort key is one float per point, the object index plus the time's fraction of that
+    object's span, sorted stably: NumPy's stable sort (timsort) runs in near-linear time on
+    the almost-sorted points of :func:`nightly_bin`, 5-10x faster than ``np.lexsort``. Two
+    times closer than the key's resolution (~1e-10 of the span) could swap; the result is
+    checked and a ``lexsort`` redoes it then."""
+    if len(obj) and (np.diff(obj) >= 0).all():
+        starts = np.flatnonzero(np.r_[True, obj[1:] != obj[:-1]])
+        lo = np.minimum.reduceat(time, starts)
+        span = np.maximum.reduceat(time, starts) - lo
+        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(obj)]))
+        scale = np.divide(1.0, span * (1.0 + 1e-9), out=np.zeros_like(span), where=span > 0)
+        key = group + (time - lo[group]) * scale[group]
+        order = np.argsort(key, kind="stable")
+        if _in_order(obj[order], time[order]):
+            return order
+    return np.lexsort((time, obj))
 
 
 def _in_order(obj: np.ndarray, time: np.ndarray) -> bool:
@@ -482,7 +504,10 @@ def nightly_bin(batch: LightCurveBatch) -> LightCurveBatch:
     if len(obj) == 0:
         return as_read(batch, np.random.default_rng(0))
     night = night_of(batch.time)
-    key = _group_key(obj, batch.band, night)
+    # (object, night, band): points in time order are already sorted by (object, night), so
+    # the stable sort below only reorders bands within a night (near-linear), and the binned
+    # points come out almost in time order (cheap for _build to finish)
+    key = _group_key(obj, night, batch.band)
     # time order within a group: a stable sort keeps it when the points come in time order
     if _in_order(obj, batch.time):
         order = np.argsort(key, kind="stable")
@@ -494,34 +519,27 @@ def nightly_bin(batch: LightCurveBatch) -> LightCurveBatch:
     d = batch.detected[order]
     starts = _group_starts(key[order])
     count = np.diff(np.append(starts, len(order)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = np.where(np.isfinite(e) & (e > 0) & np.isfinite(f), 1.0 / e**2, 0.0)
-        t0 = np.repeat(t[starts], count)  # times relative to the night's first point
-        sw = np.add.reduceat(w, starts)
-        weighted = sw > 0
-        flux = np.where(
-            weighted,
-            np.add.reduceat(w * np.where(w > 0, f, 0.0), starts) / sw,
-            np.add.reduceat(f, starts) / count,
-        )
-        dt = np.where(
-            weighted,
-            np.add.reduceat(w * (t - t0), starts) / sw,
-            np.add.reduceat(t - t0, starts) / count,
-        )
-        err = np.where(weighted, 1.0 / np.sqrt(sw), np.add.reduceat(e, starts) / count)
-    single = count == 1
-    flux = np.where(single, f[starts], flux)
-    err = np.where(single, e[starts], err)
-    return _build(
-        batch,
-        o[starts],
-        t[starts] + np.where(single, 0.0, dt),
-        b[starts],
-        flux,
-        err,
-        np.logical_or.reduceat(d, starts),
-    )
+    # A night with one point keeps it exactly; only the points of multi-point nights are
+    # reduced (most nights of an alert stream hold one point per band).
+    flux, err, when, det = f[starts], e[starts], t[starts], d[starts]
+    multi = np.flatnonzero(count > 1)
+    if len(multi):
+        points = np.repeat(count > 1, count)
+        mf, me, mt, md = f[points], e[points], t[points], d[points]
+        n = count[multi]
+        sub = np.concatenate([[0], np.cumsum(n)[:-1]])  # group starts within the subset
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = np.where(np.isfinite(me) & (me > 0) & np.isfinite(mf), 1.0 / me**2, 0.0)
+            rel = mt - np.repeat(mt[sub], n)  # times relative to the night's first point
+            sw, swf, swt, sf, st, se = np.add.reduceat(
+                np.stack([w, w * np.where(w > 0, mf, 0.0), w * rel, mf, rel, me]), sub, axis=1
+            )
+            weighted = sw > 0
+            flux[multi] = np.where(weighted, swf / sw, sf / n)
+            when[multi] = mt[sub] + np.where(weighted, swt / sw, st / n)
+            err[multi] = np.where(weighted, 1.0 / np.sqrt(sw), se / n)
+        det[multi] = np.logical_or.reduceat(md, sub)
+    return _build(batch, o[starts], when, b[starts], flux, err, det)
 
 
 def cap_history(batch: LightCurveBatch, max_points: int) -> LightCurveBatch:

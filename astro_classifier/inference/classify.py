@@ -77,10 +77,12 @@ def bucketed_inputs(
     tabular: np.ndarray,
     buckets: list[int],
     batch_size: int,
+    prepared: bool = False,
 ) -> Iterator[tuple[np.ndarray, ModelInputs]]:
     """(object positions, inputs) per session call: objects grouped by length bucket, each
-    group cut into calls of at most ``batch_size`` objects padded to the bucket's length."""
-    layout = InputLayout(batch, spec)  # once per batch; each call is a gather + scatter
+    group cut into calls of at most ``batch_size`` objects padded to the bucket's length.
+    ``prepared``: ``batch`` is already in the model's view (:func:`keep_model_bands`)."""
+    layout = InputLayout(batch, spec, prepared)  # once per batch; each call: gather + scatter
     which = bucket_for(layout.lengths, buckets)
     for b in np.unique(which):
         members = np.flatnonzero(which == b)
@@ -157,7 +159,10 @@ def classify(
                 without_images[str(failure).split(":")[0] or "no stamps"] += 1
 
         done = 0
-        for index, inputs in bucketed_inputs(batch, spec, tabular, meta.length_buckets, batch_size):
+        calls = bucketed_inputs(
+            batch, spec, tabular, meta.length_buckets, batch_size, prepared=True
+        )
+        for index, inputs in calls:
             t0 = time.perf_counter()
             if cutouts is None:
                 prediction = model.predict(inputs)
