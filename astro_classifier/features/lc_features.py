@@ -26,6 +26,7 @@ spans, peak S/N) separate transients from variable stars cheaply.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -74,9 +75,11 @@ def compute_light_curve_features(
     Returns (N, len(feature_names(bands))) float32; NaN where a band has fewer than 4
     points or a feature is undefined. Points in bands outside ``bands`` are ignored. Points
     are taken in the batch's order, which is time order within each object.
-    ``n_jobs`` > 1 computes chunks of objects on that many threads.
+    ``n_jobs`` > 1 computes chunks of objects on that many threads (-1: one per core).
     """
     n = len(batch)
+    if n_jobs < 1:
+        n_jobs = os.cpu_count() or 1
     if n_jobs > 1 and n > _CHUNK_OBJECTS:
         edges = list(range(0, n, _CHUNK_OBJECTS)) + [n]
         with ThreadPoolExecutor(max_workers=n_jobs) as pool:
