@@ -16,7 +16,9 @@
 The network sits under ``model`` (initialisers ``model.<parameter>``), the temperature is the
 initialiser ``temperature`` and the OOD tables ``ood.<table>``: what warm starts and re-exports
 read back. ``export_form`` is passed to the family's modules: True for the traced graph, False
-for the torch reference the parity check compares it with.
+for the torch reference the parity check compares it with, or a family's named form (ATAT's
+:data:`~astro_classifier.families.atat.DENSE_FORM`: the CUDA companion graph, without
+data-dependent shapes) traced instead of the default one.
 
 Also here: the metadata's description of a graph's inputs and outputs, its dynamic axes, and
 the float16 conversion.
@@ -116,7 +118,7 @@ class ExportGraph(torch.nn.Module):
         family: Family,
         temperature: float = 1.0,
         ood: GaussianOOD | None = None,
-        export_form: bool = False,
+        export_form: bool | str = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -130,9 +132,10 @@ class ExportGraph(torch.nn.Module):
         if ood is not None and not self.classifier:
             raise ValueError("an OOD score needs the classifier's logits")
 
-    def traced(self) -> ExportGraph:
-        """The same graph (the same modules) computing the family's export form."""
-        graph = ExportGraph(self.model, self.family, self.temperature_value, self.ood, True)
+    def traced(self, form: bool | str = True) -> ExportGraph:
+        """The same graph (the same modules) computing the family's export form (``form``:
+        True, the default one; or one the family names, e.g. ATAT's ``DENSE_FORM``)."""
+        graph = ExportGraph(self.model, self.family, self.temperature_value, self.ood, form)
         return graph.eval()
 
     @property
@@ -189,6 +192,12 @@ class ExportGraph(torch.nn.Module):
         return axes | {n: {0: "batch"} for n in self.output_names}
 
 
+def graph_form(fp16: bool, form: bool | str) -> str | None:
+    """The metadata's ``graph_form`` of a file traced in ``form`` (None: the default form;
+    a float16 file is traced in the training form, whatever ``form`` says)."""
+    return form if isinstance(form, str) and not fp16 else None
+
+
 def ood_only_nodes(proto: onnx.ModelProto) -> list[str]:
     """Names of the nodes that compute the ``ood`` output and nothing else."""
     producer = {out: node for node in proto.graph.node for out in node.output}
@@ -226,6 +235,45 @@ def to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
     keep_fp32 += ood_only_nodes(proto)
     with warnings.catch_warnings():  # it reports every constant it rounds, e.g. -1e4
         warnings.filterwarnings("ignore", message="the float32 number")
-        return float16.convert_float_to_float16(
+        half = float16.convert_float_to_float16(
             proto, keep_io_types=True, node_block_list=keep_fp32
         )
+    return without_float16_round_trips(half)
+
+
+def without_float16_round_trips(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with every float32 -> float16 -> float32 pair of casts bypassed (then
+    removed when nothing else reads them).
+
+    The float16 converter casts each output of a node it keeps in float32 to float16, and
+    back to float32 where another kept node reads it, and leaves some of those pairs in: in
+    the feature tokenizer, raw feature values (ZTF fluxes up to ~1e7, beyond float16's
+    65504) went to infinity between two float32 nodes, which moved atat-ztf's float16
+    probabilities by up to 0.53 on real alerts (2.3e-3 without the round trips)."""
+    nodes = list(proto.graph.node)
+    producer = {out: node for node in nodes for out in node.output}
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        if node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    bypass = {}
+    for node in nodes:
+        if cast_to(node) == onnx.TensorProto.FLOAT:
+            first = producer.get(node.input[0])
+            if first is not None and cast_to(first) == onnx.TensorProto.FLOAT16:
+                bypass[node.output[0]] = first.input[0]
+    graph_outputs = {o.name for o in proto.graph.output}
+    bypass = {k: v for k, v in bypass.items() if k not in graph_outputs}
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            if name in bypass:
+                node.input[i] = bypass[name]
+    while True:  # drop the casts nothing reads any more
+        read = {name for node in proto.graph.node for name in node.input} | graph_outputs
+        dead = [n for n in proto.graph.node if n.op_type == "Cast" and n.output[0] not in read]
+        if not dead:
+            return proto
+        for node in dead:
+            proto.graph.node.remove(node)

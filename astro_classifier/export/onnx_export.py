@@ -69,7 +69,7 @@ from astro_classifier.export.gaussian_ood import (
     gaussian_score,
     with_standardisation,
 )
-from astro_classifier.export.graph import ExportGraph, GaussianOOD, to_float16
+from astro_classifier.export.graph import ExportGraph, GaussianOOD, graph_form, to_float16
 from astro_classifier.export.parity import (
     FP16_MIN_TOP_AGREEMENT,
     ParityError,
@@ -331,10 +331,16 @@ def build_metadata(
 
 
 def export_run(
-    run_dir: Path, out: Path, fp16: bool = False, parity_objects: int = 512
+    run_dir: Path,
+    out: Path,
+    fp16: bool = False,
+    parity_objects: int = 512,
+    form: bool | str = True,
 ) -> ParityReport:
     """Export the run in ``run_dir`` to ``out`` (see the module docstring); raise
-    :class:`ParityError` (writing nothing) on a mismatch."""
+    :class:`ParityError` (writing nothing) on a mismatch. ``form``: the float32 export form
+    traced (True: the family's default; or one it names, e.g. ATAT's ``DENSE_FORM`` for the
+    CUDA companion), recorded as the metadata's ``graph_form``."""
     run_dir = Path(run_dir)
     model, record = load_run(run_dir)
     family = family_of(record.model_name)
@@ -381,6 +387,7 @@ def export_run(
             gaussians = GaussianOOD.from_tables(tables, ood.score)
         graph = ExportGraph(model, family, calibration.temperature, gaussians).eval()
     meta = build_metadata(record, graph, fp16, calibration, ood)
+    meta.graph_form = graph_form(fp16, form)
 
     parity_calls, _ = validation_calls(run_dir, record, spec, limit=parity_objects)
     inputs = [x for _, x in parity_calls]
@@ -404,7 +411,7 @@ def export_run(
     # fp32: the family's export form (ONNX Runtime's fused attention kernel); fp16 traces the
     # training form, whose decomposed ops the float16 converter knows
     return write_onnx(
-        graph if fp16 else graph.traced(),
+        graph if fp16 else graph.traced(form),
         example_feeds,
         graph.output_names,
         graph.dynamic_axes(),

@@ -29,7 +29,13 @@ from onnx import numpy_helper
 
 from astro_classifier import __version__
 from astro_classifier.core.errors import ModelError
-from astro_classifier.export.graph import GAUSSIAN_BUFFERS, ExportGraph, GaussianOOD, to_float16
+from astro_classifier.export.graph import (
+    GAUSSIAN_BUFFERS,
+    ExportGraph,
+    GaussianOOD,
+    graph_form,
+    to_float16,
+)
 from astro_classifier.export.parity import (
     FP16_MIN_TOP_AGREEMENT,
     FP16_OOD_TOLERANCE,
@@ -82,14 +88,22 @@ def gaussian_ood_from_onnx(src: Path, meta: ModelMetadata) -> GaussianOOD | None
 
 
 def reexport_onnx(
-    src: Path, out: Path, inputs: list[ModelInputs], fp16: bool = False
+    src: Path,
+    out: Path,
+    inputs: list[ModelInputs],
+    fp16: bool = False,
+    form: bool | str = True,
 ) -> ParityReport:
     """Trace ``src``'s weights again in the current export form; write ``out`` when both
     parity checks pass (raise :class:`ParityError` and write nothing otherwise).
 
     ``fp16``: write the float16 form instead (the companion that CUDA serving selects, see
     :func:`astro_classifier.inference.model.fp16_companion`), checked with the float16
-    tolerances (|dp| <= 2e-2, the same top class for >= 99 % of the objects)."""
+    tolerances (|dp| <= 2e-2, the same top class for >= 99 % of the objects).
+    ``form``: the float32 export form to trace, True for the family's default, or a form
+    the family names (ATAT's ``DENSE_FORM``: the CUDA companion, see
+    :func:`astro_classifier.inference.model.cuda_companion`), recorded as the metadata's
+    ``graph_form``; checked with the float32 tolerances like any re-export."""
     meta = read_metadata(src)
     if meta.precision != "fp32":
         raise ModelError(f"{src}: a {meta.precision} model; re-export its fp32 file")
@@ -111,6 +125,7 @@ def reexport_onnx(
     kept = meta.model_copy(
         update={
             "precision": "fp16" if fp16 else "fp32",
+            "graph_form": graph_form(fp16, form),
             "package_version": __version__,
             "outputs": graph.output_specs(),
         }
@@ -149,7 +164,7 @@ def reexport_onnx(
 
     # float16: the training form's decomposed attention, which the float16 converter knows
     return write_onnx(
-        graph if fp16 else graph.traced(),
+        graph if fp16 else graph.traced(form),
         example.as_dict(),
         output_names,
         graph.dynamic_axes(),

@@ -58,6 +58,12 @@ def trace_to_onnx(
         return onnx.load(str(tmp_path))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_onnx(
     module: torch.nn.Module,
     feeds: dict[str, np.ndarray],
@@ -88,6 +94,7 @@ def write_onnx(
         os.close(fd)
         try:
             shutil.copyfile(tmp_path, partial)
+            os.chmod(partial, 0o666 & ~_umask())  # mkstemp's 0600 is not a model file's mode
             os.replace(partial, out)
         finally:
             if os.path.exists(partial):

@@ -17,6 +17,10 @@ kernel (it never materialises the (B, H, T, T) score tensor; the graph then need
 Runtime, which serves every model), an encoder's last block scores its CLS query in the input
 space, the light-curve tokens gather each band's points (NonZero, ScatterND), and the feature
 tokenizer folds to one clip. Each is tested against the training form and checked at export.
+With ``export_form=DENSE_FORM`` (the CUDA companion graph) the light-curve tokens keep their
+one-hot arithmetic instead (:meth:`TimeModulatedTokens.dense`): no data-dependent shape, so
+ONNX Runtime's CUDA provider runs a call without synchronising with the host and can capture
+it as a CUDA graph.
 
 :class:`ATATFamily` is ATAT's :class:`~astro_classifier.families.base.Family`: the summed
 cross-entropy of the three heads, ``forward_embedding`` as export form (with the class-Gaussian
@@ -39,6 +43,12 @@ from astro_classifier.features.preprocess import ModelInputs
 # Added to the attention scores of padding: exp() of it underflows to exactly 0 in float32,
 # and it stays finite in float16. Every row keeps its CLS score, so none is all masked.
 MASKED_SCORE = -1.0e4
+
+# The ``export_form`` of the CUDA companion graph: every module's export form except the
+# light-curve tokens, which keep their one-hot arithmetic (TimeModulatedTokens.dense), so the
+# graph has no data-dependent shape (no NonZero, no ScatterND): on CUDA, no device-to-host
+# synchronisation inside a call, and the graph can be captured as a CUDA graph.
+DENSE_FORM = "dense"
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,7 @@ class Attention(nn.Module):
         bias: torch.Tensor | None,
         keep: torch.Tensor | None = None,
         n_queries: int | None = None,
-        export_form: bool = False,
+        export_form: bool | str = False,
     ) -> torch.Tensor:
         """``bias``: (B, 1, 1, T) additive mask, 0 = attend, MASKED_SCORE = ignore;
         ``keep``: the same as (B, T) bool, used by the export form (None: no padding);
@@ -220,7 +230,7 @@ class Block(nn.Module):
         bias: torch.Tensor | None,
         keep: torch.Tensor | None = None,
         n_queries: int | None = None,
-        export_form: bool = False,
+        export_form: bool | str = False,
     ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C); with ``n_queries``, only the first n rows are computed
         (they still attend to all T): (B, n, C). ``export_form``: see the module docstring."""
@@ -246,7 +256,7 @@ class Encoder(nn.Module):
         nn.init.normal_(self.cls, std=0.02)
 
     def forward(
-        self, tokens: torch.Tensor, keep: torch.Tensor | None, export_form: bool = False
+        self, tokens: torch.Tensor, keep: torch.Tensor | None, export_form: bool | str = False
     ) -> torch.Tensor:
         b = tokens.shape[0]
         x = torch.cat([self.cls.expand(b, -1, -1), tokens], dim=1)  # (B, 1 + T, C)
@@ -297,8 +307,12 @@ class TimeModulatedTokens(nn.Module):
         flux_err: torch.Tensor,
         time: torch.Tensor,
         band: torch.Tensor,
-        export_form: bool = False,
+        export_form: bool | str = False,
     ) -> torch.Tensor:
+        """(B, L, C) tokens. ``export_form``: True computes :meth:`exported` (gathered bands),
+        :data:`DENSE_FORM` computes :meth:`dense` (one-hot bands, no data-dependent shape)."""
+        if export_form == DENSE_FORM:
+            return self.dense(flux, flux_err, time, band)
         if export_form:
             return self.exported(flux, flux_err, time, band)
         b, length = flux.shape
@@ -356,6 +370,33 @@ class TimeModulatedTokens(nn.Module):
         out = out.index_put((torch.cat(order),), torch.cat(tokens))
         return out.reshape(b, length, d)
 
+    def dense(
+        self, flux: torch.Tensor, flux_err: torch.Tensor, time: torch.Tensor, band: torch.Tensor
+    ) -> torch.Tensor:
+        """Export form of :meth:`forward` for a GPU, the same tokens with no data-dependent
+        shape: the one-hot arithmetic of :meth:`forward` (every point times every band's
+        weights, zero where the band is not its own: n_bands x the multiply-adds of
+        :meth:`exported`, which a GPU does not mind) over (B*L, .) rows, so that each
+        projection exports as one ``Gemm`` with its bias fused. :meth:`exported` instead
+        gathers each band's points (``NonZero``: an output size known only after the data is
+        read), which on CUDA costs a device-to-host synchronisation per band and rules out
+        CUDA graphs. Each weight is used whole, under its own name, as in :meth:`exported`."""
+        b, length = flux.shape
+        onehot = torch.where(band.reshape(-1, 1) == self.band_ids, 1.0, 0.0)  # (N, NB)
+        values = torch.stack([flux, flux_err], dim=-1).reshape(-1, 1, 2)  # (N, 1, 2)
+        n = onehot.shape[0]
+        x = F.linear(
+            (onehot.unsqueeze(-1) * values).reshape(n, -1), self.value.weight, self.value.bias
+        )
+        x = x + F.linear(onehot, self.value_bias.weight)  # (N, C)
+        phase = time.reshape(-1, 1) * self.freqs  # (N, M)
+        basis = torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1)  # (N, 2M)
+        per_band = (onehot.unsqueeze(-1) * basis.unsqueeze(-2)).reshape(n, -1)  # (N, NB*2M)
+        tokens = x * (1.0 + F.linear(per_band, self.gamma.weight)) + F.linear(
+            per_band, self.beta.weight
+        )
+        return tokens.reshape(b, length, -1)
+
 
 TIE_TOLERANCE = 1e-5  # relative margin above a tied quantile before its step counts
 
@@ -392,7 +433,7 @@ class QuantileFeatureTokens(nn.Module):
             else:
                 self.quantiles[j] = torch.quantile(col, probs).float()
 
-    def forward(self, values: torch.Tensor, export_form: bool = False) -> torch.Tensor:
+    def forward(self, values: torch.Tensor, export_form: bool | str = False) -> torch.Tensor:
         missing = torch.isnan(values)  # (B, F)
         v = torch.where(missing, torch.zeros_like(values), values).unsqueeze(-1)  # (B, F, 1)
         lo, hi = self.quantiles[:, :-1], self.quantiles[:, 1:]  # (F, Q-1)
@@ -472,13 +513,15 @@ class ATAT(nn.Module):
         time: torch.Tensor,
         band: torch.Tensor,
         mask: torch.Tensor,
-        export_form: bool = False,
+        export_form: bool | str = False,
     ) -> torch.Tensor:
         """The light-curve encoder's CLS output (B, d_model)."""
         tokens = self.lc_tokens(flux, flux_err, time, band, export_form)
         return self.lc_encoder(tokens, mask, export_form)
 
-    def encode_tabular(self, tabular: torch.Tensor, export_form: bool = False) -> torch.Tensor:
+    def encode_tabular(
+        self, tabular: torch.Tensor, export_form: bool | str = False
+    ) -> torch.Tensor:
         """The tabular encoder's CLS output (B, d_model)."""
         return self.tab_encoder(self.tab_tokens(tabular, export_form), None, export_form)
 
@@ -490,7 +533,7 @@ class ATAT(nn.Module):
         band: torch.Tensor,
         mask: torch.Tensor,
         tabular: torch.Tensor,
-        export_form: bool = False,
+        export_form: bool | str = False,
     ) -> dict[str, torch.Tensor]:
         """Logits of each head, (B, n_classes) each: keys 'lc', 'tab', 'mix'."""
         lc = self.encode_light_curve(flux, flux_err, time, band, mask, export_form)
@@ -511,7 +554,7 @@ class ATAT(nn.Module):
         band: torch.Tensor,
         mask: torch.Tensor,
         tabular: torch.Tensor,
-        export_form: bool = False,
+        export_form: bool | str = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding, logits) of the mixed head: the vector the head reads, the light-curve
         and tabular CLS outputs side by side (B, 2 d_model), or the light-curve CLS output
@@ -589,7 +632,7 @@ class ATATFamily(Family):
         return model.cfg.d_model * (2 if model.has_tabular else 1)
 
     def export_outputs(
-        self, model: ATAT, inputs: dict[str, torch.Tensor], export_form: bool
+        self, model: ATAT, inputs: dict[str, torch.Tensor], export_form: bool | str
     ) -> ExportOutputs:
         names = ModelInputs.names()
         embedding, logits = model.forward_embedding(

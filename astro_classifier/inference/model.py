@@ -72,6 +72,7 @@ SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 METADATA_PREFIX = "astroclf."
 Provider = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "fp16"]
+GraphForm = Literal["auto", "gather", "dense"]
 
 
 class InputSpec(BaseModel):
@@ -138,6 +139,9 @@ class ModelMetadata(BaseModel):
     training_data: dict[str, Any]
     metrics: dict[str, Any]
     precision: Literal["fp32", "fp16"] = "fp32"
+    # "dense": the CUDA companion's graph (no data-dependent shapes, see cuda_companion);
+    # None: the default export form
+    graph_form: Literal["dense"] | None = None
     package_version: str
     created_at: str
     description: str = ""
@@ -349,6 +353,56 @@ def select_precision(path: Path, on_cuda: bool, precision: Precision = "auto") -
     return companion
 
 
+def cuda_companion(path: Path) -> Path | None:
+    """The CUDA form of an fp32 model file when one sits beside it, ``cuda/<file name>``:
+    the same weights, metadata, labels and outputs, traced in the export form without
+    data-dependent shapes (``graph_form`` "dense": ATAT's light-curve tokens in their one-hot
+    form instead of gathering each band's points with NonZero and ScatterND). The gathered
+    form is the faster one on a CPU; on CUDA each NonZero makes ONNX Runtime wait for the
+    device to learn an output size (a host-device synchronisation per band and call) and
+    rules out CUDA graphs, while the one-hot form's extra multiply-adds cost a GPU little.
+    ``python -m astro_classifier.export.companions`` writes them, after a parity check."""
+    candidate = path.parent / "cuda" / path.name
+    return candidate if candidate.is_file() else None
+
+
+def select_graph(
+    path: Path, on_cuda: bool, precision: Precision = "auto", form: GraphForm = "auto"
+) -> Path:
+    """The file to serve for ``path``: first by ``precision`` (:func:`select_precision`;
+    the float16 companion is traced in the training form, whose tokens are one-hot
+    already), then, for float32, by ``form``: ``dense`` = the CUDA companion
+    (:func:`cuda_companion`), ``gather`` = ``path`` itself, ``auto`` = the CUDA companion
+    on CUDA when one ships, ``path`` otherwise."""
+    chosen = select_precision(path, on_cuda, precision)
+    if chosen != path or form == "gather":
+        return chosen
+    companion = cuda_companion(path)
+    if companion is None:
+        if form == "dense" and read_metadata(path).graph_form != "dense":
+            raise ModelError(
+                f"{path}: the dense graph form asked for, but no {path.parent / 'cuda' / path.name} "
+                "(write one with `python -m astro_classifier.export.companions`)"
+            )
+        return path
+    if form == "auto" and not on_cuda:
+        return path
+    main, dense = read_metadata(path), read_metadata(companion)
+    if (dense.name, dense.version, dense.labels, dense.precision, dense.graph_form) != (
+        main.name,
+        main.version,
+        main.labels,
+        "fp32",
+        "dense",
+    ):
+        raise ModelError(
+            f"{companion}: not the dense (CUDA) form of {path} (name, version, labels, "
+            f"precision or graph form differ: {dense.name} {dense.version} {dense.precision} "
+            f"{dense.graph_form} vs {main.name} {main.version})"
+        )
+    return companion
+
+
 def read_metadata(model: str | Path) -> ModelMetadata:
     """Read a model's metadata without loading its weights into a session."""
     import onnx
@@ -382,6 +436,34 @@ def providers_for(provider: Provider) -> list[str]:
     )
 
 
+def cuda_provider_options(tf32: bool = False, cuda_graph: bool = False) -> dict[str, str]:
+    """Options of ONNX Runtime's CUDA provider for serving.
+
+    ``use_tf32``: off unless asked for. On Ampere and later GPUs ONNX Runtime lets float32
+    MatMul/Gemm run on TF32 tensor cores by default (10-bit mantissa), which moves the
+    probabilities by ~1e-3 from the CPU's (the H200 run of 2026-12: max |dp| 1.2e-3 for
+    atat-ztf, 2.1e-3 for atat-lsst, all with TF32 on); the float32 graph promises float32
+    results (its export parity budget is 1e-4), and these 64-wide layers are bound by memory
+    traffic rather than multiply-adds, so TF32 buys little. Whoever wants the speed over the
+    parity asks for it (``tf32=True``), or for the float16 companion, which is faster still
+    and checked against its own budget. ``benchmarks/cuda_parity.py`` measures both.
+
+    ``enable_cuda_graph``: see :class:`CudaGraphCalls`."""
+    options = {"use_tf32": "1" if tf32 else "0"}
+    if cuda_graph:
+        options["enable_cuda_graph"] = "1"
+    return options
+
+
+def with_provider_options(providers: list[str], cuda_options: dict[str, str]) -> list[Any]:
+    """``providers`` (names) with the CUDA provider's options attached, as ONNX Runtime
+    takes them: ``(name, options)`` for CUDA, the name alone for the others."""
+    return [
+        (name, dict(cuda_options)) if name == "CUDAExecutionProvider" else name
+        for name in providers
+    ]
+
+
 def _on_cuda(session: Any) -> bool:
     return session.get_providers()[0] == "CUDAExecutionProvider"
 
@@ -393,16 +475,23 @@ class BoundCalls:
     call and copies through pageable host memory. Serving repeats a handful of shapes (one
     per length bucket and batch size), so this keeps, per shape, the input and output
     ``OrtValue`` buffers on ``device`` and one binding: a call copies the inputs into their
-    buffers (``update_inplace``), runs, and copies the outputs back. The results are those
-    of ``session.run`` (tested on the CPU device). At most :attr:`MAX_SHAPES` shapes are
-    kept (the least recently used dropped).
+    buffers (``update_inplace``), runs, and copies the outputs back, all of them in one
+    ``copy_outputs_to_cpu`` after the run (the run's one wait for the device; each output
+    is fetched once, into memory of its own). The results are those of ``session.run``
+    (tested on the CPU device). At most :attr:`MAX_SHAPES` shapes are kept (the least
+    recently used dropped).
     """
 
     MAX_SHAPES = 64
 
     def __init__(self, session: Any, device: str = "cuda", device_id: int = 0) -> None:
         self.session, self.device, self.device_id = session, device, device_id
-        self._calls: dict[tuple, tuple[Any, dict[str, Any], dict[str, Any]]] = {}
+        # per shape: (session, binding, input buffers, output buffers)
+        self._calls: dict[tuple, tuple[Any, Any, dict[str, Any], dict[str, Any]]] = {}
+
+    def session_for(self, feeds: dict[str, np.ndarray]) -> Any:
+        """The session that runs calls of ``feeds``' shape (here: the one session)."""
+        return self.session
 
     def _prepare(self, names: list[str], feeds: dict[str, np.ndarray]):
         import onnxruntime as ort
@@ -410,7 +499,8 @@ class BoundCalls:
         key = (tuple(names), *((k, v.shape, v.dtype.str) for k, v in feeds.items()))
         entry = self._calls.pop(key, None)
         if entry is None:
-            binding = self.session.io_binding()
+            session = self.session_for(feeds)
+            binding = session.io_binding()
             inputs = {}
             for name, value in feeds.items():
                 buffer = ort.OrtValue.ortvalue_from_numpy(
@@ -420,22 +510,84 @@ class BoundCalls:
                 inputs[name] = buffer
             for name in names:  # output shapes are known only after a first run
                 binding.bind_output(name, self.device, self.device_id)
-            entry = (binding, inputs, {})
+            entry = (session, binding, inputs, {})
         self._calls[key] = entry  # most recently used last
         while len(self._calls) > self.MAX_SHAPES:
             self._calls.pop(next(iter(self._calls)))
         return entry
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        binding, inputs, outputs = self._prepare(names, feeds)
+        session, binding, inputs, outputs = self._prepare(names, feeds)
         for name, value in feeds.items():
             inputs[name].update_inplace(np.ascontiguousarray(value))
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         if not outputs:  # first call of this shape: keep the allocated outputs bound
             for name, value in zip(names, binding.get_outputs(), strict=True):
                 outputs[name] = value
                 binding.bind_ortvalue_output(name, value)
-        return [np.array(outputs[name].numpy(), copy=True) for name in names]  # own memory
+        return list(binding.copy_outputs_to_cpu())  # in binding order: ``names``
+
+
+class CudaGraphCalls(BoundCalls):
+    """:class:`BoundCalls` captured as CUDA graphs: one ONNX Runtime session per call shape.
+
+    Opt-in (``LoadedModel.load(..., cuda_graph=True)``), measured only on a GPU machine
+    (``benchmarks/gpu_suite.sh``). ONNX Runtime's CUDA provider with ``enable_cuda_graph``
+    records a call's kernel launches once (on its second run: the first allocates) and
+    then replays them in one launch, which for a small model at a large batch removes most
+    of the per-kernel launch cost. It needs, per captured graph, fixed shapes and fixed
+    device addresses of every input and output (what the bound buffers are), every compute
+    node on CUDA, and no data-dependent shape: the dense companion (:func:`cuda_companion`)
+    or the float16 one, never the gathered form (``NonZero``; :func:`data_dependent_ops`).
+    So each call shape (batch, length) gets a session of its own whose free dimensions are
+    fixed when it is created (``add_free_dimension_override_by_name``: ONNX Runtime folds
+    every shape computation into constants, and nothing is left to run on the host), with
+    its own buffers and binding. At most :attr:`MAX_SHAPES` sessions are kept (each holds
+    its own device memory arena; the least recently used is dropped).
+
+    ``make_session(batch, length)`` builds the session of a shape; with a CPU session and
+    device the same per-shape machinery runs without the capture (the tests).
+    """
+
+    MAX_SHAPES = 16
+
+    def __init__(self, make_session: Any, device: str = "cuda", device_id: int = 0) -> None:
+        super().__init__(None, device, device_id)
+        self.make_session = make_session
+
+    def session_for(self, feeds: dict[str, np.ndarray]) -> Any:
+        batch, length = feeds["flux"].shape
+        return self.make_session(int(batch), int(length))
+
+
+def fixed_shape_sessions(path: Path, threads: int | None, providers: list[Any]) -> Any:
+    """``(batch, length) -> session`` of ``path`` with both free dimensions fixed (see
+    :class:`CudaGraphCalls`)."""
+
+    def make_session(batch: int, length: int) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.add_free_dimension_override_by_name("batch", batch)
+        options.add_free_dimension_override_by_name("length", length)
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+    return make_session
+
+
+# Operators whose output size depends on the data (or that hold subgraphs): on CUDA each
+# makes ONNX Runtime wait for the device, and a graph holding one cannot be a CUDA graph.
+DATA_DEPENDENT_OPS = frozenset({"NonZero", "ScatterND", "Unique", "Compress", "If", "Loop", "Scan"})
+
+
+def data_dependent_ops(path: Path) -> list[str]:
+    """The operators of :data:`DATA_DEPENDENT_OPS` in the graph of ``path`` (sorted)."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    return sorted({n.op_type for n in nodes} & DATA_DEPENDENT_OPS)
 
 
 @dataclass
@@ -443,7 +595,8 @@ class LoadedModel:
     """An ONNX Runtime session plus the metadata that says how to feed it.
 
     On CUDA, calls go through :class:`BoundCalls` (IOBinding with per-shape device buffers)
-    unless ``io_binding=False`` at load; on the CPU through ``session.run``.
+    unless ``io_binding=False`` at load, or :class:`CudaGraphCalls` with ``cuda_graph=True``;
+    on the CPU through ``session.run``.
     """
 
     path: Path
@@ -465,26 +618,49 @@ class LoadedModel:
         threads: int | None = None,
         io_binding: bool | None = None,
         precision: Precision = "auto",
+        form: GraphForm = "auto",
+        cuda_graph: bool = False,
+        tf32: bool = False,
     ) -> LoadedModel:
         """``io_binding``: None = on CUDA only; True also on the CPU (same results: tests).
-        ``precision``: auto = the fp16 companion on CUDA when there is one
-        (:func:`select_precision`), fp32 on a CPU."""
+        ``precision``: auto = the fp16 companion on CUDA when there is one, fp32 on a CPU;
+        ``form``: auto = for float32, the dense (CUDA) companion on CUDA when there is one
+        (:func:`select_graph`). ``cuda_graph``: calls captured as CUDA graphs
+        (:class:`CudaGraphCalls`; CUDA only, a graph without data-dependent shapes).
+        ``tf32``: let CUDA run float32 matrix products in TF32 (off: see
+        :func:`cuda_provider_options`)."""
         import onnxruntime as ort
 
         providers = providers_for(provider)
+        if cuda_graph and "CUDAExecutionProvider" not in providers:
+            raise ModelError("cuda_graph=True needs the CUDA provider (provider 'cuda' or 'auto')")
         main = resolve_model_path(model)
-        path = select_precision(main, providers[0] == "CUDAExecutionProvider", precision)
+        path = select_graph(main, providers[0] == "CUDAExecutionProvider", precision, form)
+        # chosen for CUDA rather than asked for: back to the main file if CUDA is not created
+        automatic = path != main and (
+            precision == "auto" if path == fp16_companion(main) else form == "auto"
+        )
         if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # find cuDNN/cuBLAS from the nvidia-* wheels, as torch does
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        if path != main and precision == "auto" and not _on_cuda(session):
+        configured = with_provider_options(providers, cuda_provider_options(tf32))
+        session = ort.InferenceSession(str(path), sess_options=options, providers=configured)
+        if automatic and not _on_cuda(session):
             # CUDA asked for but not created (no device, driver too old): ONNX Runtime fell
-            # back to the CPU, where the float32 graph is the one to serve
+            # back to the CPU, where the float32 gathered graph is the one to serve
             path = main
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=configured)
+        if cuda_graph:
+            if not _on_cuda(session):
+                raise ModelError(f"{path}: cuda_graph=True, but no CUDA session was created")
+            blocking = data_dependent_ops(path)
+            if blocking:
+                raise ModelError(
+                    f"{path}: cuda_graph=True needs a graph without data-dependent shapes; this "
+                    f"one has {blocking} (serve its dense companion: form='dense')"
+                )
         metadata = read_metadata(path)
         expected = ModelInputs.names() + extra_input_names(metadata)
         got = [i.name for i in session.get_inputs()]
@@ -517,8 +693,13 @@ class LoadedModel:
                 f"graph has no {OOD_OUTPUT!r} output (outputs: {outputs})"
             )
         on_cuda = _on_cuda(session)
-        bound = None
-        if io_binding or (io_binding is None and on_cuda):
+        bound: BoundCalls | None = None
+        if cuda_graph:
+            graph_providers = with_provider_options(
+                providers, cuda_provider_options(tf32, cuda_graph=True)
+            )
+            bound = CudaGraphCalls(fixed_shape_sessions(path, threads, graph_providers))
+        elif io_binding or (io_binding is None and on_cuda):
             bound = BoundCalls(session, "cuda" if on_cuda else "cpu")
         return cls(path, metadata, session, bound)
 
