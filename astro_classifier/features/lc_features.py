@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from astro_classifier.core.lightcurve import BAND_INDEX, LightCurveBatch
+from astro_classifier.core.lightcurve import BAND_INDEX, BANDS, LightCurveBatch
 
 _MIN_POINTS = 4  # Kurtosis, the most demanding feature here, needs 4 points
 _MIN_ERROR = 1e-3  # nJy; errors must be > 0 (weights are 1 / error^2)
@@ -102,13 +102,18 @@ def _features(batch: LightCurveBatch, bands: Sequence[str], lo: int, hi: int) ->
     obj = np.repeat(np.arange(n), np.diff(batch.offsets[lo : hi + 1]))
     band = batch.band[p0:p1]
     time, flux, flux_err = batch.time[p0:p1], batch.flux[p0:p1], batch.flux_err[p0:p1]
+    # Points grouped by band, keeping object and time order within a band (a stable sort of
+    # int8 keys is a radix sort: one pass), so that each band is one slice.
+    by_band = np.argsort(band, kind="stable")
+    edges = np.searchsorted(band[by_band], np.arange(len(BANDS) + 1))
     for j, name in enumerate(bands):
-        in_band = band == BAND_INDEX[name]
-        counts = np.bincount(obj[in_band], minlength=n)
+        b = BAND_INDEX[name]
+        points = by_band[edges[b] : edges[b + 1]]
+        counts = np.bincount(obj[points], minlength=n)
         usable = counts >= _MIN_POINTS
         if not usable.any():
             continue
-        keep = in_band & usable[obj]  # points of this band, of objects with enough of them
+        keep = points[usable[obj[points]]]  # objects with enough points in the band
         out[usable, j * n_band : (j + 1) * n_band] = band_features(
             time[keep], flux[keep], flux_err[keep], counts[usable]
         )
@@ -132,7 +137,6 @@ def band_features(
     t = np.asarray(time, np.float64)
     m = np.asarray(flux, np.float64)
     err = np.maximum(np.asarray(flux_err, np.float64), _MIN_ERROR)
-    w = 1.0 / (err * err)
     n = counts.astype(np.float64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     last = starts + counts - 1  # the last point of each light curve
@@ -142,8 +146,15 @@ def band_features(
         """Per-light-curve sums of several per-point columns in one reduction."""
         return list(np.add.reduceat(np.stack(columns), starts, axis=1))
 
-    # Pass 1: plain and weighted sums
-    sum_m, sum_err2, s, sx, sy = totals(m, err * err, w, w * t, w * m)
+    # Pass 1: plain and weighted sums (columns written in place, summed in one reduction)
+    cols = np.empty((5, len(m)))
+    cols[0] = m
+    np.multiply(err, err, out=cols[1])
+    np.divide(1.0, cols[1], out=cols[2])  # w = 1 / err^2
+    w = cols[2]
+    np.multiply(w, t, out=cols[3])
+    np.multiply(w, m, out=cols[4])
+    sum_m, sum_err2, s, sx, sy = np.add.reduceat(cols, starts, axis=1)
     mean = sum_m / n
     weighted_mean = sy / s
     t_mean = sx / s
@@ -160,11 +171,21 @@ def band_features(
 
     # Pass 2: moments about the mean and the weighted mean, the straight line in time
     d = m - mean[seg]
-    d2 = d * d
     r = m - weighted_mean[seg]
     tc = t - t_mean[seg]
-    sum_d2, sum_d3, sum_d4, sum_dm2, chi2_sum, stetson_sum, stt, sty = totals(
-        d2, d2 * d, d2 * d2, dm * dm, w * r * r, np.abs(r) * np.sqrt(w), w * tc * tc, w * tc * m
+    cols = np.empty((8, len(m)))
+    d2 = np.multiply(d, d, out=cols[0])
+    np.multiply(d2, d, out=cols[1])  # d^3
+    np.multiply(d2, d2, out=cols[2])  # d^4
+    np.multiply(dm, dm, out=cols[3])
+    wr = np.multiply(w, r)
+    np.multiply(wr, r, out=cols[4])  # w r^2
+    np.multiply(np.abs(r), np.sqrt(w), out=cols[5])
+    wtc = np.multiply(w, tc)
+    np.multiply(wtc, tc, out=cols[6])  # w tc^2
+    np.multiply(wtc, m, out=cols[7])  # w tc m
+    sum_d2, sum_d3, sum_d4, sum_dm2, chi2_sum, stetson_sum, stt, sty = np.add.reduceat(
+        cols, starts, axis=1
     )
     std2 = sum_d2 / (n - 1)
     std = np.sqrt(std2)
@@ -307,30 +328,34 @@ def _summary_features(
 ) -> np.ndarray:
     """(N, 4): detections, time span of detections, time span of all points, max S/N."""
     in_bands = np.isin(band, [BAND_INDEX[b] for b in bands])
-    obj = obj[in_bands]
-    t = time[in_bands]
-    det = detected[in_bands]
-    snr = np.abs(flux[in_bands]) / np.maximum(flux_err[in_bands], _MIN_ERROR)
+    if not in_bands.all():
+        obj, time, flux, flux_err, detected = (
+            a[in_bands] for a in (obj, time, flux, flux_err, detected)
+        )
+    snr = np.abs(flux.astype(np.float64)) / np.maximum(flux_err, _MIN_ERROR)
 
-    def per_object(ufunc: np.ufunc, values: np.ndarray, which: np.ndarray) -> np.ndarray:
-        """``ufunc`` reduced over each object's points (NaN for an object with none);
+    def per_object(which: np.ndarray, *reductions: tuple[np.ufunc, np.ndarray]) -> list:
+        """Each ``ufunc`` reduced over each object's values (NaN for an object with none);
         points are grouped by object, so one ``reduceat`` over the non-empty groups."""
         counts = np.bincount(which, minlength=n)
-        out = np.full(n, np.nan)
         has = counts > 0
-        if has.any():
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            out[has] = ufunc.reduceat(values, starts[has])
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[has]
+        out = []
+        for ufunc, values in reductions:
+            column = np.full(n, np.nan)
+            if len(starts):
+                column[has] = ufunc.reduceat(values, starts)
+            out.append(column)
         return out
 
-    def span(mask: np.ndarray) -> np.ndarray:
-        return per_object(np.maximum, t[mask], obj[mask]) - per_object(
-            np.minimum, t[mask], obj[mask]
-        )
-
-    max_snr = per_object(np.maximum, snr.astype(np.float64), obj)
-    n_det = np.bincount(obj[det], minlength=n).astype(np.float64)
-    return np.stack([n_det, span(det), span(np.ones_like(det)), max_snr], axis=1)
+    first, last, max_snr = per_object(
+        obj, (np.minimum, time), (np.maximum, time), (np.maximum, snr)
+    )
+    first_det, last_det = per_object(
+        obj[detected], (np.minimum, time[detected]), (np.maximum, time[detected])
+    )
+    n_det = np.bincount(obj[detected], minlength=n).astype(np.float64)
+    return np.stack([n_det, last_det - first_det, last - first, max_snr], axis=1)
 
 
 # -- the reference: the light-curve package itself ----------------------------------------
