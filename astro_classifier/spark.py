@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,14 +143,14 @@ def _projected_columns(df: DataFrame, format: str) -> list[Column]:
 
     wanted = project_schema(to_arrow_schema(df.schema), format)
     columns = []
-    for field in wanted:
-        column = F.col(f"`{field.name}`")
-        kind = field.type
+    for column_field in wanted:
+        column = F.col(f"`{column_field.name}`")
+        kind = column_field.type
         if pa.types.is_struct(kind):
             column = F.when(column.isNull(), F.lit(None)).otherwise(_struct_of(column, kind))
         elif pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
             column = F.transform(column, _element_projection(kind.value_type))
-        columns.append(column.alias(field.name))
+        columns.append(column.alias(column_field.name))
     return columns
 
 
@@ -233,13 +234,27 @@ def split_errors(result: DataFrame) -> tuple[DataFrame, DataFrame]:
     return classified, errors
 
 
+@dataclass
+class LakeCounts:
+    """What :func:`write_parquet` wrote: rows classified, per class, and rows not classified
+    per stage (decode, skipped, classify)."""
+
+    classified: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.classified + sum(self.errors.values())
+
+
 def write_parquet(
     result: DataFrame, output: str, errors_output: str | None = None, mode: str = "errorifexists"
-) -> dict[str, int]:
+) -> LakeCounts:
     """Write :func:`classify_dataframe`'s result: the classified rows to ``output`` (a
     Parquet folder), the error rows to ``errors_output`` (default ``<output>_errors``),
-    classifying once (the result is persisted for the two writes). Returns the counts:
-    ``classified`` and ``errors`` per stage (decode, skipped, classify)."""
+    classifying once (the result is persisted, memory and disk, for the two writes and the
+    counts)."""
     from pyspark import StorageLevel
 
     errors_output = errors_output or output.rstrip("/") + "_errors"
@@ -248,9 +263,13 @@ def write_parquet(
         classified, errors = split_errors(result)
         classified.write.mode(mode).parquet(output)
         errors.write.mode(mode).parquet(errors_output)
-        counts = {"classified": classified.count()}
-        for row in errors.groupBy("stage").count().collect():
-            counts[f"errors_{row['stage']}"] = row["count"]
+        counts = LakeCounts()
+        for row in result.groupBy("class", f"{ERROR_COLUMN}.stage").count().collect():
+            if row["stage"] is None:
+                counts.classes[row["class"]] = row["count"]
+                counts.classified += row["count"]
+            else:
+                counts.errors[row["stage"]] = counts.errors.get(row["stage"], 0) + row["count"]
         return counts
     finally:
         result.unpersist()
@@ -265,7 +284,7 @@ def classify_parquet(
     errors_output: str | None = None,
     mode: str = "errorifexists",
     **options: Any,
-) -> dict[str, int]:
+) -> LakeCounts:
     """Parquet folder(s) of alert rows -> classified Parquet folder (and the error folder):
     :func:`classify_dataframe` then :func:`write_parquet`. ``options`` go to
     classify_dataframe."""
@@ -274,6 +293,14 @@ def classify_parquet(
         raise InputError("inputs", "no Parquet input given; expected files or folders")
     df = spark.read.parquet(*paths)
     return write_parquet(classify_dataframe(df, model, **options), output, errors_output, mode=mode)
+
+
+def active_session() -> SparkSession | None:
+    """The Spark session already running in this process, if any."""
+    _pyspark()
+    from pyspark.sql import SparkSession
+
+    return SparkSession.getActiveSession()
 
 
 def spark_session(

@@ -24,12 +24,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("evaluation",),  # metrics, evaluate() (classifies through inference), plots
     ("training", "export"),  # export -> training, never the other way
     ("stream",),
+    ("spark",),  # spark.py: the Spark adapter over the Arrow-batch core (spark extra)
     ("cli",),
 )
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
 
 # The inference path never imports torch: everything these reach, at any depth.
-INFERENCE_PATH = ("core", "formats", "catalogs", "features", "inference", "stream")
+INFERENCE_PATH = ("core", "formats", "catalogs", "features", "inference", "stream", "spark")
 INFERENCE_MODULES = (f"{ROOT}.cli.classify",)
 
 # Imports inside functions are kept only for an optional extra the importing module must
