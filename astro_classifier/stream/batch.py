@@ -46,7 +46,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -110,11 +110,22 @@ _HEADERS_READ_MAX = 5_000
 _HEADERS_LOCK = threading.Lock()
 
 
-def release_headers() -> None:
-    """Forget the headers read so far (and the messages kept alive for them): called between
-    micro-batches, when no dead letter of the previous batch is produced any more."""
+def release_headers(messages: Iterable[Any] | None = None) -> None:
+    """Forget the headers read so far (and the messages kept alive for them): called once no
+    dead letter of a micro-batch is produced any more.
+
+    ``messages`` given: forget only theirs. The pipelined worker (stream/pipeline.py) has
+    several micro-batches in flight and releases each one's when it is done: forgetting
+    another batch's answer would make its delivery read a message's headers a second time.
+    """
     with _HEADERS_LOCK:
-        _HEADERS_READ.clear()
+        if messages is None:
+            _HEADERS_READ.clear()
+            return
+        for message in messages:
+            known = _HEADERS_READ.get(id(message))
+            if known is not None and known[0] is message:
+                del _HEADERS_READ[id(message)]
 
 
 def _raise_pending_error() -> None:
@@ -274,6 +285,14 @@ def record_dead_letters(message: Any, partial: PartialDecode) -> list[DeadLetter
 
 
 @dataclasses.dataclass
+class DecodedBatch:
+    """:meth:`BatchProcessor.decode`'s answer: the decoded messages and the seconds it took."""
+
+    decoded: DecodedMessages
+    seconds: float
+
+
+@dataclasses.dataclass
 class BatchResult:
     outputs: list[Output]
     dead_letters: list[DeadLetter]
@@ -333,28 +352,43 @@ class BatchProcessor:
         # an InputError is the message's fault; anything else is not, and propagates
         return decode_micro_batch(items, self.input_format, self.schemas, self.cutout_size)
 
-    def process(self, messages: Sequence[Any]) -> BatchResult:
-        """Raises :class:`TransientError` or any non-input failure: see the module docstring."""
-        release_headers()  # the previous batch is delivered: drop its messages
+    def decode(self, messages: Sequence[Any]) -> DecodedBatch:
+        """The first half of :meth:`process`: decode every message (no classification).
+
+        Raises :class:`TransientError` or any non-input failure (see the module docstring).
+        """
         started = time.perf_counter()
         decoded = self._decode(messages)
-        decode_seconds = time.perf_counter() - started
+        return DecodedBatch(decoded, time.perf_counter() - started)
+
+    def classify(self, messages: Sequence[Any], decoded: DecodedBatch) -> BatchResult:
+        """The second half of :meth:`process`: classify what :meth:`decode` gave for
+        ``messages`` and map it to outputs and dead letters.
+
+        The pipelined worker calls :meth:`decode` and this method in different threads, for
+        different micro-batches at the same time: it keeps no state between calls but
+        ``_features_seconds``, which only the one classifying thread touches.
+        """
+        decode_seconds = decoded.seconds
+        decoded_messages = decoded.decoded
         dead = {
             i: DeadLetter(messages[i], type(error).__name__, str(error))
-            for i, error in decoded.errors.items()
+            for i, error in decoded_messages.errors.items()
         }
         # bad records of split containers (their good records are in decoded.batch)
         record_dead = {
-            i: record_dead_letters(messages[i], partial) for i, partial in decoded.partial.items()
+            i: record_dead_letters(messages[i], partial)
+            for i, partial in decoded_messages.partial.items()
         }
-        dropped = dict(decoded.batch.dropped) if decoded.batch is not None else {}
+        batch = decoded_messages.batch
+        dropped = dict(batch.dropped) if batch is not None else {}
 
         started = time.perf_counter()
         self._features_seconds = 0.0
         # (predictions, the message index of each of their objects)
         classified: list[tuple[Predictions, np.ndarray]] = []
-        if decoded.batch is not None:
-            self._classify(decoded.batch, decoded.message, messages, classified, dead)
+        if batch is not None:
+            self._classify(batch, decoded_messages.message, messages, classified, dead)
         inference_seconds = time.perf_counter() - started
 
         timings = {
@@ -375,6 +409,16 @@ class BatchProcessor:
             features_seconds=self._features_seconds,
             dropped_points=dropped,
         )
+
+    def process(self, messages: Sequence[Any]) -> BatchResult:
+        """Decode and classify one micro-batch (:meth:`decode`, then :meth:`classify`), for a
+        caller with one batch in hand at a time: the headers read for earlier batches are
+        forgotten first.
+
+        Raises :class:`TransientError` or any non-input failure: see the module docstring.
+        """
+        release_headers()  # the previous batch is delivered: drop its messages
+        return self.classify(messages, self.decode(messages))
 
     def _outputs(
         self,

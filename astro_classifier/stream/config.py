@@ -107,6 +107,12 @@ class StreamSettings(BaseSettings):
         description="processes that decode the messages of a micro-batch (0: decode in the "
         "worker process); results keep message order, offsets and delivery are unchanged",
     )
+    pipeline: bool = Field(
+        True,
+        description="overlap the decoding of the next micro-batch, the classification of this "
+        "one and the delivery of the previous one (threads, stream/pipeline.py); false: one "
+        "batch at a time. Order, offsets and delivery guarantees are the same either way",
+    )
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     transactional_id: str | None = Field(
         None, description="exactly-once producer id (default: astroclf-<group>-<host>)"

@@ -10,6 +10,11 @@ Two objects with one interface (:meth:`deliver`, :meth:`on_revoke`, :meth:`finis
   transaction. Any failed produce (a local refusal included) aborts the transaction; the
   batch is produced again in a new one.
 
+Each :meth:`~Delivery.deliver` is two halves: :meth:`~Delivery.deliver_outputs` uses only
+the producer (the pipelined worker runs it on its deliver thread) and
+:meth:`~Delivery.commit` only the consumer (on the consuming thread, once the outputs are
+acknowledged; a no-op for exactly-once, whose transaction already carries the offsets).
+
 Both apply the same policy to failed deliveries:
 
 - *too large* (``message.max.bytes`` of the producer or the broker): an output is replaced by
@@ -195,7 +200,27 @@ class Delivery:
 
     # -- the interface ----------------------------------------------------------------------
     def deliver(self, messages: Sequence[Any], result: BatchResult) -> Delivered:
+        """Produce the batch's outputs and dead letters, then commit its offsets."""
+        delivered = self.deliver_outputs(messages, result)
+        self.commit(messages)
+        return delivered
+
+    def deliver_outputs(
+        self, messages: Sequence[Any], result: BatchResult, group_metadata: Any = None
+    ) -> Delivered:
+        """The producer's half of :meth:`deliver`: produce everything and wait until it is
+        acknowledged (exactly-once: in a transaction with the offsets, committed).
+
+        Touches only the producer, so the pipelined worker runs it on its deliver thread:
+        confluent_kafka lets one thread at a time into a Consumer (a second one waits, and
+        can starve while the consuming thread polls). ``group_metadata`` is the consumer's
+        ``consumer_group_metadata()``, taken on the consuming thread (exactly-once only).
+        """
         raise NotImplementedError
+
+    def commit(self, messages: Sequence[Any]) -> None:
+        """The consumer's half of :meth:`deliver`, on the consuming thread, after
+        :meth:`deliver_outputs` returned: commit the offsets after ``messages``."""
 
     def on_revoke(self) -> None:
         """Partitions are being revoked (between batches): make finished work durable."""
@@ -441,7 +466,9 @@ def next_offsets(messages: Sequence[Any]) -> dict[tuple[str, int], int]:
 class AtLeastOnceDelivery(Delivery):
     """Produce, wait for every report, then store and commit the offsets after the batch."""
 
-    def deliver(self, messages: Sequence[Any], result: BatchResult) -> Delivered:
+    def deliver_outputs(
+        self, messages: Sequence[Any], result: BatchResult, group_metadata: Any = None
+    ) -> Delivered:
         items = self.plan(result)
         pending = items
         started = self.clock()
@@ -466,10 +493,9 @@ class AtLeastOnceDelivery(Delivery):
                     )
                 self.on_retry("delivery", attempt)
                 self.wait(self.backoff.delay(attempt - 1))
-        self._commit(messages)
         return self.delivered(items, attempt)
 
-    def _commit(self, messages: Sequence[Any]) -> None:
+    def commit(self, messages: Sequence[Any]) -> None:
         from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
         ends = next_offsets(messages)
@@ -513,13 +539,18 @@ class AtLeastOnceDelivery(Delivery):
 
 
 class ExactlyOnceDelivery(Delivery):
-    """Outputs, dead letters and offsets of a batch in one transaction."""
+    """Outputs, dead letters and offsets of a batch in one transaction: :meth:`commit` has
+    nothing left to do, the transaction's commit in :meth:`deliver_outputs` is the commit."""
 
     exactly_once = True
 
-    def deliver(self, messages: Sequence[Any], result: BatchResult) -> Delivered:
+    def deliver_outputs(
+        self, messages: Sequence[Any], result: BatchResult, group_metadata: Any = None
+    ) -> Delivered:
         from confluent_kafka import KafkaException, TopicPartition
 
+        if group_metadata is None:
+            group_metadata = self.consumer.consumer_group_metadata()
         items = self.plan(result)
         ends = next_offsets(messages)
         offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
@@ -544,7 +575,7 @@ class ExactlyOnceDelivery(Delivery):
                 else:
                     self._retry(
                         lambda: self.producer.send_offsets_to_transaction(
-                            offsets, self.consumer.consumer_group_metadata(), KAFKA_TIMEOUT_S
+                            offsets, group_metadata, KAFKA_TIMEOUT_S
                         )
                     )
                     self._retry(lambda: self.producer.commit_transaction(KAFKA_TIMEOUT_S))

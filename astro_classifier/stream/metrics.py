@@ -108,6 +108,19 @@ class StreamMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.pipeline_wait_seconds = Histogram(
+            "astroclf_pipeline_wait_seconds",
+            "Time the consuming thread waited for the oldest micro-batch in the pipeline "
+            "before fetching the next one (backpressure: classification or delivery is "
+            "the slowest stage)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pipeline_in_flight = Gauge(
+            "astroclf_pipeline_batches_in_flight",
+            "Micro-batches decoded and handed to the pipeline, not yet delivered",
+            registry=r,
+        )
         self.end_to_end_seconds = Histogram(
             "astroclf_end_to_end_latency_seconds",
             "From the input message's Kafka timestamp to the broker's acknowledgement of "

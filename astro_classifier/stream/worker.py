@@ -7,7 +7,14 @@ The pieces, each in its own module:
   -> outputs and dead letters, no Kafka I/O;
 - :mod:`~astro_classifier.stream.delivery`: :class:`AtLeastOnceDelivery` and
   :class:`ExactlyOnceDelivery`, produce a batch and commit its offsets;
+- :mod:`~astro_classifier.stream.pipeline`: :class:`Pipeline`, which classifies one batch
+  and delivers the previous one on two threads while this one consumes and decodes the next;
 - this module: start-up checks, readiness, signals and the short loop of :class:`StreamWorker`.
+
+The loop, on the consuming thread: collect the batches the pipeline has finished (oldest
+first; when it is full, wait for the oldest), consume a micro-batch, decode it, submit it.
+Batches are delivered and committed in the order they were consumed; ``pipeline: false``
+runs every stage inline, one batch at a time (the serial worker).
 
 Start-up, in order: structured logging, model load and warm-up (every length bucket), the
 metrics server, a reachability check of Kafka (bootstrap reachable, authentication accepted,
@@ -28,11 +35,13 @@ Error policy:
   exit 1 without committing.
 
 ``/ready`` is 200 only while partitions are assigned, the brokers are reachable,
-authentication succeeded and no retry is under way. SIGTERM/SIGINT finish the batch in hand,
-commit and exit 0; if deliveries are stuck, the worker exits 1 within ``stop_timeout_s``
-without committing what was not delivered. A rebalance commits finished work before the
-partitions go; messages fetched in the same ``consume()`` call as a revocation are not
-processed but re-read from their offsets.
+authentication succeeded and no retry is under way. SIGTERM/SIGINT stop consuming, finish
+the batches in hand (the pipeline drains), commit and exit 0; if deliveries are stuck, the
+worker exits 1 within ``stop_timeout_s`` without committing what was not delivered. A
+failed batch cancels the batches consumed after it, and all of them are read again. A
+revocation drains the pipeline and commits finished work before the partitions go; a loss
+cancels the batches not yet started; messages fetched in the same ``consume()`` call as a
+revocation are not processed but re-read from their offsets.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from astro_classifier import __version__
@@ -79,6 +88,7 @@ from astro_classifier.stream.delivery import (
 )
 from astro_classifier.stream.logs import JsonLogFormatter, configure_logging, log_event
 from astro_classifier.stream.metrics import LoopHealth, MetricsServer, StreamMetrics
+from astro_classifier.stream.pipeline import Cancelled, InFlight, Outcome, Pipeline
 
 __all__ = [
     "DEAD_LETTER_HEADERS",
@@ -146,6 +156,10 @@ class StreamWorker:
         self._transactional_id: TransactionalIdClaim | None = None  # exactly-once only
         self._delivery: Delivery | None = None
         self._processor: BatchProcessor | None = None
+        self._pipeline = Pipeline(lambda *_: None, lambda *_: None, overlap=False)  # set in _run
+        self._failures = 0
+        self._transient = 0
+        self._ready_lock = threading.Lock()  # deliver-thread callbacks change readiness too
         self._last_progress_log = time.monotonic()
         self._totals: dict[str, int] = defaultdict(int)
         self._backoff = Backoff(max_s=settings.retry_backoff_max_s)
@@ -160,7 +174,7 @@ class StreamWorker:
         return not self._not_ready
 
     def request_stop(self, signum: int | None = None) -> None:
-        """Finish the batch in hand, then stop (what SIGTERM and SIGINT do); exit within
+        """Finish the batches in hand, then stop (what SIGTERM and SIGINT do); exit within
         ``stop_timeout_s`` whatever happens."""
         if self._stop_signal is not None:
             return
@@ -221,6 +235,7 @@ class StreamWorker:
         finally:
             self._set_not_ready("stopped", "the worker is stopping")
             self.health.stop()
+            self._stop_pipeline()
             self._release_kafka(clean=code == 0)
             if self._transactional_id is not None:  # after the producer is closed
                 self._transactional_id.release()
@@ -235,19 +250,21 @@ class StreamWorker:
 
     # -- readiness ------------------------------------------------------------------------
     def _set_not_ready(self, key: str, why: str | None) -> None:
-        """``why`` None clears the reason ``key``."""
-        before = self.ready
-        if why is None:
-            self._not_ready.pop(key, None)
-        else:
-            self._not_ready[key] = why
-        if self.ready != before:
-            self.metrics.ready.set(1 if self.ready else 0)
-            log_event(
-                logging.INFO if self.ready else logging.WARNING,
-                "ready" if self.ready else "not_ready",
-                reasons=dict(self._not_ready),
-            )
+        """``why`` None clears the reason ``key``. Called from the consuming thread and,
+        through Kafka callbacks served while producing, from the deliver thread."""
+        with self._ready_lock:
+            before = self.ready
+            if why is None:
+                self._not_ready.pop(key, None)
+            else:
+                self._not_ready[key] = why
+            if self.ready != before:
+                self.metrics.ready.set(1 if self.ready else 0)
+                log_event(
+                    logging.INFO if self.ready else logging.WARNING,
+                    "ready" if self.ready else "not_ready",
+                    reasons=dict(self._not_ready),
+                )
 
     # -- start-up -------------------------------------------------------------------------
     def _run(self) -> int:
@@ -321,6 +338,12 @@ class StreamWorker:
                 transactional_id=self._transactional_id.transactional_id,
             )
         self._delivery = self._make_delivery()
+        self._pipeline = Pipeline(
+            self._processor.classify,
+            self._delivery.deliver_outputs,
+            overlap=settings.pipeline,
+            beat=self.health.beat,
+        )
         self._consumer.subscribe(
             list(settings.input_topics),
             on_assign=self._on_assign,
@@ -335,6 +358,7 @@ class StreamWorker:
             topics=list(settings.input_topics),
             group_id=settings.group_id,
             delivery=settings.delivery,
+            pipeline=settings.pipeline,
         )
         code = self._loop()
         if code == 0:
@@ -521,7 +545,8 @@ class StreamWorker:
             retry_for_s=settings.delivery_retry_s,
         )
 
-    # -- callbacks (run inside consume/poll/flush, on this thread) -------------------------
+    # -- callbacks: consumer ones inside consume() (consuming thread), producer ones inside
+    # flush() (the deliver thread when pipelined) -------------------------------------------
     def _on_kafka_error(self, error: Any) -> None:
         fatal = error.fatal()
         name = error.name()
@@ -571,6 +596,11 @@ class StreamWorker:
     def _on_revoke(self, _consumer: Any, partitions: list) -> None:
         self._revoked_during_consume = True
         log_event(logging.INFO, "partitions_revoked", partitions=_names(partitions))
+        # Every batch consumed so far is delivered and committed (or has failed) before the
+        # partitions go: the pipeline is drained; the loop collects the batches afterwards.
+        self._pipeline.wait_idle()
+        for batch in self._pipeline.finished_in_order():
+            self._commit(batch)  # stored now, committed just below
         if self._delivery is not None:
             try:
                 self._delivery.on_revoke()
@@ -586,20 +616,29 @@ class StreamWorker:
             partitions=_names(partitions),
             hint="another member may re-process their uncommitted messages",
         )
+        # Their offsets cannot be committed any more: batches not started are not worth
+        # delivering (the loop reads them again where still assigned).
+        self._pipeline.drop_pending()
         self._forget(partitions)
 
     # -- the loop -------------------------------------------------------------------------
     def _loop(self) -> int:
-        """Consume, process, deliver until a stop request (0) or too many failures (1)."""
+        """Consume, decode and submit batches to the pipeline, and collect the finished ones,
+        until a stop request (0) or too many failures (1); a stop drains the pipeline first."""
         settings = self.settings
         timeout_s = settings.max_wait_ms / 1000
-        failures = 0  # consecutive batches that failed for a reason other than input
-        transient = 0  # consecutive transient failures (backoff)
+        self._failures = 0  # consecutive batches that failed for a reason other than input
+        self._transient = 0  # consecutive transient failures (backoff)
         while self._stop_signal is None:
             self.health.beat()
             if self._fatal:
                 raise FatalKafkaError(self._fatal)
             self._probe_broker()
+            code = self._collect(block=self._pipeline.full)
+            if code is not None:
+                return code
+            if self._stop_signal is not None:
+                break
             records = self._consume(timeout_s)
             if not records:
                 self._check_idle_broker()
@@ -607,58 +646,120 @@ class StreamWorker:
                 continue
             self.metrics.consumed.inc(len(records))
             self._totals["consumed"] += len(records)
-            try:
-                done = self._handle_batch(records)
-            except (TransientError, DeliveryFailed) as exc:
-                transient += 1
-                dependency = getattr(exc, "dependency", "Kafka")
-                self.metrics.retries.labels(reason=dependency).inc()
-                delay = self._backoff.delay(transient)
-                log_event(
-                    logging.WARNING,
-                    "batch_retry",
-                    dependency=dependency,
-                    error=str(exc),
-                    attempt=transient,
-                    backoff_s=delay,
-                    action="not committing; the batch will be read again",
-                )
-                self._set_not_ready("retrying", f"{dependency} unavailable: {exc}")
-                self._reread(records, "transient failure")
-                self._sleep(delay)
-                continue
-            except (FatalKafkaError, Undeliverable, StopTimeout):
-                raise
-            except Exception as exc:  # our bug, a model or ONNX Runtime error
-                failures += 1
-                self.metrics.batch_failures.labels(error_class=type(exc).__name__).inc()
-                log_event(
-                    logging.ERROR,
-                    "batch_failed",
-                    exc_info=exc,
-                    error_class=type(exc).__name__,
-                    error=str(exc),
-                    consecutive=failures,
-                    limit=settings.max_consecutive_failures,
-                )
-                self._reread(records, "batch failed")
-                if failures >= settings.max_consecutive_failures:
-                    log_event(
-                        logging.ERROR,
-                        "worker_failed",
-                        error_class=type(exc).__name__,
-                        error=str(exc),
-                        reason=f"{failures} batches in a row failed (max_consecutive_failures)",
-                        committed="nothing of the failed batches",
-                    )
-                    return 1
-                self._sleep(self._backoff.delay(failures))
-                continue
-            if done:
-                failures = transient = 0
-                self._set_not_ready("retrying", None)
+            self._submit(records)
             self._log_progress()
+        # Stopping: what was consumed is finished (delivered and committed) first.
+        while self._pipeline.in_flight:
+            code = self._collect(block=True)
+            if code is not None:
+                return code
         return 0
+
+    def _submit(self, records: list) -> None:
+        """Decode ``records`` here, on the consuming thread, and hand them to the pipeline;
+        a decode failure travels with the batch and is handled in order."""
+        assert self._processor is not None
+        try:
+            decoded: Any = self._processor.decode(records)
+        except Exception as exc:  # TransientError, a bug: the batch fails in its turn
+            decoded = exc
+        # Exactly-once: the transaction of this batch carries the group metadata of now (a
+        # rebalance drains the pipeline first, so it is still current when the batch goes).
+        group = self._consumer.consumer_group_metadata() if self.exactly_once else None
+        self._pipeline.submit(records, decoded, group)
+        self.metrics.pipeline_in_flight.set(self._pipeline.in_flight)
+
+    def _collect(self, block: bool) -> int | None:
+        """Take the finished batches out of the pipeline, oldest first: record a delivered
+        one, apply the error policy to a failed one. ``block``: wait for the oldest first
+        (the pipeline is full). Returns 1 when the worker must stop (too many failures)."""
+        started = time.perf_counter()
+        batch = self._pipeline.next_finished(block)
+        if block:
+            self.metrics.pipeline_wait_seconds.observe(time.perf_counter() - started)
+        while batch is not None:
+            try:
+                outcome = batch.future.result()
+            except Exception as exc:
+                code = self._failed(batch, exc)
+                self.metrics.pipeline_in_flight.set(self._pipeline.in_flight)
+                return code
+            release_headers(batch.messages)  # no dead letter of this batch is produced any more
+            commit_seconds = self._commit(batch)
+            self._record(batch.messages, outcome, commit_seconds)
+            self._failures = self._transient = 0
+            self._set_not_ready("retrying", None)
+            batch = self._pipeline.next_finished(block=False)
+        self.metrics.pipeline_in_flight.set(self._pipeline.in_flight)
+        return None
+
+    def _commit(self, batch: InFlight) -> float:
+        """Commit the offsets of a delivered batch (here, on the consuming thread: the only
+        one that uses the consumer), once; returns the seconds it took."""
+        if batch.committed:
+            return 0.0
+        assert self._delivery is not None
+        started = time.perf_counter()
+        self._delivery.commit(batch.messages)
+        batch.committed = True
+        return time.perf_counter() - started
+
+    def _failed(self, batch: InFlight, exc: Exception) -> int | None:
+        """Batch ``batch`` failed: the batches after it are cancelled and, with it, read
+        again; then the serial worker's policy (retry, or stop after too many failures)."""
+        settings = self.settings
+        if isinstance(exc, (FatalKafkaError, Undeliverable, StopTimeout)):
+            self._pipeline.cancel()
+            raise exc
+        discarded = [batch, *self._pipeline.discard()]
+        messages = [m for b in discarded for m in b.messages]
+        release_headers(messages)
+        if isinstance(exc, Cancelled):  # partitions lost: nothing failed, read them again
+            self._reread(messages, "cancelled (partitions lost)")
+            return None
+        if isinstance(exc, (TransientError, DeliveryFailed)):
+            self._transient += 1
+            dependency = getattr(exc, "dependency", "Kafka")
+            self.metrics.retries.labels(reason=dependency).inc()
+            delay = self._backoff.delay(self._transient)
+            log_event(
+                logging.WARNING,
+                "batch_retry",
+                dependency=dependency,
+                error=str(exc),
+                attempt=self._transient,
+                backoff_s=delay,
+                action="not committing; the batch will be read again",
+            )
+            self._set_not_ready("retrying", f"{dependency} unavailable: {exc}")
+            self._reread(messages, "transient failure")
+            self._sleep(delay)
+            return None
+        # our bug, a model or ONNX Runtime error
+        self._failures += 1
+        self.metrics.batch_failures.labels(error_class=type(exc).__name__).inc()
+        log_event(
+            logging.ERROR,
+            "batch_failed",
+            exc_info=exc,
+            error_class=type(exc).__name__,
+            error=str(exc),
+            consecutive=self._failures,
+            limit=settings.max_consecutive_failures,
+        )
+        self._reread(messages, "batch failed")
+        if self._failures >= settings.max_consecutive_failures:
+            log_event(
+                logging.ERROR,
+                "worker_failed",
+                error_class=type(exc).__name__,
+                error=str(exc),
+                reason=f"{self._failures} batches in a row failed (max_consecutive_failures)",
+                committed="nothing of the failed batches",
+            )
+            return 1
+        self._sleep(self._backoff.delay(self._failures))
+        return None
 
     def _consume(self, timeout_s: float) -> list:
         from confluent_kafka import KafkaError
@@ -717,15 +818,10 @@ class StreamWorker:
         self._set_not_ready("broker", None)
         self._set_not_ready("authentication", None)
 
-    def _handle_batch(self, messages: list) -> bool:
-        assert self._processor is not None and self._delivery is not None
-        try:
-            result = self._processor.process(messages)
-            started = time.perf_counter()
-            delivered = self._delivery.deliver(messages, result)
-            deliver_seconds = time.perf_counter() - started
-        finally:
-            release_headers()  # no dead letter of this batch is produced any more
+    def _record(self, messages: Sequence[Any], outcome: Outcome, commit_seconds: float) -> None:
+        """Metrics, totals and the debug log line of one delivered batch."""
+        result, delivered = outcome.result, outcome.delivered
+        deliver_seconds = outcome.deliver_seconds + commit_seconds
         m = self.metrics
         m.batches.inc()
         m.batch_size.observe(len(messages))
@@ -764,7 +860,6 @@ class StreamWorker:
             inference_ms=round(result.inference_seconds * 1000, 2),
             deliver_ms=round(deliver_seconds * 1000, 2),
         )
-        return True
 
     # -- shared ---------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
@@ -803,6 +898,15 @@ class StreamWorker:
                 offset=tp.offset,
                 error=str(exc),
             )
+
+    def _stop_pipeline(self) -> None:
+        """On the way out: batches not started are cancelled, a delivery under way gives up
+        at its next check (its stop deadline is now), and the threads end before the Kafka
+        clients are released."""
+        if self._pipeline.in_flight:
+            now = time.monotonic()
+            self._stop_deadline = min(self._stop_deadline or now, now)
+        self._pipeline.close(timeout_s=5.0)
 
     def _release_kafka(self, clean: bool) -> None:
         """Leave the group and drop the clients; after a failure, undelivered messages are
