@@ -15,6 +15,13 @@ One run measures, on the same machine and the same light curves:
 
 Writes benchmarks/results/classify_throughput_<model>_<provider>.json. torch is needed for
 part 3 only (the `train` extra); without it that part is skipped.
+
+GPU options (benchmarks/gpu_suite.sh runs them): ``--form`` picks the graph (auto: the dense
+CUDA companion on CUDA; gather: the main file; dense: the companion), ``--cuda-graph``
+captures the calls as CUDA graphs (CUDA only, a dense or float16 graph), ``--tf32`` lets CUDA
+run float32 products in TF32 (off by default, see ``cuda_provider_options``);
+``--batch-sizes 2048,4096,8192`` times the model calls at each batch size (``model_only``),
+and ``--model-only`` skips the features, ``classify()`` and torch parts.
 """
 
 from __future__ import annotations
@@ -113,7 +120,28 @@ def main() -> None:
         "light curves of every real ZTF alert packet in the shared data (what the ZTF worker "
         "classifies), repeated to --objects",
     )
+    parser.add_argument(
+        "--form",
+        default="auto",
+        choices=["auto", "gather", "dense"],
+        help="auto: the dense (CUDA) companion on CUDA when the model has one",
+    )
+    parser.add_argument(
+        "--cuda-graph", action="store_true", help="capture the calls as CUDA graphs (CUDA only)"
+    )
+    parser.add_argument("--tf32", action="store_true", help="TF32 float32 products on CUDA")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument(
+        "--batch-sizes",
+        default=None,
+        help="comma-separated batch sizes to time the model calls at (default: --batch-size)",
+    )
+    parser.add_argument(
+        "--model-only",
+        action="store_true",
+        help="only the model calls (and input assembly): no features, classify() or torch",
+    )
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch eager comparison")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--compare",
@@ -155,13 +183,29 @@ def main() -> None:
 
         alerts = read_light_curves(sorted((shared_data() / "alerts" / "ztf").rglob("*.avro")))
         batch = alerts.select(np.arange(args.objects) % len(alerts))
-    model = LoadedModel.load(args.model, provider=args.provider, precision=args.precision)
+    model = LoadedModel.load(
+        args.model,
+        provider=args.provider,
+        precision=args.precision,
+        form=args.form,
+        cuda_graph=args.cuda_graph,
+        tf32=args.tf32,
+    )
     meta, spec = model.metadata, model.metadata.preprocessing
+    batch_sizes = [int(b) for b in (args.batch_sizes or str(args.batch_size)).split(",")]
     n = len(batch)
     result: dict = {
         "model": meta.name,
         "provider": args.provider,
         "precision": model.metadata.precision,
+        # dense: the CUDA companion; training: the float16 companion (one-hot tokens too)
+        "graph_form": model.metadata.graph_form
+        or ("training" if model.metadata.precision == "fp16" else "gather"),
+        "graph": model.path.name
+        if model.path.parent.name == "models"
+        else f"{model.path.parent.name}/{model.path.name}",
+        "cuda_graph": args.cuda_graph,
+        "tf32": args.tf32 if args.provider == "cuda" else None,
         "providers": model.providers,
         "objects": n,
         "data": args.data,
@@ -180,47 +224,51 @@ def main() -> None:
 
     # 1. features
     in_bands, _ = keep_model_bands(batch, spec)
-    t = best_of(lambda: compute_light_curve_features(in_bands, spec.bands))
-    result["features_objects_per_s"] = n / t
-    import light_curve as lc
+    if not args.model_only:  # features and the whole classify() path
+        t = best_of(lambda: compute_light_curve_features(in_bands, spec.bands))
+        result["features_objects_per_s"] = n / t
+        import light_curve as lc
 
-    periodogram = lc.Extractor(
-        lc.Periodogram(peaks=1, fast=False, nyquist="median", max_freq_factor=1.0)
-    )
-    sub = in_bands.select(np.arange(min(300, n)))
-    curves = []
-    for k in range(len(sub)):
-        s = slice(sub.offsets[k], sub.offsets[k + 1])
-        for b in range(len(spec.bands)):
-            m = sub.band[s] == b
-            if m.sum() >= 4:
-                curves.append(
-                    (
-                        sub.time[s][m],
-                        sub.flux[s][m].astype(np.float64),
-                        np.maximum(sub.flux_err[s][m].astype(np.float64), 1e-3),
+        periodogram = lc.Extractor(
+            lc.Periodogram(peaks=1, fast=False, nyquist="median", max_freq_factor=1.0)
+        )
+        sub = in_bands.select(np.arange(min(300, n)))
+        curves = []
+        for k in range(len(sub)):
+            s = slice(sub.offsets[k], sub.offsets[k + 1])
+            for b in range(len(spec.bands)):
+                m = sub.band[s] == b
+                if m.sum() >= 4:
+                    curves.append(
+                        (
+                            sub.time[s][m],
+                            sub.flux[s][m].astype(np.float64),
+                            np.maximum(sub.flux_err[s][m].astype(np.float64), 1e-3),
+                        )
                     )
-                )
-    t_per = best_of(
-        lambda: periodogram.many(curves, fill_value=np.nan, sorted=True, check=False, n_jobs=1), 1
-    )
-    result["periodogram_only_objects_per_s"] = len(sub) / t_per
-    result["features_plus_periodogram_objects_per_s"] = 1 / (
-        1 / result["features_objects_per_s"] + t_per / len(sub)
-    )
-    print(
-        f"features: {result['features_objects_per_s']:,.0f} objects/s "
-        f"(with a direct periodogram per band: {result['features_plus_periodogram_objects_per_s']:,.0f}/s)"
-    )
+        t_per = best_of(
+            lambda: periodogram.many(curves, fill_value=np.nan, sorted=True, check=False, n_jobs=1),
+            1,
+        )
+        result["periodogram_only_objects_per_s"] = len(sub) / t_per
+        result["features_plus_periodogram_objects_per_s"] = 1 / (
+            1 / result["features_objects_per_s"] + t_per / len(sub)
+        )
+        print(
+            f"features: {result['features_objects_per_s']:,.0f} objects/s "
+            f"(with a direct periodogram per band: {result['features_plus_periodogram_objects_per_s']:,.0f}/s)"
+        )
 
-    # 2. the whole classify() path
-    classify(batch.select(np.arange(min(64, n))), model)  # warm-up
-    holder = {}
-    t = best_of(lambda: holder.setdefault("r", classify(batch, model, batch_size=args.batch_size)))
-    r = holder["r"]
-    result["classify_objects_per_s"] = n / t
-    result["padding_efficiency_buckets"] = r.padding_efficiency
-    print(f"classify(): {n / t:,.0f} objects/s, padding efficiency {r.padding_efficiency:.2f}")
+        # 2. the whole classify() path
+        classify(batch.select(np.arange(min(64, n))), model)  # warm-up
+        holder = {}
+        t = best_of(
+            lambda: holder.setdefault("r", classify(batch, model, batch_size=args.batch_size))
+        )
+        r = holder["r"]
+        result["classify_objects_per_s"] = n / t
+        result["padding_efficiency_buckets"] = r.padding_efficiency
+        print(f"classify(): {n / t:,.0f} objects/s, padding efficiency {r.padding_efficiency:.2f}")
 
     # padding without buckets: one call per batch in file order, padded to its longest curve
     lengths = np.minimum(in_bands.lengths, spec.max_length)
@@ -247,6 +295,9 @@ def main() -> None:
     # machine's speed drifts by tens of percent within a minute, so each ratio is also
     # taken round by round, and the median of those is reported next to best / best.
     contenders = {"onnxruntime": lambda: [model.predict(x) for x in calls]}
+    if args.cuda_graph:  # the first call of a shape allocates, the second captures its graph
+        for fn in contenders.values():
+            fn()
     if args.compare is not None:
         other = LoadedModel.load(args.compare, provider=args.provider)
         contenders["compare"] = lambda: [other.predict(x) for x in calls]
@@ -256,6 +307,8 @@ def main() -> None:
     except ImportError:
         torch = None
         print("torch not installed: skipping the torch eager comparison", file=sys.stderr)
+    if args.model_only or args.no_torch:
+        torch = None
     if torch is not None and meta.modalities:
         print("multimodal (CLIP) model: the torch eager comparison covers ATAT models only")
     elif torch is not None:
@@ -279,6 +332,27 @@ def main() -> None:
     result["model_call_rounds"] = args.model_rounds
     result["onnxruntime_model_objects_per_s"] = n / t_ort
     print(f"ONNX Runtime model calls: {n / t_ort:,.0f} objects/s (best of {args.model_rounds})")
+    if "classify_objects_per_s" in result:
+        result["classify_over_model_only"] = result["classify_objects_per_s"] / (n / t_ort)
+        print(f"classify() end to end / model calls: {result['classify_over_model_only']:.3f}")
+    # model calls alone at each batch size (the same light curves, the same buckets)
+    result["model_only"] = {}
+    for size in batch_sizes:
+        sized = (
+            calls
+            if size == args.batch_size
+            else [x for _, x in bucketed_inputs(in_bands, spec, tab, meta.length_buckets, size)]
+        )
+
+        def call_all(sized: list = sized) -> None:
+            for x in sized:
+                model.predict(x)
+
+        call_all()  # allocation; with --cuda-graph the second run of a shape captures it
+        call_all()
+        t_size = min(interleaved_rounds({"m": call_all}, args.model_rounds)["m"])
+        result["model_only"][str(size)] = {"objects_per_s": n / t_size, "calls": len(sized)}
+        print(f"model calls at batch {size}: {n / t_size:,.0f} objects/s ({len(sized)} calls)")
     if "compare" in rounds:
         t_other = min(rounds["compare"])
         result["compare"] = {

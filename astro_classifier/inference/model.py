@@ -448,10 +448,12 @@ def cuda_provider_options(tf32: bool = False, cuda_graph: bool = False) -> dict[
     parity asks for it (``tf32=True``), or for the float16 companion, which is faster still
     and checked against its own budget. ``benchmarks/cuda_parity.py`` measures both.
 
-    ``enable_cuda_graph``: see :class:`CudaGraphCalls`."""
+    ``enable_cuda_graph``: see :class:`CudaGraphCalls`, whose sessions (one per call shape,
+    each with its own memory arena) also grow their arenas by what they need rather than by
+    powers of two (``arena_extend_strategy``), which would double their sum."""
     options = {"use_tf32": "1" if tf32 else "0"}
     if cuda_graph:
-        options["enable_cuda_graph"] = "1"
+        options |= {"enable_cuda_graph": "1", "arena_extend_strategy": "kSameAsRequested"}
     return options
 
 
@@ -542,18 +544,35 @@ class CudaGraphCalls(BoundCalls):
     So each call shape (batch, length) gets a session of its own whose free dimensions are
     fixed when it is created (``add_free_dimension_override_by_name``: ONNX Runtime folds
     every shape computation into constants, and nothing is left to run on the host), with
-    its own buffers and binding. At most :attr:`MAX_SHAPES` sessions are kept (each holds
-    its own device memory arena; the least recently used is dropped).
+    its own buffers and binding. A call's batch is padded up to a power of two (at least
+    :attr:`MIN_BATCH`; the padding rows repeat its first object, their outputs are dropped),
+    so that the remainders of a stream of calls reuse a few captured shapes rather than each
+    creating a session. At most :attr:`MAX_SHAPES` sessions are kept (each holds its own
+    device memory arena; the least recently used is dropped).
 
     ``make_session(batch, length)`` builds the session of a shape; with a CPU session and
     device the same per-shape machinery runs without the capture (the tests).
     """
 
-    MAX_SHAPES = 16
+    MAX_SHAPES = 48
+    MIN_BATCH = 32
 
     def __init__(self, make_session: Any, device: str = "cuda", device_id: int = 0) -> None:
         super().__init__(None, device, device_id)
         self.make_session = make_session
+
+    def padded_batch(self, n: int) -> int:
+        """The batch size a call of ``n`` objects runs at."""
+        return max(self.MIN_BATCH, 1 << max(n - 1, 0).bit_length())
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        n = len(feeds["flux"])
+        size = self.padded_batch(n)
+        if size != n:
+            feeds = {
+                k: np.concatenate([v, np.repeat(v[:1], size - n, axis=0)]) for k, v in feeds.items()
+            }
+        return [out[:n] for out in super().run(names, feeds)]
 
     def session_for(self, feeds: dict[str, np.ndarray]) -> Any:
         batch, length = feeds["flux"].shape
