@@ -91,9 +91,8 @@ def _model_reference(spark: SparkSession, model: str | Path) -> tuple[str, str]:
 
 
 def _is_connect(spark: Any) -> bool:
-    return not hasattr(spark, "sparkContext") or type(spark).__module__.startswith(
-        "pyspark.sql.connect"
-    )
+    """A Spark Connect session (no SparkContext on the client: files go as artifacts)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 def _resolve(reference: tuple[str, str]) -> str:
