@@ -495,6 +495,16 @@ class BoundCalls:
         """The session that runs calls of ``feeds``' shape (here: the one session)."""
         return self.session
 
+    def bind_outputs(
+        self, session: Any, binding: Any, names: list[str], feeds: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """Bind the outputs ``names`` of a new shape: here to the device, allocated by the
+        first run (their shapes are known only then) and kept bound by :meth:`run` after
+        it; returns the buffers bound now (none)."""
+        for name in names:
+            binding.bind_output(name, self.device, self.device_id)
+        return {}
+
     def _prepare(self, names: list[str], feeds: dict[str, np.ndarray]):
         import onnxruntime as ort
 
@@ -510,9 +520,7 @@ class BoundCalls:
                 )
                 binding.bind_ortvalue_input(name, buffer)
                 inputs[name] = buffer
-            for name in names:  # output shapes are known only after a first run
-                binding.bind_output(name, self.device, self.device_id)
-            entry = (session, binding, inputs, {})
+            entry = (session, binding, inputs, self.bind_outputs(session, binding, names, feeds))
         self._calls[key] = entry  # most recently used last
         while len(self._calls) > self.MAX_SHAPES:
             self._calls.pop(next(iter(self._calls)))
@@ -577,6 +585,31 @@ class CudaGraphCalls(BoundCalls):
     def session_for(self, feeds: dict[str, np.ndarray]) -> Any:
         batch, length = feeds["flux"].shape
         return self.make_session(int(batch), int(length))
+
+    def bind_outputs(
+        self, session: Any, binding: Any, names: list[str], feeds: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """Output buffers allocated before the first run, so that the graph is captured
+        writing where later calls read (every output of these models is (batch, ...) with
+        its other dimensions fixed); an output of another shape is left to
+        :meth:`BoundCalls.bind_outputs`."""
+        import onnxruntime as ort
+
+        batch = len(feeds["flux"])
+        dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+        specs = {o.name: o for o in session.get_outputs()}
+        shapes = {n: [batch, *specs[n].shape[1:]] for n in names}
+        if not all(isinstance(d, int) for n in names for d in shapes[n]) or not all(
+            specs[n].type in dtypes for n in names
+        ):
+            return super().bind_outputs(session, binding, names, feeds)
+        outputs = {}
+        for name in names:
+            outputs[name] = ort.OrtValue.ortvalue_from_shape_and_type(
+                shapes[name], dtypes[specs[name].type], self.device, self.device_id
+            )
+            binding.bind_ortvalue_output(name, outputs[name])
+        return outputs
 
 
 def fixed_shape_sessions(path: Path, threads: int | None, providers: list[Any]) -> Any:
