@@ -48,7 +48,7 @@ from astro_classifier.inference.arrow_batches import (
     project_schema,
     result_schema,
 )
-from astro_classifier.inference.model import read_metadata, shipped_models
+from astro_classifier.inference.model import needs_images, read_metadata, shipped_models
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -202,7 +202,12 @@ def classify_dataframe(
         format = detect_row_format(to_arrow_schema(df.schema), "DataFrame")
     else:
         project_schema(to_arrow_schema(df.schema), format)  # InputError for a bad format
-    labels = read_metadata(model if str(model) in shipped_models() else Path(model)).labels
+    metadata = read_metadata(model)
+    if needs_images(metadata):  # refused here once, not in every task
+        raise ModelError(
+            f"{model}: a model with an image tower needs the alerts' stamps, which the Spark "
+            "adapter does not decode yet"
+        )
     reference = _model_reference(df.sparkSession, model)
     if project:
         df = df.select(*_projected_columns(df, format))
@@ -215,7 +220,7 @@ def classify_dataframe(
         threads=threads,
         batch_size=batch_size,
     )
-    return df.mapInArrow(task, from_arrow_schema(result_schema(labels)))
+    return df.mapInArrow(task, from_arrow_schema(result_schema(metadata.labels)))
 
 
 def split_errors(result: DataFrame) -> tuple[DataFrame, DataFrame]:

@@ -127,8 +127,23 @@ def classify_command(
         )
 
     if use_spark:
+        if metadata is not None or (format is not None and format not in ROW_FORMATS):
+            raise typer.BadParameter(
+                f"--spark reads Parquet alert rows ({', '.join(ROW_FORMATS)}); no object table "
+                "and no other format",
+                param_hint="--spark",
+            )
         with user_errors(ImportError):
-            _classify_on_spark(inputs, output, model, errors, strict, master, batch_size)
+            _classify_on_spark(
+                inputs,
+                output,
+                model,
+                errors,
+                strict,
+                master,
+                batch_size,
+                "cpu" if provider == "auto" else provider,
+            )
         return
     paths = [Path(p) for p in inputs]
     output_path = Path(output)
@@ -347,9 +362,12 @@ def _classify_on_spark(
     strict: bool,
     master: str | None,
     batch_size: int,
+    provider: str,
 ) -> None:
     """`classify --spark`: the same job on a Spark session, written as Parquet folders. A
-    session this command starts is stopped at the end; one already running is left alone."""
+    session this command starts is stopped at the end; one already running is left alone.
+    ``provider`` auto means the CPU there: Spark runs one task per core, each with one ONNX
+    Runtime thread; ask for cuda explicitly on executors with a GPU."""
     metadata = read_metadata(model)
     running = spark_adapter.active_session()
     session = running or spark_adapter.spark_session(master=master)
@@ -363,6 +381,7 @@ def _classify_on_spark(
             errors_output=errors,
             strict=strict,
             batch_size=batch_size,
+            provider=provider,
         )
     finally:
         if running is None:
