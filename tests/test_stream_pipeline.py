@@ -1,11 +1,16 @@
-"""The worker's pipeline (astro_classifier/stream/pipeline.py) with fake stages: order,
-overlap, commit only after delivery, failures that cancel later batches, drain on stop.
+"""The worker's pipeline (astro_classifier/stream/pipeline.py): order, overlap, commit only
+after delivery, failures that cancel later batches, drain on stop.
 
-No Kafka, no model: ``classify`` and ``deliver`` are plain functions that record what they
-were called with (the deliver fake's "commit" is the list of batches it delivered).
-The real worker in pipelined mode is covered by the real-broker tests
-(tests/test_stream_worker.py and the others run it with the default ``pipeline: true``); the
-serial mode has its own real-broker test at the end of this file.
+1. The :class:`Pipeline` with fake stages (plain functions that record what they were
+   called with; the deliver fake's "commit" is the list of batches it delivered).
+2. The worker's own loop (:meth:`StreamWorker._loop`) with fake Kafka clients and a fake
+   processor, pipelined and serial, at-least-once and exactly-once: offsets committed in
+   order, only after the outputs below them are acknowledged, the consumer used by one
+   thread only, a failed batch read again.
+3. The real worker with ``pipeline: false`` against a real broker
+   (test_the_serial_worker_still_classifies_every_alert_once); the pipelined real worker is
+   covered by the other real-broker tests (tests/test_stream_worker.py and others), which
+   run the default ``pipeline: true``.
 """
 
 from __future__ import annotations
@@ -472,3 +477,63 @@ def test_the_worker_loop_commits_in_order_after_acks_from_the_consuming_thread(
         assert producer.group_metadata == {"group-metadata"}
     if fail:
         assert worker.metrics.batch_failures.labels(error_class="RuntimeError")._value.get() == 1
+
+
+# -- the real worker with the pipeline off ------------------------------------------------------
+@pytest.fixture
+def started_workers():
+    """Start `astroclf stream` subprocesses; any still running at the end is killed."""
+    from tests.test_stream_worker import Worker
+
+    started: list = []
+
+    def start(config, log_path, extra_env=None):
+        worker = Worker(config, log_path, extra_env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_the_serial_worker_still_classifies_every_alert_once(
+    delivery: str, kafka_bootstrap: str, shared_data, tmp_path, started_workers
+) -> None:
+    """``pipeline: false`` against a real broker (the other real-broker tests run the default,
+    pipelined worker): every Rubin alert classified once, bad messages dead-lettered,
+    SIGTERM exits 0."""
+    from tests.kafka_broker import unique_name
+    from tests.test_stream_worker import (
+        SIGTERM_LIMIT_S,
+        check_dead_letters,
+        check_exactly_one_each,
+        check_output_records,
+        container_bad_messages,
+        rubin_avro_alert_ids,
+        small_run,
+    )
+
+    files = sorted((shared_data / "alerts" / "lsst" / "fink-v7.4").glob("*.avro"))[:40]
+    run = small_run(
+        kafka_bootstrap,
+        started_workers,
+        tmp_path,
+        files,
+        container_bad_messages(files[0].read_bytes(), "fink")[:3],
+        rubin_avro_alert_ids,
+        input_format="rubin-avro",
+        model="atat-lsst",
+        delivery=delivery,
+        transactional_id=unique_name("astroclf-serial"),
+        pipeline=False,
+        batch_size=10,
+    )
+    check_exactly_one_each(run.outcome)
+    check_output_records(run.outcome, run.topics, "atat-lsst")
+    check_dead_letters(run.outcome, run.topics)
+    assert run.exit[0] == 0 and run.exit[1] < SIGTERM_LIMIT_S
+    log = (tmp_path / "worker.log").read_text()
+    assert '"pipeline": false' in log
