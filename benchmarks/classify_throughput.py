@@ -99,6 +99,86 @@ def attention_ops(path: Path) -> str:
     return "MultiHeadAttention (fused)" if "MultiHeadAttention" in ops else "decomposed"
 
 
+def graph_description(model) -> dict:
+    """Which file and form a loaded model serves."""
+    meta, path = model.metadata, model.path
+    return {
+        "precision": meta.precision,
+        # dense: the CUDA companion; training: the float16 companion (one-hot tokens too)
+        "graph_form": meta.graph_form or ("training" if meta.precision == "fp16" else "gather"),
+        "graph": path.name if path.parent.name == "models" else f"{path.parent.name}/{path.name}",
+    }
+
+
+def parse_variant(spec: str) -> dict:
+    """``FORM[+graph][+tf32]`` (FORM: gather, dense, fp16) -> LoadedModel.load arguments."""
+    form, *flags = spec.split("+")
+    unknown = set(flags) - {"graph", "tf32"}
+    if form not in ("gather", "dense", "fp16") or unknown:
+        raise SystemExit(f"--variants: cannot read {spec!r} (FORM[+graph][+tf32])")
+    load = {"precision": "fp16"} if form == "fp16" else {"precision": "fp32", "form": form}
+    return load | {"cuda_graph": "graph" in flags, "tf32": "tf32" in flags}
+
+
+def time_model_calls(model, calls_by_size: dict[int, list], n: int, rounds: int) -> dict:
+    """Objects/s of ``model``'s calls alone at each batch size: best of ``rounds`` after two
+    untimed passes (the first call of a shape allocates; with CUDA graphs the second
+    captures it)."""
+    out = {}
+    for size, sized in calls_by_size.items():
+
+        def call_all(sized: list = sized) -> None:
+            for x in sized:
+                model.predict(x)
+
+        call_all()
+        call_all()
+        t = min(interleaved_rounds({"m": call_all}, rounds)["m"])
+        out[str(size)] = {"objects_per_s": n / t, "calls": len(sized)}
+    return out
+
+
+def run_variants(args, batch, loaded_main, result: dict) -> None:
+    """``--variants``: the model calls of every variant on the same padded calls (built once
+    per batch size), one after the other; a variant that fails is recorded, not fatal."""
+    from astro_classifier.features.preprocess import keep_model_bands, tabular_features
+    from astro_classifier.inference.classify import bucketed_inputs
+    from astro_classifier.inference.model import LoadedModel
+
+    meta, spec = loaded_main.metadata, loaded_main.metadata.preprocessing
+    for name in args.variants.split(","):  # refuse a misspelt variant before any work
+        parse_variant(name)
+    in_bands, _ = keep_model_bands(batch, spec)
+    tab = tabular_features(in_bands, spec)
+    sizes = [int(b) for b in (args.batch_sizes or str(args.batch_size)).split(",")]
+    calls_by_size = {
+        size: [x for _, x in bucketed_inputs(in_bands, spec, tab, meta.length_buckets, size)]
+        for size in sizes
+    }
+    variants = {name: parse_variant(name) for name in args.variants.split(",")}
+    result["variants"] = {}
+    for name, load in variants.items():
+        entry: dict = {}
+        started = time.perf_counter()
+        try:
+            model = LoadedModel.load(args.model, provider=args.provider, **load)
+            entry |= graph_description(model) | {"providers": model.providers}
+            entry["model_only"] = time_model_calls(
+                model, calls_by_size, len(batch), args.model_rounds
+            )
+            del model
+        except Exception as exc:  # noqa: BLE001 - recorded in the result, the others still run
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        entry["seconds"] = round(time.perf_counter() - started, 1)
+        result["variants"][name] = entry
+        rates = ", ".join(
+            f"{b}: {v['objects_per_s']:,.0f}/s" for b, v in entry.get("model_only", {}).items()
+        )
+        print(
+            f"{name}: {entry.get('graph', '')} {rates or entry.get('error')} ({entry['seconds']} s)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -142,6 +222,13 @@ def main() -> None:
         help="only the model calls (and input assembly): no features, classify() or torch",
     )
     parser.add_argument("--no-torch", action="store_true", help="skip the torch eager comparison")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="model calls only, for each of these graph variants on the same calls, e.g. "
+        "gather,dense,dense+graph,dense+tf32,fp16,fp16+graph (FORM[+graph][+tf32]); "
+        "ignores --form/--precision/--cuda-graph/--tf32",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--compare",
@@ -188,7 +275,7 @@ def main() -> None:
         provider=args.provider,
         precision=args.precision,
         form=args.form,
-        cuda_graph=args.cuda_graph,
+        cuda_graph=args.cuda_graph and not args.variants,
         tf32=args.tf32,
     )
     meta, spec = model.metadata, model.metadata.preprocessing
@@ -197,13 +284,7 @@ def main() -> None:
     result: dict = {
         "model": meta.name,
         "provider": args.provider,
-        "precision": model.metadata.precision,
-        # dense: the CUDA companion; training: the float16 companion (one-hot tokens too)
-        "graph_form": model.metadata.graph_form
-        or ("training" if model.metadata.precision == "fp16" else "gather"),
-        "graph": model.path.name
-        if model.path.parent.name == "models"
-        else f"{model.path.parent.name}/{model.path.name}",
+        **graph_description(model),
         "cuda_graph": args.cuda_graph,
         "tf32": args.tf32 if args.provider == "cuda" else None,
         "providers": model.providers,
@@ -221,6 +302,19 @@ def main() -> None:
         f"{n} objects ({args.data}), mean {batch.lengths.mean():.0f} points; model {meta.name}; "
         f"{model.providers}"
     )
+    out = args.out or ROOT / "benchmarks" / "results" / (
+        f"classify_throughput_{meta.name}_{args.provider}"
+        f"{'' if args.data == 'plasticc' else '_' + args.data}"
+        f"{'_variants' if args.variants else ''}.json"
+    )
+    if args.variants:
+        for key in ("precision", "graph_form", "graph", "cuda_graph", "tf32", "providers"):
+            result.pop(key)
+        run_variants(args, batch, model, result)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        return
 
     # 1. features
     in_bands, _ = keep_model_bands(batch, spec)
@@ -336,23 +430,17 @@ def main() -> None:
         result["classify_over_model_only"] = result["classify_objects_per_s"] / (n / t_ort)
         print(f"classify() end to end / model calls: {result['classify_over_model_only']:.3f}")
     # model calls alone at each batch size (the same light curves, the same buckets)
-    result["model_only"] = {}
-    for size in batch_sizes:
-        sized = (
-            calls
-            if size == args.batch_size
-            else [x for _, x in bucketed_inputs(in_bands, spec, tab, meta.length_buckets, size)]
+    calls_by_size = {
+        size: calls
+        if size == args.batch_size
+        else [x for _, x in bucketed_inputs(in_bands, spec, tab, meta.length_buckets, size)]
+        for size in batch_sizes
+    }
+    result["model_only"] = time_model_calls(model, calls_by_size, n, args.model_rounds)
+    for size, v in result["model_only"].items():
+        print(
+            f"model calls at batch {size}: {v['objects_per_s']:,.0f} objects/s ({v['calls']} calls)"
         )
-
-        def call_all(sized: list = sized) -> None:
-            for x in sized:
-                model.predict(x)
-
-        call_all()  # allocation; with --cuda-graph the second run of a shape captures it
-        call_all()
-        t_size = min(interleaved_rounds({"m": call_all}, args.model_rounds)["m"])
-        result["model_only"][str(size)] = {"objects_per_s": n / t_size, "calls": len(sized)}
-        print(f"model calls at batch {size}: {n / t_size:,.0f} objects/s ({len(sized)} calls)")
     if "compare" in rounds:
         t_other = min(rounds["compare"])
         result["compare"] = {
@@ -381,14 +469,6 @@ def main() -> None:
             f"(median of rounds {result['onnxruntime_over_torch_median_of_rounds']:.2f}x)"
         )
 
-    out = (
-        args.out
-        or ROOT
-        / "benchmarks"
-        / "results"
-        / f"classify_throughput_{meta.name}_{args.provider}"
-        f"{'' if args.data == 'plasticc' else '_' + args.data}.json"
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

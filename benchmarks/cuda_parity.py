@@ -7,7 +7,8 @@ curves) are padded to the serving buckets at ``--batch-size`` and classified by
 - the reference: ONNX Runtime on the CPU, the main file (float32, gathered tokens), and
 - each form that ships, on ``--provider``: ``fp32`` (the main file), ``dense`` (the CUDA
   companion ``models/cuda/<name>.onnx``), ``fp16`` (``models/fp16/<name>.onnx``), each with
-  TF32 off and (``--tf32 both``) on, and ``dense`` captured as CUDA graphs (``--cuda-graph``).
+  TF32 off and (``--tf32 both``) on, and ``dense`` and ``fp16`` captured as CUDA graphs
+  (``--cuda-graph``).
 
 Per comparison: max |Δp|, the share of objects with the same top class, max |Δ ood| relative
 to max(1, |ood|), and how many abstention decisions (ood above the model's threshold) flip.
@@ -113,8 +114,13 @@ def variants(provider: str, forms: list[str], tf32: str, cuda_graph: bool) -> li
     if provider == "cpu":
         tf32_values = [False]  # a CPU has no TF32
     out = [{"form": f, "tf32": t, "cuda_graph": False} for f in forms for t in tf32_values]
-    if cuda_graph and provider == "cuda" and "dense" in forms:
-        out += [{"form": "dense", "tf32": t, "cuda_graph": True} for t in tf32_values]
+    if cuda_graph and provider == "cuda":  # the forms a CUDA graph can capture
+        out += [
+            {"form": f, "tf32": t, "cuda_graph": True}
+            for f in forms
+            if f in ("dense", "fp16")
+            for t in tf32_values
+        ]
     return out
 
 
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=list(FORMS))
     parser.add_argument("--tf32", default="both", choices=["off", "on", "both"])
     parser.add_argument(
-        "--cuda-graph", action="store_true", help="also the dense form as CUDA graphs"
+        "--cuda-graph", action="store_true", help="also the dense and float16 forms as CUDA graphs"
     )
     parser.add_argument("--objects", type=int, default=8192)
     parser.add_argument("--batch-size", type=int, default=4096)

@@ -8,11 +8,12 @@
 # (GPU_SUITE_BUDGET_S, default 540 s: one device call may run 600 s), each logged; a step that
 # fails or times out is recorded and the suite goes on:
 #
-#  1. model calls only (benchmarks/classify_throughput.py --model-only), both shipped models,
-#     batch sizes 2048/4096/8192: the main file (gathered tokens), the dense CUDA companion
-#     (models/cuda/), the float16 companion (models/fp16/) where one ships, each with CUDA
-#     graphs off and on (the gathered form cannot be captured: NonZero), and the dense form
-#     with TF32 on (serving keeps it off: see cuda_provider_options);
+#  1. model calls only (benchmarks/classify_throughput.py --variants, one process per model on
+#     the same padded calls), both shipped models, batch sizes 2048/4096/8192: the main file
+#     (gathered tokens), the dense CUDA companion (models/cuda/), the float16 companion
+#     (models/fp16/) where one ships; TF32 off (what serving uses) and on (what the 2026-12
+#     H200 numbers had); the dense and float16 forms also captured as CUDA graphs (the
+#     gathered form cannot be: NonZero);
 #  2. CUDA vs CPU parity (benchmarks/cuda_parity.py: every form that ships, TF32 off and on,
 #     CUDA graphs); beyond its budget the suite's exit status is 1, after every other step;
 #  3. classify() end to end per model (what serving picks on CUDA: the float16 companion) and
@@ -31,8 +32,8 @@
 #
 # Dry run on a machine without a GPU (proves the script, not the numbers):
 #   GPU_SUITE_PROVIDER=cpu GPU_SUITE_OBJECTS=600 GPU_SUITE_BATCHES=256,512 \
-#     GPU_SUITE_MESSAGES=0 bash benchmarks/gpu_suite.sh /tmp/gs
-# (with the cpu provider the CUDA-graph and TF32 steps are skipped; GPU_SUITE_MESSAGES=0
+#     GPU_SUITE_MESSAGES=1000 GPU_SUITE_SCALE_OUT=1 bash benchmarks/gpu_suite.sh /tmp/gs
+# (with the cpu provider the CUDA-graph and TF32 variants are left out; GPU_SUITE_MESSAGES=0
 # skips the worker.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -102,29 +103,24 @@ data_of() { [ "$1" = atat-ztf ] && echo ztf-alerts || echo plasticc; }
 
 wants() { [[ "$STEPS" == *",$1,"* ]]; }
 
-# 1. model calls only
+# 1. model calls only: every variant of a model on the same padded calls, one process per
+# model (FORM[+graph][+tf32]; the gathered form cannot be captured as a CUDA graph: NonZero)
 wants model && for model in atat-ztf atat-lsst; do
-  for form in gather dense fp16; do
-    has "$form" "$model" || { echo "model_${model}_${form}: skipped (no companion)" >> "$SUMMARY"; continue; }
-    if [ "$form" = fp16 ]; then sel=(--precision fp16); else sel=(--precision fp32 --form "$form"); fi
-    graphs=(off)
-    [ "$PROVIDER" = cuda ] && [ "$form" != gather ] && graphs=(off on)
-    for graph in "${graphs[@]}"; do
-      flag=(); [ "$graph" = on ] && flag=(--cuda-graph)
-      name="model_${model}_${form}_graph-${graph}"
-      step "$name" 120 "$PY" -m benchmarks.classify_throughput --model "$model" \
-        --provider "$PROVIDER" --data "$(data_of "$model")" --objects "$OBJECTS" \
-        "${sel[@]}" "${flag[@]}" --model-only --batch-size "${BATCHES%%,*}" \
-        --batch-sizes "$BATCHES" --model-rounds 5 --out "$WORK/$name.json"
-    done
-  done
-  if [ "$PROVIDER" = cuda ] && has dense "$model"; then
-    name="model_${model}_dense_tf32-on"
-    step "$name" 120 "$PY" -m benchmarks.classify_throughput --model "$model" \
-      --provider "$PROVIDER" --data "$(data_of "$model")" --objects "$OBJECTS" \
-      --precision fp32 --form dense --tf32 --model-only --batch-size "${BATCHES%%,*}" \
-      --batch-sizes "$BATCHES" --model-rounds 5 --out "$WORK/$name.json"
+  variants="gather"
+  [ "$PROVIDER" = cuda ] && variants="gather+tf32,gather"
+  if has dense "$model"; then
+    variants="$variants,dense"
+    [ "$PROVIDER" = cuda ] && variants="$variants,dense+tf32,dense+graph,dense+graph+tf32"
   fi
+  if has fp16 "$model"; then
+    variants="$variants,fp16"
+    [ "$PROVIDER" = cuda ] && variants="$variants,fp16+graph"
+  fi
+  name="model_${model}"
+  step "$name" 240 "$PY" -m benchmarks.classify_throughput --model "$model" \
+    --provider "$PROVIDER" --data "$(data_of "$model")" --objects "$OBJECTS" \
+    --variants "$variants" --batch-size "${BATCHES%%,*}" --batch-sizes "$BATCHES" \
+    --model-rounds 5 --out "$WORK/$name.json"
 done
 
 # 2. CUDA vs CPU parity (beyond budget: exit status 1 at the end)
@@ -176,6 +172,9 @@ import json, sys
 from pathlib import Path
 for path in sorted(Path(sys.argv[1]).glob("*.json")):
     r = json.loads(path.read_text())
+    for v_name, v in r.get("variants", {}).items():
+        sizes = ", ".join(f"{b}: {x['objects_per_s']:,.0f}/s" for b, x in v.get("model_only", {}).items())
+        print(f"{r['model']} {v_name}: {v.get('graph', '')} {sizes or v.get('error')}")
     if "model_only" in r:
         sizes = ", ".join(f"{b}: {v['objects_per_s']:,.0f}/s" for b, v in r["model_only"].items())
         extra = f"; classify() {r['classify_objects_per_s']:,.0f}/s, ratio {r['classify_over_model_only']:.3f}" if "classify_over_model_only" in r else ""
