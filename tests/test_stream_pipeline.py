@@ -255,6 +255,22 @@ def test_close_cancels_queued_batches_and_ends_the_threads() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("astroclf-")]
 
 
+def test_after_close_a_stuck_stage_never_blocks_a_drain() -> None:
+    """Closing the consumer runs the revoke callback, which drains: after close() a stage
+    stuck for good (a hung delivery) must not hold the worker's exit."""
+    stuck = threading.Event()
+    pipeline = Pipeline(lambda m, d: None, lambda m, r, c: stuck.wait(10), overlap=True)
+    pipeline.submit([0], None)
+    time.sleep(0.05)
+    started = time.perf_counter()
+    pipeline.close(timeout_s=0.1)
+    pipeline.wait_idle()
+    pipeline.drop_pending()
+    assert time.perf_counter() - started < 1.0
+    assert pipeline.finished_in_order() == []  # nothing unfinished is ever committed
+    stuck.set()
+
+
 def test_the_pipeline_setting_defaults_on_and_reads_the_environment(monkeypatch) -> None:
     from astro_classifier.stream.config import StreamSettings
 

@@ -157,6 +157,7 @@ class Pipeline:
         self._next_seq = 0
         self._in_flight: collections.deque[InFlight] = collections.deque()
         self._stages: list[_Stage] = []
+        self._closed = False
         if overlap:
             self._classifier = _Stage("astroclf-classify", self)
             self._deliverer = _Stage("astroclf-deliver", self)
@@ -212,8 +213,10 @@ class Pipeline:
         return done
 
     def wait_idle(self) -> None:
-        """Wait until every submitted batch is finished (they stay to be collected)."""
-        self._wait([b.future for b in self._in_flight])
+        """Wait until every submitted batch is finished (they stay to be collected). After
+        :meth:`close` it returns at once: a batch still unfinished then never will be."""
+        if not self._closed:
+            self._wait([b.future for b in self._in_flight])
 
     def discard(self) -> list[InFlight]:
         """After a failure: wait for every batch in flight to finish (later ones are
@@ -234,6 +237,8 @@ class Pipeline:
         """Cancel every batch that has not started its next stage, wait for the ones under
         way, then accept new batches again (partitions lost). The cancelled batches stay to
         be collected: their future says :class:`Cancelled`."""
+        if self._closed:
+            return
         self.cancel()
         self.wait_idle()
         with self._lock:
@@ -243,6 +248,7 @@ class Pipeline:
         """Cancel what has not started and stop the threads (waiting at most ``timeout_s``
         for each: a stuck delivery is left to the process's exit)."""
         self.cancel()
+        self._closed = True
         deadline = time.monotonic() + timeout_s
         for stage in self._stages:
             stage.close(max(deadline - time.monotonic(), 0.0))

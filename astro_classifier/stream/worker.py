@@ -596,12 +596,12 @@ class StreamWorker:
     def _on_revoke(self, _consumer: Any, partitions: list) -> None:
         self._revoked_during_consume = True
         log_event(logging.INFO, "partitions_revoked", partitions=_names(partitions))
-        # Every batch consumed so far is delivered and committed (or has failed) before the
-        # partitions go: the pipeline is drained; the loop collects the batches afterwards.
-        self._pipeline.wait_idle()
-        for batch in self._pipeline.finished_in_order():
-            self._commit(batch)  # stored now, committed just below
-        if self._delivery is not None:
+        if self._delivery is not None:  # None once the worker is releasing Kafka
+            # Every batch consumed so far is delivered and committed (or has failed) before
+            # the partitions go: the pipeline is drained; the loop collects them afterwards.
+            self._pipeline.wait_idle()
+            for batch in self._pipeline.finished_in_order():
+                self._commit(batch)  # stored now, committed just below
             try:
                 self._delivery.on_revoke()
             except (StopTimeout, DeliveryFailed) as exc:  # deliveries stuck: commit nothing more
