@@ -15,9 +15,14 @@ model and set: objects, max |Δp| (limit 1e-6), max |Δ ood_score| (limit 1e-5),
 top class or abstention differ (limit 0), and the calibration temperature and OOD threshold
 of both files. Exit status 1 when a limit is exceeded.
 
+With ``--companions``, the shipped companions are checked the same way: each is written again
+by :func:`astro_classifier.export.companions.write_companion` (a re-export of the shipped main
+file: ``cuda/`` in the dense form, ``fp16/`` in float16) and compared with the shipped
+companion on the same two sets (same limits).
+
 Usage::
 
-    python -m benchmarks.export_identity [--models atat-lsst atat-ztf] [--out result.json]
+    python -m benchmarks.export_identity [--models atat-lsst atat-ztf] [--companions] [--out result.json]
 """
 
 from __future__ import annotations
@@ -114,6 +119,46 @@ def run(models: list[str], data: Path, workdir: Path) -> dict[str, Any]:
     return out
 
 
+def run_companions(models: list[str], data: Path, workdir: Path) -> dict[str, Any]:
+    """Each shipped companion of ``models`` written again and compared with the shipped one."""
+    from astro_classifier.export.companions import survey_inputs, write_companion
+    from astro_classifier.inference.model import cuda_companion, fp16_companion, resolve_model_path
+
+    out: dict[str, Any] = {}
+    for name in models:
+        main = resolve_model_path(name)
+        inputs = survey_inputs(name)
+        for kind, shipped in (("cuda", cuda_companion(main)), ("fp16", fp16_companion(main))):
+            if shipped is None:
+                continue
+            started = time.perf_counter()
+            report = write_companion(name, kind, inputs, workdir)
+            seconds = time.perf_counter() - started
+            reference = LoadedModel.load(shipped, provider="cpu")
+            new = LoadedModel.load(workdir / kind / main.name, provider="cpu")
+            run_dir = RUNS[name][0]
+            out[f"{name} {kind}"] = {
+                "run": str(main.relative_to(PROJECT_ROOT)),  # what the companion re-exports
+                "holdout_of": str(run_dir.relative_to(PROJECT_ROOT)),
+                "reference": str(shipped.relative_to(PROJECT_ROOT)),
+                "export_seconds": round(seconds, 1),
+                "parity": str(report),
+                "temperature": [m.metadata.calibration.temperature for m in (reference, new)],
+                "ood_threshold": [m.metadata.ood.threshold for m in (reference, new)],
+                "metadata_differs": sorted(
+                    key
+                    for key, value in reference.metadata.model_dump(mode="json").items()
+                    if key not in ("created_at", "package_version")
+                    and new.metadata.model_dump(mode="json").get(key) != value
+                ),
+                "sets": {
+                    "run hold-out": compare(holdout_objects(run_dir), reference, new),
+                    "ZTF alerts": compare(ztf_alerts(data), reference, new),
+                },
+            }
+    return out
+
+
 def failures(result: dict[str, Any]) -> list[str]:
     bad = []
     for name, r in result.items():
@@ -132,9 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    parser.add_argument(
+        "--companions",
+        action="store_true",
+        help="check the shipped companions (models/cuda, models/fp16) instead of the main files",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.models, shared_data_dir(), Path(tmp))
+        if args.companions:
+            result = run_companions(args.models, shared_data_dir(), Path(tmp))
+        else:
+            result = run(args.models, shared_data_dir(), Path(tmp))
     for name, r in result.items():
         print(
             f"{name}: {r['run']} re-exported in {r['export_seconds']} s, against {r['reference']}"

@@ -5,8 +5,9 @@
 #   source .device/data/gpu-install.sh && bash benchmarks/gpu_suite.sh "$OUT"
 #
 # Steps, most important first, each bounded by `timeout` and by the suite's whole budget
-# (GPU_SUITE_BUDGET_S, default 540 s: one device call may run 600 s), each logged; a step that
-# fails or times out is recorded and the suite goes on:
+# (GPU_SUITE_BUDGET_S, default 480 s: one device call may run 600 s, and gpu-install.sh takes
+# about a minute of it on a fresh machine), each logged; a step that fails or times out is
+# recorded and the suite goes on:
 #
 #  1. model calls only (benchmarks/classify_throughput.py --variants, one process per model on
 #     the same padded calls), both shipped models, batch sizes 2048/4096/8192: the main file
@@ -43,7 +44,7 @@ OBJECTS="${GPU_SUITE_OBJECTS:-16384}"
 BATCHES="${GPU_SUITE_BATCHES:-2048,4096,8192}"
 MESSAGES="${GPU_SUITE_MESSAGES:-40000}"
 SCALE_OUT="${GPU_SUITE_SCALE_OUT:-1,2,4,8}"
-BUDGET="${GPU_SUITE_BUDGET_S:-540}"
+BUDGET="${GPU_SUITE_BUDGET_S:-480}"
 STEPS=",${GPU_SUITE_STEPS:-model,parity,classify,decode,worker},"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
