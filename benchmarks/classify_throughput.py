@@ -27,6 +27,7 @@ and ``--model-only`` skips the features, ``classify()`` and torch parts.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -167,6 +168,7 @@ def run_variants(args, batch, loaded_main, result: dict) -> None:
                 model, calls_by_size, len(batch), args.model_rounds
             )
             del model
+            gc.collect()  # its sessions (and their device memory) go before the next variant's
         except Exception as exc:  # noqa: BLE001 - recorded in the result, the others still run
             entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["seconds"] = round(time.perf_counter() - started, 1)
