@@ -543,8 +543,8 @@ class CudaGraphCalls(BoundCalls):
 
     Opt-in (``LoadedModel.load(..., cuda_graph=True)``), measured only on a GPU machine
     (``benchmarks/gpu_suite.sh``). ONNX Runtime's CUDA provider with ``enable_cuda_graph``
-    records a call's kernel launches once (on its second run: the first allocates) and
-    then replays them in one launch, which for a small model at a large batch removes most
+    records a call's kernel launches once (on one of the first runs of a shape) and then
+    replays them in one launch, which for a small model at a large batch removes most
     of the per-kernel launch cost. It needs, per captured graph, fixed shapes and fixed
     device addresses of every input and output (what the bound buffers are), every compute
     node on CUDA, and no data-dependent shape: the dense companion (:func:`cuda_companion`)
