@@ -27,6 +27,7 @@ Needs the ``spark`` extra and Java 17 or 21 (JAVA_HOME).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -138,6 +139,53 @@ def compare(got: pa.Table, expected: pa.Table) -> dict:
     return {"same_alerts": True, "max_abs_dp": dp, "class_mismatches": mismatches}
 
 
+def _safe_text(exc: BaseException) -> str:
+    """The text of an exception; a Py4J error whose JVM has died cannot even say it."""
+    try:
+        return str(exc)
+    except Exception:
+        cause = exc.__cause__ or exc.__context__
+        return f"{type(exc).__name__} (the JVM is gone; cause: {type(cause).__name__})"
+
+
+def spark_job(spark, lake, work, label, project, args, rows, reference) -> dict:
+    """``write_parquet(classify_dataframe(...))`` timed ``args.runs`` times after one
+    untimed first job, with the memory sampler running; checked against ``reference``."""
+    from astro_classifier.spark import classify_dataframe, write_parquet
+
+    times, check, counts, first = [], None, None, 0.0
+    n_runs = args.runs if project else 1
+    with MemorySampler() as memory:
+        for k in range(n_runs + 1):  # the first job starts the workers: not timed
+            target = work / f"out-{label}-{k}"
+            t0 = time.perf_counter()
+            df = spark.read.parquet(str(lake))
+            counts = write_parquet(classify_dataframe(df, args.model, project=project), str(target))
+            elapsed = time.perf_counter() - t0
+            if k == 0:
+                check = compare(pq.read_table(target), reference)
+                first = elapsed
+            else:
+                times.append(elapsed)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(str(target) + "_errors", ignore_errors=True)
+    result = {
+        "first_job_s": first,
+        "seconds": times,
+        "rows_per_s_best": rows / min(times),
+        "rows_per_s_median": rows / float(np.median(times)),
+        "classified": counts.classified,
+        "errors": counts.errors,
+        "check_vs_classify": check,
+        "memory": memory.summary(),
+    }
+    print(
+        f"spark {args.master} {label}: {rows / min(times):,.0f} rows/s (best of "
+        f"{len(times)}), first job {first:.1f} s, {check}, {memory.summary()}"
+    )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--master", default="local[2]")
@@ -230,7 +278,7 @@ def main() -> None:
         # 3. Spark
         from pyspark.sql import SparkSession
 
-        from astro_classifier.spark import classify_dataframe, write_parquet
+        from astro_classifier.spark import classify_dataframe
 
         t0 = time.perf_counter()
         spark = (
@@ -262,42 +310,22 @@ def main() -> None:
             "rows_per_s_median": rows / float(np.median(noop[1:])),
         }
         print(f"spark {args.master} classify only (noop sink): {rows / min(noop[1:]):,.0f} rows/s")
-        spark_runs = {}
-        for label, project in (("projected", True), ("unprojected", False)):
-            times, check, counts = [], None, None
-            n_runs = args.runs if project else 1
-            with MemorySampler() as memory:
-                for k in range(n_runs + 1):  # the first job starts the workers: not timed
-                    target = work / f"out-{label}-{k}"
-                    t0 = time.perf_counter()
-                    df = spark.read.parquet(str(lake))
-                    counts = write_parquet(
-                        classify_dataframe(df, args.model, project=project), str(target)
-                    )
-                    elapsed = time.perf_counter() - t0
-                    if k == 0:
-                        check = compare(pq.read_table(target), reference)
-                        first = elapsed
-                    else:
-                        times.append(elapsed)
-                    shutil.rmtree(target, ignore_errors=True)
-                    shutil.rmtree(str(target) + "_errors", ignore_errors=True)
-            spark_runs[label] = {
-                "first_job_s": first,
-                "seconds": times,
-                "rows_per_s_best": rows / min(times),
-                "rows_per_s_median": rows / float(np.median(times)),
-                "classified": counts.classified,
-                "errors": counts.errors,
-                "check_vs_classify": check,
-                "memory": memory.summary(),
-            }
-            print(
-                f"spark {args.master} {label}: {rows / min(times):,.0f} rows/s (best of "
-                f"{len(times)}), first job {first:.1f} s, {check}, {memory.summary()}"
-            )
+        spark_runs: dict = {}
         out["spark"] = spark_runs
-        spark.stop()
+        for label, project in (("projected", True), ("unprojected", False)):
+            try:
+                spark_runs[label] = spark_job(
+                    spark, lake, work, label, project, args, rows, reference
+                )
+            except Exception as exc:  # the unprojected job can exhaust the JVM heap
+                text = _safe_text(exc)
+                first = next((line for line in text.splitlines() if line.strip()), "")
+                cause = [line.strip() for line in text.splitlines() if "Caused by" in line]
+                spark_runs[label] = {"failed": first[:300], "causes": cause[:3]}
+                print(f"spark {args.master} {label}: FAILED {first[:200]} {cause[:2]}")
+                break
+        with contextlib.suppress(Exception):  # a JVM that died of a failure above is gone
+            spark.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out["load_average_at_end"] = os.getloadavg()
