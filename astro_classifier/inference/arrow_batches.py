@@ -438,8 +438,13 @@ def _classify_one(
     if errors:
         tables.append(_error_rows(errors, records, fmt, schema))
         positions.append(np.asarray(sorted(errors), np.int64))
+    placed = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    if len(placed) != batch.num_rows or len(np.unique(placed)) != batch.num_rows:
+        raise RuntimeError(  # a bug here, never the input's fault
+            f"{source}: {batch.num_rows} rows in, {len(placed)} placed in the output"
+        )
     table = pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
-    order = np.argsort(np.concatenate(positions), kind="stable") if positions else []
+    order = np.argsort(placed, kind="stable")
     table = table.take(pa.array(order, pa.int64()))
     return (
         table.combine_chunks().to_batches()[0]
