@@ -280,3 +280,16 @@ def test_cli_classify_spark_writes_the_classified_folder(spark, ztf_lake, tmp_pa
     assert result.exit_code == 0, result.output
     assert_same_rows(pq.read_table(out), _reference([ztf_lake], "atat-ztf"))
     assert "561 of 561" in result.output
+
+
+def test_read_alerts_reads_only_the_readers_fields_and_classifies_the_same(spark, ztf_lake):
+    from astro_classifier.spark import classify_dataframe, read_alerts, split_errors
+
+    df = read_alerts(spark, str(ztf_lake))
+    assert df.columns == ["candid", "objectId", "candidate", "prv_candidates"]
+    assert "rb" not in df.schema["candidate"].dataType.fieldNames()
+    result = classify_dataframe(df, "atat-ztf")
+    plan = result._jdf.queryExecution().executedPlan().toString()
+    assert "transform" not in plan  # already projected: no second projection
+    classified, _ = split_errors(result)
+    assert_same_rows(_collect(classified), _reference([ztf_lake], "atat-ztf"))
