@@ -11,8 +11,10 @@ data lake keeps them) repeated ``--repeat`` times, written as a Parquet folder o
 3. Spark (``--master``, default ``local[2]``), one ONNX Runtime thread per task, each
    repetition a fresh job on a warm session: ``classify_dataframe`` into Spark's ``noop``
    sink (the classification alone), then ``write_parquet`` (classified and error folders
-   and the counts: what a user runs), projected (the default) and, once, unprojected
-   (``project=False``). The session start and the first job (Python workers start, model
+   and the counts: what a user runs), projected (the default: ``spark.read.parquet`` then
+   the projection in ``classify_dataframe``), read projected (``read_alerts``: the pruned
+   schema given to the reader, what ``classify_parquet`` and ``classify --spark`` do) and,
+   once, unprojected (``project=False``). The session start and the first job (Python workers start, model
    loads) are reported apart; the machine's load average too (shared machines). While Spark runs, a sampler reads the resident memory (RSS, /proc) of
    the Spark JVM and of each Python worker every 0.2 s: the peaks are the memory per worker.
 
@@ -151,7 +153,7 @@ def _safe_text(exc: BaseException) -> str:
 def spark_job(spark, lake, work, label, project, args, rows, reference) -> dict:
     """``write_parquet(classify_dataframe(...))`` timed ``args.runs`` times after one
     untimed first job, with the memory sampler running; checked against ``reference``."""
-    from astro_classifier.spark import classify_dataframe, write_parquet
+    from astro_classifier.spark import classify_dataframe, read_alerts, write_parquet
 
     times, check, counts, first = [], None, None, 0.0
     n_runs = args.runs if project else 1
@@ -159,8 +161,13 @@ def spark_job(spark, lake, work, label, project, args, rows, reference) -> dict:
         for k in range(n_runs + 1):  # the first job starts the workers: not timed
             target = work / f"out-{label}-{k}"
             t0 = time.perf_counter()
-            df = spark.read.parquet(str(lake))
-            counts = write_parquet(classify_dataframe(df, args.model, project=project), str(target))
+            if project == "read":  # the pruned schema given to the reader (classify_parquet)
+                df = read_alerts(spark, str(lake))
+            else:
+                df = spark.read.parquet(str(lake))
+            counts = write_parquet(
+                classify_dataframe(df, args.model, project=bool(project)), str(target)
+            )
             elapsed = time.perf_counter() - t0
             if k == 0:
                 check = compare(pq.read_table(target), reference)
@@ -312,7 +319,11 @@ def main() -> None:
         print(f"spark {args.master} classify only (noop sink): {rows / min(noop[1:]):,.0f} rows/s")
         spark_runs: dict = {}
         out["spark"] = spark_runs
-        for label, project in (("projected", True), ("unprojected", False)):
+        for label, project in (
+            ("projected", True),
+            ("read_alerts", "read"),
+            ("unprojected", False),
+        ):
             try:
                 spark_runs[label] = spark_job(
                     spark, lake, work, label, project, args, rows, reference
