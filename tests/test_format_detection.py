@@ -135,3 +135,15 @@ def test_stream_settings_accept_every_message_format_of_the_registry():
     from astro_classifier.stream.config import MessageFormat as InputFormat
 
     assert set(get_args(InputFormat)) == set(MESSAGE_FORMATS)
+
+
+def test_a_schema_without_a_file_is_recognised_like_the_file(tmp_path: Path) -> None:
+    """Rows that arrive as Arrow batches (Spark, dataset scans) are recognised from their
+    schema as their Parquet file would be; an unknown schema names its source."""
+    import pyarrow as pa
+
+    from astro_classifier.formats.registry import detect_schema_format
+
+    unknown = pa.schema([("flux", pa.float64()), ("when", pa.float64())])
+    with pytest.raises(InputError, match="spark partition 3"):
+        detect_schema_format(unknown, "spark partition 3")

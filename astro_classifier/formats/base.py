@@ -86,6 +86,18 @@ class FileProbe:
         if not self.head:
             raise InputError(path, "file is empty")
 
+    @classmethod
+    def of_parquet_schema(cls, schema: pa.Schema, name: str = "<arrow batches>") -> FileProbe:
+        """The probe a Parquet file with this schema would give, without a file: rows that
+        arrive as Arrow batches (Spark, a dataset scan) are recognised like files, and a
+        Parquet file's schema is all detection reads of it."""
+        probe = cls.__new__(cls)
+        probe.path = Path(name)
+        probe.is_dir = False
+        probe.head = PARQUET_MAGIC
+        probe.__dict__["parquet_schema"] = schema  # fills the cached property
+        return probe
+
     @property
     def is_avro_container(self) -> bool:
         return self.head.startswith(AVRO_CONTAINER_MAGIC)

@@ -45,6 +45,7 @@ from typing import Any
 
 import fastavro
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from astro_classifier.core.counts import merge_counts
@@ -120,6 +121,20 @@ def detect_format(path: str | Path) -> str:
     raise InputError(
         probe.path, f"cannot tell the input format ({_looks_like(probe)}); {supported()}"
     )
+
+
+def detect_schema_format(schema: pa.Schema, source: str = "arrow batches") -> str:
+    """The format of Parquet rows with this Arrow ``schema`` (rows that arrive as record
+    batches rather than files), as :func:`detect_format` would name the file; InputError
+    naming ``source`` when none recognises it."""
+    probe = FileProbe.of_parquet_schema(schema, source)
+    for fmt in REGISTRY.values():
+        try:
+            if fmt.recognise(probe):
+                return fmt.name
+        except (InputError, AttributeError, OSError):
+            continue  # a format that needs more than a schema to decide
+    raise InputError(source, f"cannot tell the input format ({_looks_like(probe)}); {supported()}")
 
 
 def supported() -> str:

@@ -54,8 +54,7 @@ from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.quality import clean_points
 from astro_classifier.formats import rubin, ztf
 from astro_classifier.formats.avro import Projection
-from astro_classifier.formats.base import PARQUET_MAGIC, FileProbe
-from astro_classifier.formats.registry import REGISTRY, supported
+from astro_classifier.formats.registry import REGISTRY, detect_schema_format, supported
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel, resolve_model_path
 from astro_classifier.inference.predictions import Predictions, output_schema
@@ -141,35 +140,21 @@ ROW_FORMATS: dict[str, RowFormat] = {
 }
 
 
-def _schema_probe(schema: pa.Schema) -> FileProbe:
-    """A :class:`FileProbe` of a Parquet file with this schema, without a file: the registry
-    recognises formats from probes, and an Arrow batch's schema is all a Parquet file's
-    probe would read for the alert-row formats."""
-    probe = FileProbe.__new__(FileProbe)
-    probe.path = Path("<arrow batches>")
-    probe.is_dir = False
-    probe.head = PARQUET_MAGIC
-    probe.__dict__["parquet_schema"] = schema  # the cached_property's slot
-    return probe
-
-
 def detect_row_format(schema: pa.Schema, source: str = "arrow batches") -> str:
     """The alert-row format (``ztf-parquet`` or ``rubin-parquet``) of rows with this schema,
     recognised by the format registry; InputError naming ``source`` otherwise."""
-    probe = _schema_probe(schema)
-    for fmt in REGISTRY.values():
-        try:
-            recognised = fmt.recognise(probe)
-        except (InputError, AttributeError, OSError):
-            recognised = False
-        if recognised:
-            if fmt.name in ROW_FORMATS:
-                return fmt.name
-            raise InputError(
-                source,
-                f"rows of format {fmt.name} ({fmt.description}); the batch classifier reads "
-                f"alert rows, one alert per row: {', '.join(ROW_FORMATS)}",
-            )
+    try:
+        name = detect_schema_format(schema, source)
+    except InputError:
+        name = None
+    if name in ROW_FORMATS:
+        return name
+    if name is not None:
+        raise InputError(
+            source,
+            f"rows of format {name} ({REGISTRY[name].description}); the batch classifier reads "
+            f"alert rows, one alert per row: {', '.join(ROW_FORMATS)}",
+        )
     raise InputError(
         source,
         f"columns {schema.names[:10]} are not alert rows of {' or '.join(ROW_FORMATS)} "
