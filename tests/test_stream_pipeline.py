@@ -127,6 +127,47 @@ def test_classify_and_deliver_overlap_and_memory_stays_bounded() -> None:
     assert seconds < 0.9, seconds  # serial: 10 x (0.05 + 0.05) = 1.0 s; overlapped ~0.55 s
 
 
+def test_on_delivered_runs_on_the_deliver_thread_before_the_batch_is_finished() -> None:
+    """The worker's metrics are recorded there: with exactly-once the deliver thread commits
+    the transaction, and the counters must not lag it. A failure to record never fails a
+    delivered batch."""
+    seen = []
+
+    def on_delivered(messages, outcome):
+        seen.append((messages[0], threading.current_thread().name))
+        if messages[0] == 1:
+            raise ValueError("a metric went wrong")
+
+    pipeline = Pipeline(
+        lambda m, d: ("result", m[0]),
+        lambda m, r, c: ("delivered", m[0]),
+        on_delivered=on_delivered,
+    )
+    try:
+        finished = run(pipeline, 3)
+    finally:
+        pipeline.close()
+    assert seen == [(n, "astroclf-deliver") for n in range(3)]
+    outcomes = [b.future.result() for b in finished]  # none of them failed
+    assert [o.delivered for o in outcomes] == [("delivered", n) for n in range(3)]
+    assert isinstance(outcomes[1].record_error, ValueError)
+    assert outcomes[0].record_error is None and outcomes[2].record_error is None
+
+
+def test_a_submit_past_the_bound_is_refused() -> None:
+    release = threading.Event()
+    pipeline = Pipeline(lambda m, d: release.wait(5), lambda m, r, c: None, max_in_flight=2)
+    try:
+        pipeline.submit([0], None)
+        pipeline.submit([1], None)
+        assert pipeline.full
+        with pytest.raises(RuntimeError, match="collect one first"):
+            pipeline.submit([2], None)
+    finally:
+        release.set()
+        pipeline.close()
+
+
 def test_a_delivery_is_never_started_before_the_previous_one_ends() -> None:
     """One deliver thread: batch N+1's produce and commit cannot overtake batch N's (offsets
     in order per partition; with transactions, one transaction at a time)."""
@@ -470,7 +511,10 @@ def test_the_worker_loop_commits_in_order_after_acks_from_the_consuming_thread(
     worker._consumer, worker._producer, worker._processor = topic, producer, processor
     worker._delivery = worker._make_delivery()
     worker._pipeline = Pipeline(
-        processor.classify, worker._delivery.deliver_outputs, overlap=pipeline
+        processor.classify,
+        worker._delivery.deliver_outputs,
+        overlap=pipeline,
+        on_delivered=worker._record,
     )
     try:
         assert worker._loop() == 0
@@ -493,6 +537,9 @@ def test_the_worker_loop_commits_in_order_after_acks_from_the_consuming_thread(
         assert producer.group_metadata == {"group-metadata"}
     if fail:
         assert worker.metrics.batch_failures.labels(error_class="RuntimeError")._value.get() == 1
+    else:
+        assert worker._totals["consumed"] == worker._totals["produced"] == 24
+        assert worker.metrics.produced._value.get() == 24
 
 
 # -- the real worker with the pipeline off ------------------------------------------------------

@@ -82,6 +82,7 @@ class Outcome:
     result: Any  # BatchResult
     delivered: Any  # Delivered
     deliver_seconds: float
+    record_error: Exception | None = None  # what ``on_delivered`` raised, if anything
 
 
 @dataclasses.dataclass
@@ -133,7 +134,11 @@ class Pipeline:
     delivered`` are the worker's stages (``context``: what the consuming thread passed to
     :meth:`submit`, e.g. the consumer's group metadata); the consuming thread decodes and
     calls :meth:`submit`, then collects finished batches, oldest first, with
-    :meth:`next_finished`, and commits their offsets itself.
+    :meth:`next_finished`, and commits their offsets itself. ``on_delivered(messages,
+    outcome)`` runs on the deliver thread right after each delivery (the worker's metrics:
+    with exactly-once the transaction is committed there, and the counters must not lag
+    it); what it raises is kept in ``outcome.record_error``, never failing a batch that is
+    delivered.
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class Pipeline:
         overlap: bool = True,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         beat: Callable[[], None] = lambda: None,
+        on_delivered: Callable[[Sequence[Any], Outcome], None] = lambda _m, _o: None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
@@ -152,6 +158,7 @@ class Pipeline:
         self.overlap = overlap
         self.max_in_flight = max_in_flight if overlap else 1
         self.beat = beat
+        self._on_delivered = on_delivered
         self._lock = threading.Lock()
         self._failed_at: int | None = None  # seq of the first failed batch; later ones cancel
         self._next_seq = 0
@@ -175,7 +182,12 @@ class Pipeline:
 
     def submit(self, messages: Sequence[Any], decoded: Any, context: Any = None) -> InFlight:
         """Queue one decoded batch for classification, then delivery. ``decoded`` may be the
-        exception decoding raised: the batch then fails in order, like any failed batch."""
+        exception decoding raised: the batch then fails in order, like any failed batch.
+
+        The bound is the caller's to keep (collect the oldest while :attr:`full`); a submit
+        past it is a bug and raises, rather than letting batches pile up."""
+        if self.full:
+            raise RuntimeError(f"{self.in_flight} batches in flight: collect one first")
         seq = self._next_seq
         self._next_seq += 1
         if self.overlap:
@@ -291,7 +303,12 @@ class Pipeline:
         result = classified.result()  # the classify stage runs ahead: waits only if it lags
         started = time.perf_counter()
         delivered = self._deliver(messages, result, context)
-        return Outcome(result, delivered, time.perf_counter() - started)
+        outcome = Outcome(result, delivered, time.perf_counter() - started)
+        try:
+            self._on_delivered(messages, outcome)
+        except Exception as exc:  # delivered (maybe committed): never fail the batch now
+            outcome.record_error = exc
+        return outcome
 
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "Cancelled", "InFlight", "Outcome", "Pipeline"]

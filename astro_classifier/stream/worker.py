@@ -53,7 +53,6 @@ import socket
 import sys
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -161,7 +160,11 @@ class StreamWorker:
         self._transient = 0
         self._ready_lock = threading.Lock()  # deliver-thread callbacks change readiness too
         self._last_progress_log = time.monotonic()
-        self._totals: dict[str, int] = defaultdict(int)
+        # Every key present from the start: the deliver thread adds to the counts of the
+        # batches it delivered while the consuming thread reads them for its log lines.
+        self._totals: dict[str, int] = dict.fromkeys(
+            ("consumed", "produced", "dead_lettered", "points_dropped", "batches"), 0
+        )
         self._backoff = Backoff(max_s=settings.retry_backoff_max_s)
 
     # -- public ---------------------------------------------------------------------------
@@ -343,6 +346,7 @@ class StreamWorker:
             self._delivery.deliver_outputs,
             overlap=settings.pipeline,
             beat=self.health.beat,
+            on_delivered=self._record,
         )
         self._consumer.subscribe(
             list(settings.input_topics),
@@ -685,24 +689,29 @@ class StreamWorker:
                 self.metrics.pipeline_in_flight.set(self._pipeline.in_flight)
                 return code
             release_headers(batch.messages)  # no dead letter of this batch is produced any more
-            commit_seconds = self._commit(batch)
-            self._record(batch.messages, outcome, commit_seconds)
+            self._commit(batch)
+            if outcome.record_error is not None:
+                log_event(
+                    logging.ERROR,
+                    "batch_record_failed",
+                    exc_info=outcome.record_error,
+                    error=str(outcome.record_error),
+                )
             self._failures = self._transient = 0
             self._set_not_ready("retrying", None)
             batch = self._pipeline.next_finished(block=False)
         self.metrics.pipeline_in_flight.set(self._pipeline.in_flight)
         return None
 
-    def _commit(self, batch: InFlight) -> float:
-        """Commit the offsets of a delivered batch (here, on the consuming thread: the only
-        one that uses the consumer), once; returns the seconds it took."""
+    def _commit(self, batch: InFlight) -> None:
+        """Commit the offsets of a delivered batch, once: here, on the consuming thread, the
+        only one that uses the consumer (at-least-once: an asynchronous commit, so it adds
+        nothing to astroclf_deliver_seconds; exactly-once: done in the batch's transaction)."""
         if batch.committed:
-            return 0.0
+            return
         assert self._delivery is not None
-        started = time.perf_counter()
         self._delivery.commit(batch.messages)
         batch.committed = True
-        return time.perf_counter() - started
 
     def _failed(self, batch: InFlight, exc: Exception) -> int | None:
         """Batch ``batch`` failed: the batches after it are cancelled and, with it, read
@@ -818,10 +827,11 @@ class StreamWorker:
         self._set_not_ready("broker", None)
         self._set_not_ready("authentication", None)
 
-    def _record(self, messages: Sequence[Any], outcome: Outcome, commit_seconds: float) -> None:
-        """Metrics, totals and the debug log line of one delivered batch."""
+    def _record(self, messages: Sequence[Any], outcome: Outcome) -> None:
+        """Metrics, totals and the debug log line of one delivered batch: on the deliver
+        thread, right after the delivery (the consuming thread only adds ``consumed``)."""
         result, delivered = outcome.result, outcome.delivered
-        deliver_seconds = outcome.deliver_seconds + commit_seconds
+        deliver_seconds = outcome.deliver_seconds
         m = self.metrics
         m.batches.inc()
         m.batch_size.observe(len(messages))
