@@ -5,9 +5,11 @@ Before, the worker ran consume -> decode -> classify -> produce -> commit one ba
 time, so every part waited for every other: on a GPU machine the GPU sat idle while the CPU
 decoded and produced. Now three threads work on three batches at once::
 
-    consuming thread  (the worker's own)   consume N+2, decode N+2 ---------> submit
+    consuming thread  (the worker's own)   consume N+2, decode N+2, submit;
+                                            collect N-1: commit its offsets
     classify thread                         features + model of N+1 -> outputs
-    deliver thread                          produce N, wait for the acks, commit N
+    deliver thread                          produce N, wait for its acks (exactly-once:
+                                            its transaction, offsets included), metrics
 
 **Why threads, not processes.** The costly parts release the GIL: ONNX Runtime's ``Run``,
 most numpy kernels, librdkafka's produce/flush/commit (C threads), and decoding either in
