@@ -262,3 +262,26 @@ def test_a_run_exported_in_both_forms_classifies_the_same(atat_tiny_run, tmp_pat
     assert len(a.rows) == len(batch)
     assert np.abs(a.probabilities - b.probabilities).max() <= 1e-5
     assert (a.probabilities.argmax(1) == b.probabilities.argmax(1)).all()
+
+
+def test_astroclf_export_form_dense_writes_a_sync_free_graph(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """`astroclf export MODEL.onnx --form dense` re-exports a shipped model as its CUDA
+    companion: no NonZero/ScatterND, marked dense, parity-checked against the source."""
+    pytest.importorskip("torch")
+    from typer.testing import CliRunner
+
+    from astro_classifier.cli.app import app
+    from astro_classifier.inference.model import read_metadata, resolve_model_path
+
+    alert = sorted((shared_data / "alerts" / "ztf" / "fink-v3.3").glob("*.avro"))[0]
+    out = tmp_path / "dense.onnx"
+    args = ["export", str(resolve_model_path("atat-ztf")), "-o", str(out), "--form", "dense"]
+    result = CliRunner().invoke(app, [*args, "--parity-data", str(alert)])
+    assert result.exit_code == 0, result.output
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert not ops & {"NonZero", "ScatterND"}
+    assert read_metadata(out).graph_form == "dense"
+    bad = CliRunner().invoke(app, [*args, "--form", "sparse", "--parity-data", str(alert)])
+    assert bad.exit_code != 0 and "dense" in bad.output

@@ -65,6 +65,13 @@ def export_command(
     fp16: bool = typer.Option(
         False, "--fp16", help="Store weights and activations as float16 (inputs stay float32)."
     ),
+    form: str = typer.Option(
+        "default",
+        "--form",
+        help="Graph form: 'default' (the family's CPU form), or 'dense' (ATAT's CUDA companion: "
+        "one-hot band tokens, no NonZero/ScatterND, so no host sync and CUDA graphs can capture "
+        "it; serving picks models/cuda/NAME.onnx on CUDA).",
+    ),
     parity_objects: int = typer.Option(512, min=1, help="Light curves used for the parity check."),
     parity_data: list[Path] = typer.Option(
         None,
@@ -91,6 +98,9 @@ def export_command(
     from astro_classifier.export.onnx_export import ParityError, export_run
     from astro_classifier.export.reexport import parity_inputs, reexport_onnx
 
+    if form not in ("default", "dense"):
+        raise typer.BadParameter(f"{form!r}: expected 'default' or 'dense'", param_hint="--form")
+    graph_form: bool | str = True if form == "default" else form
     if source.is_file():
         if not parity_data:
             raise typer.BadParameter(
@@ -99,8 +109,10 @@ def export_command(
             )
         with user_errors(ParityError):
             inputs = parity_inputs(source, list(parity_data), parity_objects, parity_metadata)
-            report = reexport_onnx(source, output, inputs, fp16=fp16)
+            report = reexport_onnx(source, output, inputs, fp16=fp16, form=graph_form)
     else:
         with user_errors(ParityError):
-            report = export_run(source, output, fp16=fp16, parity_objects=parity_objects)
+            report = export_run(
+                source, output, fp16=fp16, parity_objects=parity_objects, form=graph_form
+            )
     console.print(f"parity: {report}\nwrote {output}")
