@@ -106,8 +106,9 @@ def stream_command(
       ASTROCLF_KAFKA_SECRETS__SASL_PASSWORD=...   secrets: never logged
 
     Logs: one JSON object per line on stderr. SIGTERM or Ctrl-C finishes the
-    batch in hand, commits and exits 0 (1 if deliveries are stuck past
-    stop_timeout_s). Messages that cannot be decoded or classified go to the
+    batches in hand (decode, classification and delivery of successive
+    micro-batches overlap; ASTROCLF_PIPELINE=false runs them one after another),
+    commits and exits 0 (1 if deliveries are stuck past stop_timeout_s). Messages that cannot be decoded or classified go to the
     dead-letter topic; outages of Kafka or the Schema Registry are retried;
     other failures (a bug, a model error) stop the worker with exit 1 after
     max_consecutive_failures batches. Unknown ASTROCLF_* variables are refused.
