@@ -561,6 +561,7 @@ def started_workers():
 
 
 @pytest.mark.kafka
+@pytest.mark.slow  # 8 s each; the pipelined worker (the default) has the same runs unmarked
 @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_the_serial_worker_still_classifies_every_alert_once(
     delivery: str, kafka_bootstrap: str, shared_data, tmp_path, started_workers
