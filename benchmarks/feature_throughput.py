@@ -30,11 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("ASTROCLF_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from benchmarks.classify_throughput import ROOT, shared_data, versions
+from benchmarks.decode_throughput import cpu_model
 
 
 def best_of(fn, repeats: int) -> float:
@@ -46,28 +43,6 @@ def best_of(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
-
-
-def versions() -> dict[str, str]:
-    import light_curve
-    import onnxruntime
-
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "light-curve": light_curve.__version__,
-    }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(name: str, batch, model, threads: int, repeats: int) -> dict:

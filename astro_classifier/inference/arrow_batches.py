@@ -179,31 +179,27 @@ def _project_type(kind: pa.DataType, fields: Projection) -> pa.DataType:
         return pa.list_(_project_type(kind.value_type, fields))
     if not pa.types.is_struct(kind):
         return kind  # the reader refuses it with a clear error; nothing to cut
+    return pa.struct(_project_fields(list(kind), fields))
+
+
+def _project_fields(present: list[pa.Field], fields: Projection) -> list[pa.Field]:
+    """The fields of ``present`` that ``fields`` names, each cut to its own sub-fields."""
     wanted = {item if isinstance(item, str) else item[0]: item for item in fields}
-    children = []
-    for child in kind:
-        item = wanted.get(child.name)
+    out = []
+    for field_ in present:
+        item = wanted.get(field_.name)
         if item is None:
             continue
-        child_type = child.type if isinstance(item, str) else _project_type(child.type, item[1])
-        children.append(pa.field(child.name, child_type, child.nullable))
-    return pa.struct(children)
+        kind = field_.type if isinstance(item, str) else _project_type(field_.type, item[1])
+        out.append(pa.field(field_.name, kind, field_.nullable))
+    return out
 
 
 def project_schema(schema: pa.Schema, format: str) -> pa.Schema:
     """``schema`` cut to the columns and nested fields the reader of ``format`` uses (those
     present; types unchanged). Casting a batch to it (``batch.cast``) drops the rest, and an
     engine that reads with it never reads cutouts or unused candidate fields."""
-    projection = required_fields(format)
-    wanted = {item if isinstance(item, str) else item[0]: item for item in projection}
-    out = []
-    for column in schema:
-        item = wanted.get(column.name)
-        if item is None:
-            continue
-        kind = column.type if isinstance(item, str) else _project_type(column.type, item[1])
-        out.append(pa.field(column.name, kind, column.nullable))
-    return pa.schema(out)
+    return pa.schema(_project_fields(list(schema), required_fields(format)))
 
 
 # -- the model, once per process --------------------------------------------------------------

@@ -339,16 +339,27 @@ def select_precision(path: Path, on_cuda: bool, precision: Precision = "auto") -
         return path
     if precision == "auto" and not on_cuda:
         return path
-    main, half = read_metadata(path), read_metadata(companion)
-    if (half.name, half.version, half.labels, half.precision) != (
+    return _checked_companion(path, companion, "float16", precision="fp16", graph_form=None)
+
+
+def _checked_companion(
+    path: Path, companion: Path, what: str, precision: str, graph_form: str | None
+) -> Path:
+    """``companion`` after checking it is ``path``'s model in another form: same name,
+    version and labels, and the ``precision`` and ``graph_form`` that form has (a stale
+    companion left beside a newer model would otherwise serve other weights)."""
+    main, other = read_metadata(path), read_metadata(companion)
+    if (other.name, other.version, other.labels, other.precision, other.graph_form) != (
         main.name,
         main.version,
         main.labels,
-        "fp16",
+        precision,
+        graph_form,
     ):
         raise ModelError(
-            f"{companion}: not the float16 form of {path} (name, version, labels or precision "
-            f"differ: {half.name} {half.version} {half.precision} vs {main.name} {main.version})"
+            f"{companion}: not the {what} form of {path} (name, version, labels, precision or "
+            f"graph form differ: {other.name} {other.version} {other.precision} "
+            f"{other.graph_form} vs {main.name} {main.version})"
         )
     return companion
 
@@ -382,25 +393,13 @@ def select_graph(
         if form == "dense" and read_metadata(path).graph_form != "dense":
             raise ModelError(
                 f"{path}: the dense graph form asked for, but no {path.parent / 'cuda' / path.name} "
-                "(write one with `python -m astro_classifier.export.companions`)"
+                f"(write one with `astroclf export {path} --form dense -o "
+                f"{path.parent / 'cuda' / path.name} --parity-data ...`)"
             )
         return path
     if form == "auto" and not on_cuda:
         return path
-    main, dense = read_metadata(path), read_metadata(companion)
-    if (dense.name, dense.version, dense.labels, dense.precision, dense.graph_form) != (
-        main.name,
-        main.version,
-        main.labels,
-        "fp32",
-        "dense",
-    ):
-        raise ModelError(
-            f"{companion}: not the dense (CUDA) form of {path} (name, version, labels, "
-            f"precision or graph form differ: {dense.name} {dense.version} {dense.precision} "
-            f"{dense.graph_form} vs {main.name} {main.version})"
-        )
-    return companion
+    return _checked_companion(path, companion, "dense (CUDA)", precision="fp32", graph_form="dense")
 
 
 def read_metadata(model: str | Path) -> ModelMetadata:
