@@ -334,13 +334,8 @@ def _print_lake_summary(
     abstained: int | None = None,
 ) -> None:
     n = counts.classified
-    table = Table(title=f"{n} of {counts.rows} alert rows classified by {name} {version}")
-    table.add_column("class")
-    table.add_column("rows", justify="right")
-    table.add_column("share", justify="right")
-    for label, count in classes.most_common():
-        table.add_row(label, str(count), f"{100 * count / max(n, 1):.1f}%")
-    console.print(table)
+    title = f"{n} of {counts.rows} alert rows classified by {name} {version}"
+    console.print(_class_table(title, "rows", classes, n))
     if counts.failed:
         console.print(
             f"[yellow]{counts.failed} row(s) not classified[/yellow] ({_stages(counts)}) "
@@ -410,13 +405,8 @@ def print_summary(
     meta = model.metadata
     n = len(result)
     counts = Counter(result.classes.tolist())  # classes in order of first appearance
-    table = Table(title=f"{n} of {n_input} objects classified by {meta.name} {meta.version}")
-    table.add_column("class")
-    table.add_column("objects", justify="right")
-    table.add_column("share", justify="right")
-    for name, count in counts.most_common():
-        table.add_row(name, str(count), f"{100 * count / n:.1f}%")
-    console.print(table)
+    title = f"{n} of {n_input} objects classified by {meta.name} {meta.version}"
+    console.print(_class_table(title, "objects", counts, n))
     for reason, count in result.skipped.items():
         ids = object_ids[result.skipped_rows[reason]].tolist()
         shown = ", ".join(ids[:5]) + (" …" if len(ids) > 5 else "")
@@ -454,3 +444,14 @@ def print_summary(
         f"{', '.join(p.replace('ExecutionProvider', '') for p in model.providers)}, "
         f"{model.metadata.precision})" + (f" -> {output}" if output is not None else "")
     )
+
+
+def _class_table(title: str, unit: str, counts: Counter, n: int) -> Table:
+    """Counts per class, most common first, with their share of the ``n`` classified."""
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column(unit, justify="right")
+    table.add_column("share", justify="right")
+    for label, count in counts.most_common():
+        table.add_row(label, str(count), f"{100 * count / max(n, 1):.1f}%")
+    return table
