@@ -28,7 +28,7 @@ from astro_classifier.core.errors import InputError
 from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.spectra import Spectra
 from astro_classifier.core.tables import CSV_SUFFIXES
-from astro_classifier.formats.avro import AVRO_CONTAINER_MAGIC
+from astro_classifier.formats.avro import AVRO_CONTAINER_MAGIC, Projection
 
 PARQUET_MAGIC = b"PAR1"
 
@@ -149,3 +149,33 @@ class FileProbe:
         except (ValueError, OSError):
             return set()
         return set(doc) if isinstance(doc, dict) else set()
+
+
+# -- the fields a reader uses, for rows that arrive as Arrow data ------------------------------
+def project_arrow_schema(schema: pa.Schema, projection: Projection) -> pa.Schema:
+    """``schema`` cut to the columns and nested fields in ``projection`` (those present; types
+    unchanged). Casting a table or batch to it drops the rest before any conversion to Python,
+    the Arrow counterpart of decoding Avro with a projection (formats/avro.py)."""
+    return pa.schema(_project_fields(list(schema), projection))
+
+
+def _project_fields(present: list[pa.Field], projection: Projection) -> list[pa.Field]:
+    """The fields of ``present`` that ``projection`` names, each cut to its own sub-fields."""
+    wanted = {item if isinstance(item, str) else item[0]: item for item in projection}
+    out = []
+    for field_ in present:
+        item = wanted.get(field_.name)
+        if item is None:
+            continue
+        kind = field_.type if isinstance(item, str) else _project_type(field_.type, item[1])
+        out.append(pa.field(field_.name, kind, field_.nullable))
+    return out
+
+
+def _project_type(kind: pa.DataType, projection: Projection) -> pa.DataType:
+    """``kind`` (a struct, or a list of structs) cut to ``projection``, in the schema's order."""
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return pa.list_(_project_type(kind.value_type, projection))
+    if not pa.types.is_struct(kind):
+        return kind  # the reader refuses it with a clear error; nothing to cut
+    return pa.struct(_project_fields(list(kind), projection))

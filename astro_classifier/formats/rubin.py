@@ -69,7 +69,7 @@ from astro_classifier.formats.avro import (
     merge_projections,
     projected_reader_schema,
 )
-from astro_classifier.formats.base import InputFormat, ReadOptions
+from astro_classifier.formats.base import InputFormat, ReadOptions, project_arrow_schema
 from astro_classifier.formats.stamps import parquet_stamp_records, stamps_to_batch
 
 logger = logging.getLogger(__name__)
@@ -477,7 +477,8 @@ def read_rubin_parquet(
                 f"no diaSource column (columns: {parquet.schema_arrow.names[:10]}...); "
                 "expected Rubin/LSST alerts as Parquet rows",
             )
-        records = parquet.read(columns=columns).to_pylist()
+        table = parquet.read(columns=columns)
+        records = table.cast(project_arrow_schema(table.schema, AVRO_FIELDS)).to_pylist()
     except InputError:
         raise
     except (OSError, pa.ArrowException) as exc:

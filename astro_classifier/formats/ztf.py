@@ -67,7 +67,7 @@ from astro_classifier.core.units import (
     ztf_forced_flux_to_njy,
 )
 from astro_classifier.formats.avro import decode_avro_container, merge_projections
-from astro_classifier.formats.base import InputFormat, ReadOptions
+from astro_classifier.formats.base import InputFormat, ReadOptions, project_arrow_schema
 from astro_classifier.formats.stamps import label_value, parquet_stamp_records, stamps_to_batch
 
 logger = logging.getLogger(__name__)
@@ -396,7 +396,9 @@ def ztf_parquet_records(parquet: pq.ParquetFile, source: str) -> list[dict[str, 
             f"with fid and magpsf; {EXPECTED}",
         )
     columns = [name for name in PARQUET_COLUMNS if name in parquet.schema_arrow.names]
-    return parquet.read(columns=columns).to_pylist()
+    table = parquet.read(columns=columns)
+    # ~100 candidate fields per row otherwise become Python objects: 2.5x the conversion time
+    return table.cast(project_arrow_schema(table.schema, AVRO_FIELDS)).to_pylist()
 
 
 def read_ztf_parquet(paths: Sequence[Path | str]) -> LightCurveBatch:

@@ -54,6 +54,7 @@ from astro_classifier.core.lightcurve import LightCurveBatch
 from astro_classifier.core.quality import clean_points
 from astro_classifier.formats import rubin, ztf
 from astro_classifier.formats.avro import Projection
+from astro_classifier.formats.base import project_arrow_schema
 from astro_classifier.formats.registry import REGISTRY, detect_schema_format, supported
 from astro_classifier.inference.classify import classify
 from astro_classifier.inference.model import LoadedModel, resolve_model_path
@@ -173,33 +174,11 @@ def required_fields(format: str) -> Projection:
         ) from None
 
 
-def _project_type(kind: pa.DataType, fields: Projection) -> pa.DataType:
-    """``kind`` (a struct, or a list of structs) cut to ``fields``, in the schema's order."""
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return pa.list_(_project_type(kind.value_type, fields))
-    if not pa.types.is_struct(kind):
-        return kind  # the reader refuses it with a clear error; nothing to cut
-    return pa.struct(_project_fields(list(kind), fields))
-
-
-def _project_fields(present: list[pa.Field], fields: Projection) -> list[pa.Field]:
-    """The fields of ``present`` that ``fields`` names, each cut to its own sub-fields."""
-    wanted = {item if isinstance(item, str) else item[0]: item for item in fields}
-    out = []
-    for field_ in present:
-        item = wanted.get(field_.name)
-        if item is None:
-            continue
-        kind = field_.type if isinstance(item, str) else _project_type(field_.type, item[1])
-        out.append(pa.field(field_.name, kind, field_.nullable))
-    return out
-
-
 def project_schema(schema: pa.Schema, format: str) -> pa.Schema:
     """``schema`` cut to the columns and nested fields the reader of ``format`` uses (those
     present; types unchanged). Casting a batch to it (``batch.cast``) drops the rest, and an
     engine that reads with it never reads cutouts or unused candidate fields."""
-    return pa.schema(_project_fields(list(schema), required_fields(format)))
+    return project_arrow_schema(schema, required_fields(format))
 
 
 # -- the model, once per process --------------------------------------------------------------
