@@ -25,24 +25,18 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.classify_throughput import ROOT, shared_data, versions
+from benchmarks.classify_throughput import ROOT, best_of, shared_data, versions
 from benchmarks.decode_throughput import cpu_model
 
 
-def best_of(fn, repeats: int) -> float:
+def warm_best_of(fn, repeats: int) -> float:
     """Fastest wall time of ``repeats`` calls (seconds), after one untimed warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return best_of(fn, repeats)
 
 
 def measure(name: str, batch, model, threads: int, repeats: int) -> dict:
@@ -62,10 +56,10 @@ def measure(name: str, batch, model, threads: int, repeats: int) -> dict:
         "bands": list(spec.bands),
     }
     for jobs in sorted({1, threads}):
-        ours = best_of(
+        ours = warm_best_of(
             lambda j=jobs: compute_light_curve_features(prepared, spec.bands, j), repeats
         )
-        ref = best_of(
+        ref = warm_best_of(
             lambda j=jobs: reference_light_curve_features(prepared, spec.bands, j), repeats
         )
         out[f"threads_{jobs}"] = {
