@@ -63,7 +63,11 @@ def periodogram_features(batch: LightCurveBatch) -> tuple[np.ndarray, list[str],
     start = time.perf_counter()
     for k in range(len(batch)):
         idx = order[starts[k] : starts[k + 1]]
-        t, f, band = batch.time[idx].astype(np.float64), batch.flux[idx].astype(np.float64), batch.band[idx]
+        t, f, band = (
+            batch.time[idx].astype(np.float64),
+            batch.flux[idx].astype(np.float64),
+            batch.band[idx],
+        )
         z = np.empty_like(f)
         for b in np.unique(band):
             sel = band == b

@@ -154,8 +154,9 @@ def test_help_is_prose_that_the_terminal_wraps() -> None:
             assert "\n" not in paragraph or paragraph.startswith(" "), (name, paragraph)
     wide = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["stream", "--help"])
     _ok(wide)
-    assert "Logs: one JSON object per line on stderr. SIGTERM or Ctrl-C finishes the batches in hand" in (
-        wide.output
+    assert (
+        "Logs: one JSON object per line on stderr. SIGTERM or Ctrl-C finishes the batches in hand"
+        in (wide.output)
     )
 
 
